@@ -1,0 +1,29 @@
+//! feedloop's pure core: tokenizer, the ONNX reward model (run by tract), the reward head.
+//!
+//! No wasm-bindgen, web-sys or js-sys here: the browser layer (`src/`), the CLI and the server use this
+//! crate, and everything in it is tested natively.
+//!
+//! ```no_run
+//! # fn main() -> feedloop_core::Result<()> {
+//! let bytes = std::fs::read("models/feedloop-default.onnx").unwrap();
+//! let model = feedloop_core::RewardModel::from_bytes(&bytes)?;
+//! let ranking = model.rank("how do I reset my password?", &["Open Settings › Security.", "Bananas are yellow."])?;
+//! assert_eq!(ranking[0].index, 0);
+//! # Ok(()) }
+//! ```
+
+pub mod contract;
+pub mod error;
+pub mod head;
+pub mod model;
+pub mod onnx_runner;
+pub mod tokenizer;
+
+pub use error::{Error, Result};
+pub use head::{PairFeatures, RewardHead};
+pub use model::{rank_scores, Embeddings, ModelInfo, Ranked, RewardModel};
+pub use tokenizer::{TokenizerConfig, WordPieceTokenizer};
+
+/// The default model's bytes (`models/feedloop-default.onnx`).
+#[cfg(feature = "bundled-model")]
+pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../models/feedloop-default.onnx");

@@ -1,0 +1,292 @@
+//! The reward model: the contract's embedding body run by tract, the reward head run here.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tract_onnx::prelude::*;
+
+use crate::contract::{
+    ModelContract, INPUT_ATTENTION_MASK, INPUT_TOKEN_IDS, OUTPUT_EMBEDDING,
+};
+use crate::error::{inference, Error, Result};
+use crate::head::{PairFeatures, RewardHead};
+use crate::tokenizer::WordPieceTokenizer;
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// One ranked candidate: its position in the input and its score. Best first in a ranking.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Ranked {
+    pub index: usize,
+    pub score: f32,
+}
+
+/// L2-normalized embeddings of a batch of texts, with the token count each text kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    pub dimensions: usize,
+    /// Row-major [texts × dimensions].
+    pub values: Vec<f32>,
+    /// Tokens per text after truncation at `max_tokens`.
+    pub token_counts: Vec<usize>,
+}
+
+impl Embeddings {
+    pub fn len(&self) -> usize {
+        self.token_counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.token_counts.is_empty()
+    }
+
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.dimensions..(i + 1) * self.dimensions]
+    }
+}
+
+/// Facts about a loaded model, for display and for callers that size things by it.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelInfo {
+    pub contract_version: String,
+    pub dimensions: usize,
+    pub max_tokens: usize,
+    pub vocab_size: usize,
+    pub head_parameters: usize,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// A loaded feedloop model: tokenizer, embedding body (a tract plan) and reward head.
+#[derive(Debug, Clone)]
+pub struct RewardModel {
+    tokenizer: WordPieceTokenizer,
+    body: Plan,
+    head: RewardHead,
+    info: ModelInfo,
+}
+
+impl RewardModel {
+    /// Loads a model from ONNX bytes, checking the contract (docs/MODEL.md) first.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        if bytes.is_empty() {
+            return Err(Error::MalformedModel("the model is empty (0 bytes)".into()));
+        }
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &*bytes)
+            .map_err(|e| Error::MalformedModel(format!("not an ONNX protobuf ({e:#})")))?;
+        let contract = ModelContract::from_proto(&proto)?;
+        let tokenizer =
+            WordPieceTokenizer::new(contract.vocab.iter().cloned(), contract.tokenizer.clone())?;
+        let body = plan_body(&onnx, &proto)?;
+        let info = ModelInfo {
+            contract_version: contract.contract_version.clone(),
+            dimensions: contract.dimensions,
+            max_tokens: contract.max_tokens,
+            vocab_size: tokenizer.vocab_size(),
+            head_parameters: contract.head.parameter_count(),
+            metadata: contract.metadata.clone(),
+        };
+        let model = Self {
+            tokenizer,
+            body,
+            head: contract.head,
+            info,
+        };
+        // A model whose body does not produce [N, dimensions] is refused now, not at the first rank.
+        let probe = model.embed(&["feedloop"])?;
+        if probe.values.len() != model.info.dimensions {
+            return Err(Error::Contract(format!(
+                "output `{OUTPUT_EMBEDDING}` has {} values per text, metadata says {}",
+                probe.values.len(),
+                model.info.dimensions
+            )));
+        }
+        Ok(model)
+    }
+
+    /// The default model shipped with feedloop (all-MiniLM-L6-v2 distilled to 64 static dimensions).
+    #[cfg(feature = "bundled-model")]
+    pub fn bundled() -> Result<Self> {
+        Self::from_bytes(crate::BUNDLED_MODEL)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn tokenizer(&self) -> &WordPieceTokenizer {
+        &self.tokenizer
+    }
+
+    pub fn head(&self) -> &RewardHead {
+        &self.head
+    }
+
+    /// Replaces the head's parameters (learning and the server publish new ones).
+    pub fn set_head(&mut self, head: RewardHead) -> Result<()> {
+        if head.dimensions() != self.info.dimensions {
+            return Err(Error::InvalidInput(format!(
+                "head has {} dimensions, the model {}",
+                head.dimensions(),
+                self.info.dimensions
+            )));
+        }
+        self.head = head;
+        Ok(())
+    }
+
+    /// Token ids the model sees for `text` (truncated at `max_tokens`).
+    pub fn token_ids(&self, text: &str) -> Vec<u32> {
+        self.tokenizer.encode_truncated(text, self.info.max_tokens)
+    }
+
+    /// Embeds texts in one batch. Texts longer than `max_tokens` tokens are cut; an empty text has
+    /// the zero embedding.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S]) -> Result<Embeddings> {
+        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t.as_ref())).collect();
+        self.embed_ids(&ids)
+    }
+
+    /// Embeds already-tokenized texts (each at most `max_tokens` ids, each id inside the vocabulary).
+    pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        let dimensions = self.info.dimensions;
+        if ids.is_empty() {
+            return Ok(Embeddings {
+                dimensions,
+                values: Vec::new(),
+                token_counts: Vec::new(),
+            });
+        }
+        let vocab = self.info.vocab_size as u32;
+        for (row, r) in ids.iter().enumerate() {
+            if r.len() > self.info.max_tokens {
+                return Err(Error::InvalidInput(format!(
+                    "text {row} has {} tokens, the model takes at most {}",
+                    r.len(),
+                    self.info.max_tokens
+                )));
+            }
+            if let Some(bad) = r.iter().find(|&&id| id >= vocab) {
+                return Err(Error::InvalidInput(format!(
+                    "text {row} has token id {bad}, outside the vocabulary of {vocab}"
+                )));
+            }
+        }
+        // At least one column so an all-empty batch still has a valid shape; padding is masked out.
+        let width = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let n = ids.len();
+        let mut token_ids = vec![0i64; n * width];
+        let mut mask = vec![0i64; n * width];
+        for (row, r) in ids.iter().enumerate() {
+            for (col, &id) in r.iter().enumerate() {
+                token_ids[row * width + col] = i64::from(id);
+                mask[row * width + col] = 1;
+            }
+        }
+        let inputs = tvec!(
+            Tensor::from_shape(&[n, width], &token_ids)
+                .map_err(inference)?
+                .into_tvalue(),
+            Tensor::from_shape(&[n, width], &mask)
+                .map_err(inference)?
+                .into_tvalue(),
+        );
+        let outputs = self.body.run(inputs).map_err(inference)?;
+        let output = &outputs[0];
+        if output.shape() != [n, dimensions] {
+            return Err(Error::Contract(format!(
+                "output `{OUTPUT_EMBEDDING}` has shape {:?}, expected [{n}, {dimensions}]",
+                output.shape()
+            )));
+        }
+        let values: Vec<f32> = output
+            .to_plain_array_view::<f32>()
+            .map_err(inference)?
+            .iter()
+            .copied()
+            .collect();
+        Ok(Embeddings {
+            dimensions,
+            values,
+            token_counts: ids.iter().map(Vec::len).collect(),
+        })
+    }
+
+    /// Features of each candidate against the context, in input order.
+    pub fn features<S: AsRef<str>>(&self, context: &str, candidates: &[S]) -> Result<Vec<PairFeatures>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut texts: Vec<&str> = Vec::with_capacity(candidates.len() + 1);
+        texts.push(context);
+        texts.extend(candidates.iter().map(AsRef::as_ref));
+        let embeddings = self.embed(&texts)?;
+        let context_embedding = embeddings.row(0);
+        Ok((1..embeddings.len())
+            .map(|i| {
+                PairFeatures::new(
+                    context_embedding,
+                    embeddings.row(i),
+                    embeddings.token_counts[i],
+                    self.info.max_tokens,
+                )
+            })
+            .collect())
+    }
+
+    /// Scores each candidate for the context, in input order.
+    pub fn score<S: AsRef<str>>(&self, context: &str, candidates: &[S]) -> Result<Vec<f32>> {
+        Ok(self
+            .features(context, candidates)?
+            .iter()
+            .map(|f| self.head.score(f))
+            .collect())
+    }
+
+    /// Candidates best first. Ties keep input order, so a ranking is deterministic.
+    pub fn rank<S: AsRef<str>>(&self, context: &str, candidates: &[S]) -> Result<Vec<Ranked>> {
+        Ok(rank_scores(&self.score(context, candidates)?))
+    }
+}
+
+/// Orders scores best first (stable; NaN, which the head cannot produce from finite inputs, last).
+pub fn rank_scores(scores: &[f32]) -> Vec<Ranked> {
+    let mut ranked: Vec<Ranked> = scores
+        .iter()
+        .enumerate()
+        .map(|(index, &score)| Ranked { index, score })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    ranked.sort_by_key(|r| r.score.is_nan());
+    ranked
+}
+
+/// Builds the tract plan for the body only: inputs `token_ids`, `attention_mask`, output
+/// `embedding`, with symbolic batch and length so one plan serves every batch.
+fn plan_body(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelProto) -> Result<Plan> {
+    let mut model = onnx
+        .model_for_proto_model(proto)
+        .map_err(|e| Error::MalformedModel(format!("{e:#}")))?;
+    model
+        .select_inputs_by_name([INPUT_TOKEN_IDS, INPUT_ATTENTION_MASK])
+        .map_err(inference)?;
+    model
+        .select_outputs_by_name([OUTPUT_EMBEDDING])
+        .map_err(inference)?;
+    let batch = model.symbols.sym("N");
+    let length = model.symbols.sym("L");
+    for input in 0..2 {
+        model
+            .set_input_fact(
+                input,
+                InferenceFact::dt_shape(i64::datum_type(), [batch.to_dim(), length.to_dim()]),
+            )
+            .map_err(inference)?;
+    }
+    model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(inference)
+}

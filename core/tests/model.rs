@@ -1,0 +1,241 @@
+//! The reward model against its references: the committed model hash, Hugging Face `tokenizers` ids
+//! and onnxruntime outputs (fixtures written by tools/make_fixtures.py and re-checked by `make test`),
+//! the contract's refusals, and edge cases.
+
+use feedloop_core::{Error, RewardModel};
+use prost::Message;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tract_onnx::pb::ModelProto;
+
+const MODEL: &[u8] = include_bytes!("../../models/feedloop-default.onnx");
+const MODEL_SHA256: &str = include_str!("../../models/feedloop-default.onnx.sha256");
+const TOKENIZER_CASES: &str = include_str!("../../tests/fixtures/tokenizer_cases.json");
+const PARITY: &str = include_str!("../../tests/fixtures/parity.json");
+
+fn model() -> RewardModel {
+    RewardModel::from_bytes(MODEL).expect("the default model loads")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn committed_model_matches_recorded_hash() {
+    let recorded = MODEL_SHA256.split_whitespace().next().unwrap();
+    assert_eq!(hex(&Sha256::digest(MODEL)), recorded);
+}
+
+#[test]
+fn tokenizer_matches_hugging_face_tokenizers() {
+    let model = model();
+    let cases: Value = serde_json::from_str(TOKENIZER_CASES).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 200, "only {} tokenizer cases", cases.len());
+    let mut mismatches = Vec::new();
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let got = model.tokenizer().encode(text);
+        if got != expected {
+            mismatches.push(format!("{text:?}\n  expected {expected:?}\n  got      {got:?}"));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cases differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[test]
+fn embeddings_and_scores_match_onnxruntime() {
+    let model = model();
+    let parity: Value = serde_json::from_str(PARITY).unwrap();
+    let recorded = MODEL_SHA256.split_whitespace().next().unwrap();
+    assert_eq!(parity["model_sha256"].as_str(), Some(recorded), "fixture is for another model");
+    let mut worst = 0f32;
+    for group in parity["groups"].as_array().unwrap() {
+        let context = group["context"].as_str().unwrap();
+        let candidates: Vec<&str> = group["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        let ids: Vec<u32> = model.token_ids(context);
+        let expected_ids: Vec<u32> = group["context_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids, expected_ids, "context ids for {context:?}");
+
+        let embeddings = model.embed(&candidates).unwrap();
+        for (i, expected) in group["embeddings"].as_array().unwrap().iter().enumerate() {
+            for (a, b) in embeddings.row(i).iter().zip(floats(expected)) {
+                worst = worst.max((a - b).abs());
+            }
+        }
+        let context_embedding = model.embed(&[context]).unwrap();
+        for (a, b) in context_embedding.row(0).iter().zip(floats(&group["context_embedding"])) {
+            worst = worst.max((a - b).abs());
+        }
+        let scores = model.score(context, &candidates).unwrap();
+        for (a, b) in scores.iter().zip(floats(&group["scores"])) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(worst <= 1e-5, "largest difference from onnxruntime: {worst:e}");
+}
+
+fn proto() -> ModelProto {
+    ModelProto::decode(MODEL).unwrap()
+}
+
+fn load(proto: &ModelProto) -> Result<RewardModel, Error> {
+    RewardModel::from_bytes(&proto.encode_to_vec())
+}
+
+fn contract_error(proto: &ModelProto) -> String {
+    match load(proto) {
+        Err(e @ Error::Contract(_)) => e.to_string(),
+        Err(other) => panic!("expected a contract error, got {other}"),
+        Ok(_) => panic!("a model that breaks the contract was accepted"),
+    }
+}
+
+#[test]
+fn model_missing_an_output_is_refused_by_name() {
+    let mut p = proto();
+    p.graph.as_mut().unwrap().output.retain(|o| o.name != "score");
+    let message = contract_error(&p);
+    assert!(message.contains("output `score`"), "{message}");
+}
+
+#[test]
+fn model_missing_metadata_and_inputs_is_refused_naming_all() {
+    let mut p = proto();
+    p.metadata_props
+        .retain(|e| e.key != "feedloop.vocab" && e.key != "feedloop.dimensions");
+    p.graph.as_mut().unwrap().input.retain(|i| i.name != "attention_mask");
+    let message = contract_error(&p);
+    for part in ["input `attention_mask`", "metadata `feedloop.vocab`", "metadata `feedloop.dimensions`"] {
+        assert!(message.contains(part), "{part} not named in: {message}");
+    }
+}
+
+#[test]
+fn model_missing_a_head_parameter_is_refused() {
+    let mut p = proto();
+    p.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .retain(|t| t.name != "head_candidate");
+    let message = contract_error(&p);
+    assert!(message.contains("initializer `head_candidate`"), "{message}");
+}
+
+#[test]
+fn unsupported_contract_version_is_refused() {
+    let mut p = proto();
+    for e in &mut p.metadata_props {
+        if e.key == "feedloop.contract" {
+            e.value = "99".into();
+        }
+    }
+    assert!(contract_error(&p).contains("\"99\""));
+}
+
+#[test]
+fn wrong_dimensions_in_metadata_are_refused() {
+    let mut p = proto();
+    for e in &mut p.metadata_props {
+        if e.key == "feedloop.dimensions" {
+            e.value = "32".into();
+        }
+    }
+    let message = contract_error(&p);
+    assert!(message.contains("values"), "{message}");
+}
+
+#[test]
+fn malformed_bytes_are_refused() {
+    for bytes in [&b""[..], b"not an onnx model at all", &MODEL[..MODEL.len() / 2]] {
+        match RewardModel::from_bytes(bytes) {
+            Err(Error::MalformedModel(m)) => assert!(!m.is_empty()),
+            Err(other) => panic!("expected MalformedModel, got {other}"),
+            Ok(_) => panic!("malformed bytes accepted"),
+        }
+    }
+}
+
+#[test]
+fn empty_candidate_list_gives_empty_ranking() {
+    let ranking = model().rank::<&str>("anything", &[]).unwrap();
+    assert!(ranking.is_empty());
+}
+
+#[test]
+fn long_texts_are_truncated_at_max_tokens() {
+    let model = model();
+    let max = model.info().max_tokens;
+    let long = "privacy ".repeat(3 * max);
+    assert_eq!(model.token_ids(&long).len(), max);
+    // Everything past max_tokens is ignored: appending more text changes nothing.
+    let longer = format!("{long} completely different words about bananas");
+    let a = model.embed(&[long.as_str()]).unwrap();
+    let b = model.embed(&[longer.as_str()]).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn empty_text_embeds_to_zero_and_scores_finite() {
+    let model = model();
+    let e = model.embed(&[""]).unwrap();
+    assert!(e.row(0).iter().all(|&x| x == 0.0));
+    let scores = model.score("", &["", "hello"]).unwrap();
+    assert!(scores.iter().all(|s| s.is_finite()));
+}
+
+#[test]
+fn ranking_is_deterministic_across_loads() {
+    let candidates = ["Reset it under Settings › Security › Password.", "Our office is closed on Sundays.", ""];
+    let a = model().rank("how do I reset my password?", &candidates).unwrap();
+    let b = model().rank("how do I reset my password?", &candidates).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn default_ranking_is_by_relevance() {
+    let model = model();
+    let candidates = [
+        "The museum opens at nine and closes at five.",
+        "To reset your password, click 'Forgot password' on the sign-in page and follow the email link.",
+        "Bananas are rich in potassium.",
+    ];
+    let ranking = model.rank("How do I reset my password?", &candidates).unwrap();
+    assert_eq!(ranking[0].index, 1, "{ranking:?}");
+    let features = model.features("How do I reset my password?", &candidates).unwrap();
+    for (r, f) in ranking.iter().map(|r| (r, &features[r.index])) {
+        assert!((r.score - f.cosine()).abs() < 1e-6, "default head scores cosine");
+    }
+}
