@@ -286,7 +286,48 @@ fn plan_body(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelProto) -> Res
             .map_err(inference)?;
     }
     model
-        .into_optimized()
+        .into_typed()
+        .and_then(fold_constants)
+        .and_then(|m| m.into_optimized())
         .and_then(|m| m.into_runnable())
         .map_err(inference)
+}
+
+/// Folds every constant subgraph into one constant, once, at load.
+///
+/// tract refuses a fold whose result is larger than its inputs, and an int8 embedding table
+/// dequantized to f32 is four times larger: left alone, every run would dequantize the whole
+/// vocabulary (2M multiplications) before gathering a handful of rows. feedloop spends the memory
+/// (V × D × 4 bytes, 7.8 MB for the default model) to make small batches cheap.
+fn fold_constants(mut model: TypedModel) -> TractResult<TypedModel> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    'fold: loop {
+        for id in model.eval_order()? {
+            let node = model.node(id);
+            if node.inputs.is_empty() || node.op_is::<Const>() {
+                continue;
+            }
+            let Some(inputs) = model
+                .node_input_facts(id)?
+                .iter()
+                .map(|f| f.konst.clone().map(|t| t.into_tvalue()))
+                .collect::<Option<TVec<TValue>>>()
+            else {
+                continue;
+            };
+            let Some(outputs) = node.op.eval_out_of_plan(inputs)? else {
+                continue;
+            };
+            let name = node.name.clone();
+            let mut patch = TypedModelPatch::default();
+            for (slot, value) in outputs.into_iter().enumerate() {
+                let wire = patch.add_const(format!("{name}.folded.{slot}"), value.into_tensor())?;
+                patch.shunt_outside(&model, OutletId::new(id, slot), wire)?;
+            }
+            patch.apply(&mut model)?;
+            continue 'fold;
+        }
+        break;
+    }
+    model.into_decluttered()
 }

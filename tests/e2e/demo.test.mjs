@@ -1,0 +1,213 @@
+// End-to-end test of the demo page (www/dist, built by `npx webpack --mode production`) in headless
+// Chromium: it loads the package's wasm and default model, ranks a sample question and a custom
+// one, and must not log any error. Leaves a screenshot in test-results/demo.png.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+import { serve } from "../../tools/serve-static.mjs";
+
+const root = fileURLToPath(new URL("../../", import.meta.url));
+const dist = path.join(root, "www/dist");
+const screenshot = path.join(root, "test-results/demo.png");
+const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-dev-shm-usage",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+];
+const TIMEOUT = 60_000;
+
+if (!existsSync(path.join(dist, "index.html"))) {
+  throw new Error(
+    `www/dist/index.html is missing: build the demo first with \`npx webpack --mode production\` ` +
+      `(which needs the package in pkg/, from tools/build-pkg.sh).`,
+  );
+}
+if (!existsSync(CHROMIUM)) {
+  throw new Error(`Chromium not found at ${CHROMIUM}; set CHROMIUM_PATH to a Chromium/Chrome binary.`);
+}
+
+/** The ranking as shown on the page: best first, with each item's original index and score. */
+function readRanking(page) {
+  return page.$$eval("#results li[data-index]", (items) =>
+    items.map((li) => ({
+      index: Number(li.dataset.index),
+      score: Number(li.dataset.score),
+      rank: Number(li.dataset.rank),
+      text: li.querySelector(".text")?.textContent ?? "",
+      shownScore: li.querySelector(".score")?.textContent ?? "",
+      origin: li.querySelector(".origin")?.textContent ?? "",
+    })),
+  );
+}
+
+async function rankCount(page) {
+  return page.evaluate(() => window.feedloopDemo.rankCount);
+}
+
+async function waitForRankAfter(page, count) {
+  await page.waitForFunction(
+    (n) => window.feedloopDemo.rankCount > n && document.querySelector("#results").dataset.state === "ready",
+    count,
+    { timeout: TIMEOUT },
+  );
+}
+
+describe("feedloop demo page", () => {
+  let server;
+  let browser;
+  let page;
+  const problems = []; // page errors, console errors/warnings, failed or 4xx/5xx requests
+
+  before(async () => {
+    server = await serve(dist, 0);
+    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
+    page = await context.newPage();
+    page.setDefaultTimeout(TIMEOUT);
+    page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
+    page.on("console", (message) => {
+      // Warnings count too: e.g. wasm-bindgen warns when the wasm is not served as application/wasm.
+      if (message.type() === "error" || message.type() === "warning") {
+        problems.push(`console ${message.type()}: ${message.text()} (${message.location()?.url || "no url"})`);
+      }
+    });
+    page.on("requestfailed", (request) =>
+      problems.push(`request failed: ${request.url()} (${request.failure()?.errorText})`),
+    );
+    page.on("response", (response) => {
+      if (response.status() >= 400) problems.push(`HTTP ${response.status()}: ${response.url()}`);
+    });
+    await page.goto(server.url, { waitUntil: "load" });
+  });
+
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test("loads the wasm and the default model and ranks the first sample", async () => {
+    await page.waitForFunction(() => window.feedloopDemo !== undefined);
+    const outcome = await page.evaluate(() =>
+      window.feedloopDemo.ready.then(
+        () => "ready",
+        (error) => `failed: ${error?.message ?? error}`,
+      ),
+    );
+    assert.equal(outcome, "ready", `the demo did not get ready; problems: ${problems.join("; ")}`);
+    await page.waitForSelector('#results[data-state="ready"]');
+
+    const demo = await page.evaluate(() => ({
+      loadMs: window.feedloopDemo.loadMs,
+      rankMs: window.feedloopDemo.rankMs,
+      info: { ...window.feedloopDemo.info },
+    }));
+    assert.ok(demo.loadMs > 0, "loadMs is recorded");
+    assert.ok(demo.rankMs >= 0, "rankMs is recorded");
+    assert.ok(demo.info.dimensions > 0 && demo.info.vocabSize > 0, `model info: ${JSON.stringify(demo.info)}`);
+
+    const status = await page.textContent("#status");
+    assert.match(status, /Model loaded in [\d.]+ ms/);
+    assert.match(status, /ranked \d+ candidates? in [\d.]+ ms/);
+    assert.equal(
+      (await page.textContent('#model-info dd[data-field="dimensions"]')).trim(),
+      String(demo.info.dimensions),
+    );
+    assert.equal(await page.isHidden("#error"), true, "no error is shown");
+    assert.equal(await page.isEnabled("#rank"), true, "the Rank button is enabled");
+  });
+
+  test("ranks the password-reset answer first for the password-reset question", async () => {
+    const before = await rankCount(page);
+    await page.selectOption("#sample", "password-reset");
+    await waitForRankAfter(page, before);
+
+    // What the page actually ranked (its own sample set), so the test and the page cannot drift apart.
+    const { question, candidates } = await page.evaluate(() => window.feedloopDemo.lastInput);
+    assert.equal(question, "How do I reset my password?");
+
+    const ranking = await readRanking(page);
+    assert.equal(ranking.length, candidates.length, "every candidate is ranked");
+    assert.deepEqual(
+      [...ranking.map((r) => r.index)].sort((a, b) => a - b),
+      candidates.map((_, i) => i),
+      "each original position appears once",
+    );
+    for (let i = 1; i < ranking.length; i++) {
+      assert.ok(ranking[i - 1].score >= ranking[i].score, "scores are sorted best first");
+    }
+    for (const item of ranking) {
+      assert.match(item.shownScore, /^-?\d+\.\d{3}$/, "scores are shown with 3 decimals");
+      assert.equal(item.origin, `was #${item.index + 1}`, "the original position is shown");
+      assert.equal(item.text, candidates[item.index]);
+    }
+    assert.match(ranking[0].text, /To reset your password, click 'Forgot password'/, `ranking: ${JSON.stringify(ranking, null, 2)}`);
+    assert.match(ranking.at(-1).text, /office is closed on public holidays|profile picture/, "an off-topic answer ranks last");
+
+    const lastRanking = await page.evaluate(() => window.feedloopDemo.lastRanking);
+    assert.deepEqual(
+      lastRanking.map((r) => r.index),
+      ranking.map((r) => r.index),
+      "window.feedloopDemo.lastRanking matches the page",
+    );
+  });
+
+  test("re-ranks a custom question and candidates typed by the user", async () => {
+    let before = await rankCount(page);
+    await page.fill("#question", "What time does the museum open?");
+    await page.fill(
+      "#candidates",
+      [
+        "Bananas are rich in potassium.",
+        "To reset your password, click 'Forgot password' on the sign-in page.",
+        "The museum opens at nine in the morning and closes at five in the afternoon.",
+      ].join("\n"),
+    );
+    await waitForRankAfter(page, before);
+    assert.equal(await page.inputValue("#sample"), "", "editing switches the selector to a custom question");
+
+    let ranking = await readRanking(page);
+    assert.equal(ranking.length, 3);
+    assert.equal(ranking[0].index, 2, `the museum answer ranks first: ${JSON.stringify(ranking, null, 2)}`);
+
+    // Adding a candidate line updates the ranking; the Rank button ranks right away.
+    before = await rankCount(page);
+    await page.focus("#candidates");
+    await page.evaluate(() => {
+      const box = document.querySelector("#candidates");
+      box.setSelectionRange(box.value.length, box.value.length);
+    });
+    await page.keyboard.type("\nMuseum tickets cost ten euros.");
+    await page.click("#rank");
+    await waitForRankAfter(page, before);
+    ranking = await readRanking(page);
+    assert.equal(ranking.length, 4, "the added candidate is ranked");
+    assert.ok(ranking.some((r) => r.index === 3 && r.text === "Museum tickets cost ten euros."));
+    assert.equal(ranking[0].index, 2, "the museum opening-hours answer still ranks first");
+
+    // An empty candidate list is handled without an error.
+    before = await rankCount(page);
+    await page.fill("#candidates", "");
+    await page.waitForSelector('#results[data-state="empty"]');
+    assert.equal(await page.isHidden("#error"), true);
+
+    // Back to a sample for the screenshot.
+    await page.selectOption("#sample", "password-reset");
+    await waitForRankAfter(page, before);
+  });
+
+  test("emits no page errors, console errors or failed requests; saves a screenshot", async () => {
+    await page.evaluate(() => document.activeElement?.blur());
+    mkdirSync(path.dirname(screenshot), { recursive: true });
+    await page.screenshot({ path: screenshot, fullPage: true });
+    assert.deepEqual(problems, []);
+  });
+});

@@ -1,0 +1,180 @@
+// In-page benchmark for feedloop. Must stay the first statement: the cold start is measured from
+// here (the start of this module's body; the package's own module body only defines functions).
+const moduleStart = performance.now();
+
+import { Ranker } from "feedloop";
+import { SAMPLES, candidatePool } from "./samples.js";
+
+const params = new URLSearchParams(location.search);
+const positiveInt = (name, fallback) => {
+  const value = Number.parseInt(params.get(name) ?? "", 10);
+  return Number.isFinite(value) && value > 0 ? value : fallback;
+};
+const RUNS = positiveInt("runs", 100);
+const WARMUP = positiveInt("warmup", Math.min(10, RUNS));
+const SIZES = (params.get("sizes") ?? "1,32,100")
+  .split(",")
+  .map((s) => Number.parseInt(s, 10))
+  .filter((n) => Number.isFinite(n) && n > 0);
+
+const statusLine = document.getElementById("status");
+const resultsBox = document.getElementById("results");
+const errorBox = document.getElementById("error");
+
+const round = (x, digits = 3) => (Number.isFinite(x) ? Number(x.toFixed(digits)) : x);
+const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
+
+// Linear interpolation between closest ranks (numpy's default).
+function quantile(sorted, q) {
+  if (sorted.length === 0) return NaN;
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo);
+}
+
+function summarize(samples) {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const mean = samples.reduce((a, b) => a + b, 0) / samples.length;
+  return {
+    runs: samples.length,
+    median: round(quantile(sorted, 0.5)),
+    p10: round(quantile(sorted, 0.1)),
+    p90: round(quantile(sorted, 0.9)),
+    mean: round(mean),
+    min: round(sorted[0]),
+    max: round(sorted[sorted.length - 1]),
+  };
+}
+
+function resourceTiming(fragment) {
+  const entry = performance
+    .getEntriesByType("resource")
+    .find((e) => e.name.includes(fragment));
+  if (!entry) return null;
+  return {
+    url: new URL(entry.name).pathname,
+    startMs: round(entry.startTime),
+    durationMs: round(entry.duration),
+    transferBytes: entry.transferSize,
+    decodedBytes: entry.decodedBodySize,
+  };
+}
+
+async function benchSize(ranker, count) {
+  const candidates = candidatePool(count);
+  const questions = SAMPLES.map((s) => s.question);
+  let sink = 0; // keep results alive so nothing is optimized away
+  for (let i = 0; i < WARMUP; i++) {
+    sink += ranker.rank(questions[i % questions.length], candidates)[0].score;
+  }
+  const times = [];
+  for (let i = 0; i < RUNS; i++) {
+    const question = questions[i % questions.length];
+    const start = performance.now();
+    const ranking = ranker.rank(question, candidates);
+    times.push(performance.now() - start);
+    sink += ranking[0].score;
+    if (ranking.length !== count) throw new Error(`expected ${count} ranked candidates, got ${ranking.length}`);
+    if (i % 20 === 19) await nextTask(); // let the page breathe (status updates, test harness)
+  }
+  const stats = summarize(times);
+  return {
+    candidates: count,
+    warmup: WARMUP,
+    ...stats,
+    candidatesPerSecond: round((count * 1000) / stats.median, 0),
+    checksum: round(sink, 4),
+  };
+}
+
+async function run() {
+  const createStart = performance.now();
+  const ranker = await Ranker.create();
+  const createEnd = performance.now();
+  const first = ranker.rank(SAMPLES[0].question, SAMPLES[0].candidates);
+  const firstRankEnd = performance.now();
+
+  const info = ranker.info;
+  const coldStart = {
+    // All values in ms. "*SinceNavigation" values are performance.now() readings, i.e. relative to
+    // performance.timeOrigin (navigation start); the others are relative to the module start.
+    coldStartMs: round(firstRankEnd - moduleStart),
+    createMs: round(createEnd - createStart),
+    firstRankMs: round(firstRankEnd - createEnd),
+    moduleStartSinceNavigationMs: round(moduleStart),
+    createResolvedSinceNavigationMs: round(createEnd),
+    firstRankSinceNavigationMs: round(firstRankEnd),
+    timeOrigin: performance.timeOrigin,
+    firstRankBestIndex: first[0].index,
+    firstRankBestIsExpected: first[0].index === SAMPLES[0].best,
+  };
+  statusLine.textContent = `Cold start ${coldStart.coldStartMs} ms; timing ${RUNS} runs per size…`;
+
+  // Warm every size up before timing any, so the browser's optimizing wasm tier (compiled in the
+  // background after the baseline tier) is in place for the first measured size too.
+  statusLine.textContent = `Warming up (${WARMUP} runs per size)…`;
+  for (const size of SIZES) {
+    const candidates = candidatePool(size);
+    for (let i = 0; i < WARMUP; i++) ranker.rank(SAMPLES[i % SAMPLES.length].question, candidates);
+    await nextTask();
+  }
+
+  const rank = {};
+  for (const size of SIZES) {
+    await nextTask();
+    statusLine.textContent = `Ranking ${size} candidates, ${RUNS} runs…`;
+    rank[size] = await benchSize(ranker, size);
+  }
+
+  const navigation = performance.getEntriesByType("navigation")[0];
+  return {
+    kind: "feedloop-browser-bench",
+    runs: RUNS,
+    warmup: WARMUP,
+    coldStart,
+    rank,
+    resources: {
+      wasm: resourceTiming(".wasm"),
+      model: resourceTiming(".onnx"),
+    },
+    page: {
+      domContentLoadedSinceNavigationMs: navigation ? round(navigation.domContentLoadedEventEnd) : null,
+    },
+    model: {
+      contractVersion: info.contractVersion,
+      dimensions: info.dimensions,
+      maxTokens: info.maxTokens,
+      vocabSize: info.vocabSize,
+      headParameters: info.headParameters,
+    },
+    environment: {
+      userAgent: navigator.userAgent,
+      hardwareConcurrency: navigator.hardwareConcurrency,
+      crossOriginIsolated: globalThis.crossOriginIsolated === true,
+      date: new Date().toISOString(),
+    },
+  };
+}
+
+run().then(
+  (results) => {
+    window.feedloopBench = results;
+    resultsBox.textContent = JSON.stringify(results, null, 2);
+    const r100 = results.rank[100];
+    statusLine.textContent =
+      `Done. Cold start ${results.coldStart.coldStartMs} ms` +
+      (r100 ? `; 100 candidates: median ${r100.median} ms (p10 ${r100.p10}, p90 ${r100.p90})` : "") +
+      ".";
+    document.body.dataset.state = "done";
+  },
+  (error) => {
+    const message = error instanceof Error ? error.message : String(error);
+    window.feedloopBench = { kind: "feedloop-browser-bench", error: message };
+    errorBox.textContent = `Benchmark failed: ${message}`;
+    errorBox.hidden = false;
+    statusLine.textContent = "Failed.";
+    resultsBox.textContent = JSON.stringify(window.feedloopBench, null, 2);
+    document.body.dataset.state = "error";
+  },
+);
