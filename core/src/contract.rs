@@ -55,10 +55,7 @@ impl ModelContract {
             return Err(Error::MalformedModel("the file holds no graph".into()));
         };
 
-        for (name, what) in [
-            (INPUT_TOKEN_IDS, "input"),
-            (INPUT_ATTENTION_MASK, "input"),
-        ] {
+        for (name, what) in [(INPUT_TOKEN_IDS, "input"), (INPUT_ATTENTION_MASK, "input")] {
             if !graph.input.iter().any(|i| i.name == name) {
                 problems.push(format!("{what} `{name}`"));
             }
@@ -184,6 +181,10 @@ fn tokenizer_config(meta: &HashMap<&str, &str>) -> Result<TokenizerConfig> {
             .get("feedloop.tokenizer.continuing_subword_prefix")
             .map_or(defaults.continuing_subword_prefix, |s| s.to_string()),
         max_input_chars_per_word: max_chars,
+        special_tokens: match meta.get("feedloop.tokenizer.special_tokens") {
+            None => defaults.special_tokens,
+            Some(list) => list.split(',').map(str::to_string).collect(),
+        },
     })
 }
 

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tract_onnx::prelude::*;
 
-use crate::contract::{
-    ModelContract, INPUT_ATTENTION_MASK, INPUT_TOKEN_IDS, OUTPUT_EMBEDDING,
-};
+use crate::contract::{ModelContract, INPUT_ATTENTION_MASK, INPUT_TOKEN_IDS, OUTPUT_EMBEDDING};
 use crate::error::{inference, Error, Result};
 use crate::head::{PairFeatures, RewardHead};
 use crate::tokenizer::WordPieceTokenizer;
@@ -215,7 +213,11 @@ impl RewardModel {
     }
 
     /// Features of each candidate against the context, in input order.
-    pub fn features<S: AsRef<str>>(&self, context: &str, candidates: &[S]) -> Result<Vec<PairFeatures>> {
+    pub fn features<S: AsRef<str>>(
+        &self,
+        context: &str,
+        candidates: &[S],
+    ) -> Result<Vec<PairFeatures>> {
         if candidates.is_empty() {
             return Ok(Vec::new());
         }

@@ -72,10 +72,16 @@ pub fn run_onnx(bytes: &[u8], inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>
 
     let mut values = TVec::new();
     for (ix, name) in graph_inputs.iter().enumerate() {
-        let input = inputs.iter().find(|i| &i.name == name).expect("checked above");
+        let input = inputs
+            .iter()
+            .find(|i| &i.name == name)
+            .expect("checked above");
         let tensor = to_tensor(input)?;
         model
-            .set_input_fact(ix, InferenceFact::from(tensor.datum_type().fact(tensor.shape())))
+            .set_input_fact(
+                ix,
+                InferenceFact::from(tensor.datum_type().fact(tensor.shape())),
+            )
             .map_err(inference)?;
         values.push(tensor.into_tvalue());
     }

@@ -21,6 +21,9 @@ pub struct TokenizerConfig {
     pub unk_token: String,
     pub continuing_subword_prefix: String,
     pub max_input_chars_per_word: usize,
+    /// Tokens matched verbatim in the raw text before normalization, as `tokenizers` does with the
+    /// special "added tokens" of a BERT `tokenizer.json` (so a literal "[SEP]" is the separator).
+    pub special_tokens: Vec<String>,
 }
 
 impl Default for TokenizerConfig {
@@ -32,6 +35,9 @@ impl Default for TokenizerConfig {
             unk_token: "[UNK]".into(),
             continuing_subword_prefix: "##".into(),
             max_input_chars_per_word: 100,
+            special_tokens: ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }
@@ -43,6 +49,8 @@ pub struct WordPieceTokenizer {
     vocab: HashMap<String, u32>,
     vocab_size: usize,
     unk_id: u32,
+    /// Special tokens present in the vocabulary, longest first (leftmost-longest matching).
+    special: Vec<(String, u32)>,
 }
 
 impl WordPieceTokenizer {
@@ -60,7 +68,9 @@ impl WordPieceTokenizer {
             let id = u32::try_from(id)
                 .map_err(|_| Error::Contract("vocabulary has more than 2^32 tokens".into()))?;
             if map.insert(token.clone(), id).is_some() {
-                return Err(Error::Contract(format!("vocabulary lists token {token:?} twice")));
+                return Err(Error::Contract(format!(
+                    "vocabulary lists token {token:?} twice"
+                )));
             }
             count += 1;
         }
@@ -73,11 +83,19 @@ impl WordPieceTokenizer {
                 config.unk_token
             ))
         })?;
+        let mut special: Vec<(String, u32)> = config
+            .special_tokens
+            .iter()
+            .filter(|t| !t.is_empty())
+            .filter_map(|t| map.get(t).map(|&id| (t.clone(), id)))
+            .collect();
+        special.sort_by_key(|(t, _)| std::cmp::Reverse(t.len()));
         Ok(Self {
             config,
             vocab: map,
             vocab_size: count,
             unk_id,
+            special,
         })
     }
 
@@ -91,12 +109,33 @@ impl WordPieceTokenizer {
 
     /// Token ids of `text`, without special tokens and without truncation.
     pub fn encode(&self, text: &str) -> Vec<u32> {
-        let normalized = self.normalize(text);
         let mut ids = Vec::new();
-        for word in pre_tokenize(&normalized) {
-            self.word_piece(word, &mut ids);
+        let mut rest = text;
+        while let Some((start, token, id)) = self.next_special(rest) {
+            self.encode_plain(&rest[..start], &mut ids);
+            ids.push(id);
+            rest = &rest[start + token.len()..];
         }
+        self.encode_plain(rest, &mut ids);
         ids
+    }
+
+    /// The leftmost special token in `text`, the longest one where several start there.
+    fn next_special(&self, text: &str) -> Option<(usize, &str, u32)> {
+        self.special
+            .iter()
+            .filter_map(|(t, id)| text.find(t.as_str()).map(|at| (at, t.as_str(), *id)))
+            .min_by_key(|&(at, t, _)| (at, std::cmp::Reverse(t.len())))
+    }
+
+    fn encode_plain(&self, text: &str, ids: &mut Vec<u32>) {
+        if text.is_empty() {
+            return;
+        }
+        let normalized = self.normalize(text);
+        for word in pre_tokenize(&normalized) {
+            self.word_piece(word, ids);
+        }
     }
 
     /// Token ids of `text`, cut after the first `max_tokens` tokens.
@@ -243,7 +282,10 @@ mod tests {
     #[test]
     fn splits_punctuation_and_subwords() {
         let t = tiny();
-        assert_eq!(t.encode("Hello, unaffable world!"), vec![2, 7, 4, 5, 6, 3, 8]);
+        assert_eq!(
+            t.encode("Hello, unaffable world!"),
+            vec![2, 7, 4, 5, 6, 3, 8]
+        );
     }
 
     #[test]
@@ -267,11 +309,19 @@ mod tests {
     }
 
     #[test]
+    fn special_tokens_match_verbatim_before_normalization() {
+        let t = tiny();
+        // "[UNK]" is special; "[unk]" is ordinary text (punctuation + a word not in the vocabulary).
+        assert_eq!(t.encode("hello[UNK]world"), vec![2, 1, 3]);
+        assert_eq!(t.encode("hello [unk]"), vec![2, 1, 1, 1]);
+    }
+
+    #[test]
     fn vocabulary_must_hold_unknown_token_once() {
         let err = WordPieceTokenizer::new(["a", "b"], TokenizerConfig::default()).unwrap_err();
         assert!(err.to_string().contains("[UNK]"), "{err}");
-        let err = WordPieceTokenizer::new(["[UNK]", "a", "a"], TokenizerConfig::default())
-            .unwrap_err();
+        let err =
+            WordPieceTokenizer::new(["[UNK]", "a", "a"], TokenizerConfig::default()).unwrap_err();
         assert!(err.to_string().contains("twice"), "{err}");
     }
 }

@@ -44,7 +44,9 @@ fn tokenizer_matches_hugging_face_tokenizers() {
             .collect();
         let got = model.tokenizer().encode(text);
         if got != expected {
-            mismatches.push(format!("{text:?}\n  expected {expected:?}\n  got      {got:?}"));
+            mismatches.push(format!(
+                "{text:?}\n  expected {expected:?}\n  got      {got:?}"
+            ));
         }
     }
     assert!(
@@ -69,7 +71,11 @@ fn embeddings_and_scores_match_onnxruntime() {
     let model = model();
     let parity: Value = serde_json::from_str(PARITY).unwrap();
     let recorded = MODEL_SHA256.split_whitespace().next().unwrap();
-    assert_eq!(parity["model_sha256"].as_str(), Some(recorded), "fixture is for another model");
+    assert_eq!(
+        parity["model_sha256"].as_str(),
+        Some(recorded),
+        "fixture is for another model"
+    );
     let mut worst = 0f32;
     for group in parity["groups"].as_array().unwrap() {
         let context = group["context"].as_str().unwrap();
@@ -95,7 +101,11 @@ fn embeddings_and_scores_match_onnxruntime() {
             }
         }
         let context_embedding = model.embed(&[context]).unwrap();
-        for (a, b) in context_embedding.row(0).iter().zip(floats(&group["context_embedding"])) {
+        for (a, b) in context_embedding
+            .row(0)
+            .iter()
+            .zip(floats(&group["context_embedding"]))
+        {
             worst = worst.max((a - b).abs());
         }
         let scores = model.score(context, &candidates).unwrap();
@@ -103,7 +113,10 @@ fn embeddings_and_scores_match_onnxruntime() {
             worst = worst.max((a - b).abs());
         }
     }
-    assert!(worst <= 1e-5, "largest difference from onnxruntime: {worst:e}");
+    assert!(
+        worst <= 1e-5,
+        "largest difference from onnxruntime: {worst:e}"
+    );
 }
 
 fn proto() -> ModelProto {
@@ -125,7 +138,11 @@ fn contract_error(proto: &ModelProto) -> String {
 #[test]
 fn model_missing_an_output_is_refused_by_name() {
     let mut p = proto();
-    p.graph.as_mut().unwrap().output.retain(|o| o.name != "score");
+    p.graph
+        .as_mut()
+        .unwrap()
+        .output
+        .retain(|o| o.name != "score");
     let message = contract_error(&p);
     assert!(message.contains("output `score`"), "{message}");
 }
@@ -135,9 +152,17 @@ fn model_missing_metadata_and_inputs_is_refused_naming_all() {
     let mut p = proto();
     p.metadata_props
         .retain(|e| e.key != "feedloop.vocab" && e.key != "feedloop.dimensions");
-    p.graph.as_mut().unwrap().input.retain(|i| i.name != "attention_mask");
+    p.graph
+        .as_mut()
+        .unwrap()
+        .input
+        .retain(|i| i.name != "attention_mask");
     let message = contract_error(&p);
-    for part in ["input `attention_mask`", "metadata `feedloop.vocab`", "metadata `feedloop.dimensions`"] {
+    for part in [
+        "input `attention_mask`",
+        "metadata `feedloop.vocab`",
+        "metadata `feedloop.dimensions`",
+    ] {
         assert!(message.contains(part), "{part} not named in: {message}");
     }
 }
@@ -151,7 +176,10 @@ fn model_missing_a_head_parameter_is_refused() {
         .initializer
         .retain(|t| t.name != "head_candidate");
     let message = contract_error(&p);
-    assert!(message.contains("initializer `head_candidate`"), "{message}");
+    assert!(
+        message.contains("initializer `head_candidate`"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -179,7 +207,11 @@ fn wrong_dimensions_in_metadata_are_refused() {
 
 #[test]
 fn malformed_bytes_are_refused() {
-    for bytes in [&b""[..], b"not an onnx model at all", &MODEL[..MODEL.len() / 2]] {
+    for bytes in [
+        &b""[..],
+        b"not an onnx model at all",
+        &MODEL[..MODEL.len() / 2],
+    ] {
         match RewardModel::from_bytes(bytes) {
             Err(Error::MalformedModel(m)) => assert!(!m.is_empty()),
             Err(other) => panic!("expected MalformedModel, got {other}"),
@@ -218,9 +250,17 @@ fn empty_text_embeds_to_zero_and_scores_finite() {
 
 #[test]
 fn ranking_is_deterministic_across_loads() {
-    let candidates = ["Reset it under Settings › Security › Password.", "Our office is closed on Sundays.", ""];
-    let a = model().rank("how do I reset my password?", &candidates).unwrap();
-    let b = model().rank("how do I reset my password?", &candidates).unwrap();
+    let candidates = [
+        "Reset it under Settings › Security › Password.",
+        "Our office is closed on Sundays.",
+        "",
+    ];
+    let a = model()
+        .rank("how do I reset my password?", &candidates)
+        .unwrap();
+    let b = model()
+        .rank("how do I reset my password?", &candidates)
+        .unwrap();
     assert_eq!(a, b);
 }
 
@@ -232,10 +272,17 @@ fn default_ranking_is_by_relevance() {
         "To reset your password, click 'Forgot password' on the sign-in page and follow the email link.",
         "Bananas are rich in potassium.",
     ];
-    let ranking = model.rank("How do I reset my password?", &candidates).unwrap();
+    let ranking = model
+        .rank("How do I reset my password?", &candidates)
+        .unwrap();
     assert_eq!(ranking[0].index, 1, "{ranking:?}");
-    let features = model.features("How do I reset my password?", &candidates).unwrap();
+    let features = model
+        .features("How do I reset my password?", &candidates)
+        .unwrap();
     for (r, f) in ranking.iter().map(|r| (r, &features[r.index])) {
-        assert!((r.score - f.cosine()).abs() < 1e-6, "default head scores cosine");
+        assert!(
+            (r.score - f.cosine()).abs() < 1e-6,
+            "default head scores cosine"
+        );
     }
 }
