@@ -82,6 +82,8 @@ test-fmt:
 
 test-native:
 	cargo test --workspace
+	# criterion benches, run once each as a smoke test (numbers come from `make bench`)
+	cargo test -p feedloop-core --features bundled-model --benches
 
 # The committed fixtures must still be what Hugging Face tokenizers and onnxruntime produce.
 test-python: setup-python
@@ -98,7 +100,6 @@ test-pkg: pkg
 test-e2e: www setup-browser
 	node --test tests/e2e/
 	node tools/bench-browser.mjs --smoke
-	cargo bench -p feedloop-core --features bundled-model -- --test
 
 # ---- benchmarks (numbers, never assertions) -------------------------------------------------
 

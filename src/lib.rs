@@ -114,9 +114,7 @@ impl Ranker {
     fn scores(&self, context: &JsValue, candidates: &JsValue) -> JsResult<Vec<f32>> {
         let context = string(context, "context")?;
         let candidates = strings(candidates, "candidates")?;
-        self.model
-            .score(&context, &candidates)
-            .map_err(to_js_error)
+        self.model.score(&context, &candidates).map_err(to_js_error)
     }
 }
 
@@ -159,6 +157,9 @@ fn type_name(value: &JsValue) -> String {
     } else if Array::is_array(value) {
         "an array".into()
     } else {
-        value.js_typeof().as_string().unwrap_or_else(|| "unknown".into())
+        value
+            .js_typeof()
+            .as_string()
+            .unwrap_or_else(|| "unknown".into())
     }
 }

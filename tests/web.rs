@@ -15,7 +15,11 @@ const MODEL: &[u8] = include_bytes!("../models/feedloop-default.onnx");
 const PARITY: &str = include_str!("fixtures/parity.json");
 
 fn floats(v: &serde_json::Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[wasm_bindgen_test]
@@ -49,7 +53,10 @@ fn embeddings_and_scores_match_onnxruntime_in_the_browser() {
             worst = worst.max((a - b).abs());
         }
     }
-    assert!(worst <= 1e-5, "largest difference from onnxruntime: {worst:e}");
+    assert!(
+        worst <= 1e-5,
+        "largest difference from onnxruntime: {worst:e}"
+    );
 }
 
 fn error_message(result: Result<impl Sized, JsError>) -> String {
@@ -57,8 +64,14 @@ fn error_message(result: Result<impl Sized, JsError>) -> String {
         Ok(_) => panic!("expected an error"),
         Err(e) => JsValue::from(e),
     };
-    assert!(value.is_instance_of::<js_sys::Error>(), "not a JS Error: {value:?}");
-    Reflect::get(&value, &"message".into()).unwrap().as_string().unwrap()
+    assert!(
+        value.is_instance_of::<js_sys::Error>(),
+        "not a JS Error: {value:?}"
+    );
+    Reflect::get(&value, &"message".into())
+        .unwrap()
+        .as_string()
+        .unwrap()
 }
 
 #[wasm_bindgen_test]
@@ -70,9 +83,17 @@ fn malformed_model_bytes_are_a_js_error() {
 #[wasm_bindgen_test]
 fn non_string_candidate_is_a_js_error() {
     let ranker = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
-    let candidates: Array = [JsValue::from_str("fine"), JsValue::from_f64(42.0)].iter().collect();
+    let candidates: Array = [JsValue::from_str("fine"), JsValue::from_f64(42.0)]
+        .iter()
+        .collect();
     let message = error_message(ranker.rank(JsValue::from_str("context"), candidates.into()));
-    assert!(message.contains("candidates[1] must be a string, got number"), "{message}");
+    assert!(
+        message.contains("candidates[1] must be a string, got number"),
+        "{message}"
+    );
     let message = error_message(ranker.rank(JsValue::NULL, Array::new().into()));
-    assert!(message.contains("context must be a string, got null"), "{message}");
+    assert!(
+        message.contains("context must be a string, got null"),
+        "{message}"
+    );
 }

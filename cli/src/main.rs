@@ -14,7 +14,11 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 #[derive(Parser)]
-#[command(name = "feedloop", version, about = "Privacy-preserving on-device ranking: the feedloop CLI")]
+#[command(
+    name = "feedloop",
+    version,
+    about = "Privacy-preserving on-device ranking: the feedloop CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -104,8 +108,9 @@ fn read_file(path: &Path) -> CliResult<Vec<u8>> {
 
 fn load_model(path: Option<&Path>) -> CliResult<RewardModel> {
     match path {
-        Some(p) => RewardModel::from_bytes(&read_file(p)?)
-            .map_err(|e| format!("{}: {e}", p.display())),
+        Some(p) => {
+            RewardModel::from_bytes(&read_file(p)?).map_err(|e| format!("{}: {e}", p.display()))
+        }
         None => RewardModel::bundled().map_err(|e| e.to_string()),
     }
 }
@@ -146,8 +151,12 @@ struct InputSpec {
 fn model_run(args: ModelRunArgs) -> CliResult<Value> {
     let model = read_file(&args.model)?;
     let json = read_file(&args.inputs)?;
-    let specs: Map<String, Value> = serde_json::from_slice(&json)
-        .map_err(|e| format!("{}: not a JSON object of inputs: {e}", args.inputs.display()))?;
+    let specs: Map<String, Value> = serde_json::from_slice(&json).map_err(|e| {
+        format!(
+            "{}: not a JSON object of inputs: {e}",
+            args.inputs.display()
+        )
+    })?;
     let mut inputs = Vec::with_capacity(specs.len());
     for (name, spec) in specs {
         let spec: InputSpec = serde_json::from_value(spec).map_err(|e| {
@@ -171,7 +180,8 @@ fn model_run(args: ModelRunArgs) -> CliResult<Value> {
 }
 
 fn parse_data(name: &str, spec: &InputSpec) -> CliResult<TensorData> {
-    let bad = |i: usize, v: &Value| format!("input `{name}`: data[{i}] = {v} is not a {}", spec.dtype);
+    let bad =
+        |i: usize, v: &Value| format!("input `{name}`: data[{i}] = {v} is not a {}", spec.dtype);
     match spec.dtype.as_str() {
         "float32" => spec
             .data

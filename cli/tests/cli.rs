@@ -16,12 +16,18 @@ fn temp_file(name: &str, contents: &[u8]) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("feedloop-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
-    std::fs::File::create(&path).unwrap().write_all(contents).unwrap();
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(contents)
+        .unwrap();
     path
 }
 
 fn model_path() -> String {
-    format!("{}/../models/feedloop-default.onnx", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../models/feedloop-default.onnx",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 #[test]
@@ -30,14 +36,27 @@ fn rank_prints_json_best_first() {
         "candidates.txt",
         b"Bananas are rich in potassium.\nTo reset your password, click 'Forgot password' on the sign-in page.\n\nThe museum opens at nine.\n",
     );
-    let out = feedloop(&["rank", "--context", "How do I reset my password?", "--candidates", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = feedloop(&[
+        "rank",
+        "--context",
+        "How do I reset my password?",
+        "--candidates",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ranking = json["ranking"].as_array().unwrap();
     assert_eq!(ranking.len(), 3, "the empty line is skipped");
     assert_eq!(ranking[0]["index"], 1);
     assert!(ranking[0]["text"].as_str().unwrap().contains("reset"));
-    let scores: Vec<f64> = ranking.iter().map(|r| r["score"].as_f64().unwrap()).collect();
+    let scores: Vec<f64> = ranking
+        .iter()
+        .map(|r| r["score"].as_f64().unwrap())
+        .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]));
 }
 
@@ -45,10 +64,14 @@ fn rank_prints_json_best_first() {
 fn model_run_runs_any_onnx_and_matches_rank() {
     // The default model's `score` output, computed by the graph, run as a plain ONNX model.
     let ids = |text: &str| -> Vec<i64> {
-        let model = feedloop_core::RewardModel::from_bytes(&std::fs::read(model_path()).unwrap()).unwrap();
+        let model =
+            feedloop_core::RewardModel::from_bytes(&std::fs::read(model_path()).unwrap()).unwrap();
         model.token_ids(text).into_iter().map(i64::from).collect()
     };
-    let (context, candidate) = ("How do I reset my password?", "Click 'Forgot password' on the sign-in page.");
+    let (context, candidate) = (
+        "How do I reset my password?",
+        "Click 'Forgot password' on the sign-in page.",
+    );
     let (c, r) = (ids(context), ids(candidate));
     let inputs = serde_json::json!({
         "token_ids": {"dtype": "int64", "shape": [1, r.len()], "data": r},
@@ -57,38 +80,98 @@ fn model_run_runs_any_onnx_and_matches_rank() {
         "context_attention_mask": {"dtype": "int64", "shape": [1, c.len()], "data": vec![1; c.len()]},
     });
     let file = temp_file("inputs.json", inputs.to_string().as_bytes());
-    let out = feedloop(&["model", "run", "--model", &model_path(), "--inputs", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = feedloop(&[
+        "model",
+        "run",
+        "--model",
+        &model_path(),
+        "--inputs",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["outputs"]["embedding"]["shape"], serde_json::json!([1, 64]));
+    assert_eq!(
+        json["outputs"]["embedding"]["shape"],
+        serde_json::json!([1, 64])
+    );
     let graph_score = json["outputs"]["score"]["data"][0].as_f64().unwrap();
 
     let cands = temp_file("one.txt", candidate.as_bytes());
-    let out = feedloop(&["rank", "--context", context, "--candidates", cands.to_str().unwrap()]);
+    let out = feedloop(&[
+        "rank",
+        "--context",
+        context,
+        "--candidates",
+        cands.to_str().unwrap(),
+    ]);
     let ranked: Value = serde_json::from_slice(&out.stdout).unwrap();
     let head_score = ranked["ranking"][0]["score"].as_f64().unwrap();
-    assert!((graph_score - head_score).abs() < 1e-5, "graph {graph_score} vs head {head_score}");
+    assert!(
+        (graph_score - head_score).abs() < 1e-5,
+        "graph {graph_score} vs head {head_score}"
+    );
 }
 
 #[test]
 fn model_run_errors_name_the_problem() {
-    let file = temp_file("partial.json", br#"{"token_ids": {"dtype": "int64", "shape": [1, 1], "data": [5]}}"#);
-    let out = feedloop(&["model", "run", "--model", &model_path(), "--inputs", file.to_str().unwrap()]);
+    let file = temp_file(
+        "partial.json",
+        br#"{"token_ids": {"dtype": "int64", "shape": [1, 1], "data": [5]}}"#,
+    );
+    let out = feedloop(&[
+        "model",
+        "run",
+        "--model",
+        &model_path(),
+        "--inputs",
+        file.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("missing input(s)") && err.contains("attention_mask"), "{err}");
+    assert!(
+        err.contains("missing input(s)") && err.contains("attention_mask"),
+        "{err}"
+    );
 
-    let file = temp_file("badtype.json", br#"{"x": {"dtype": "uint8", "shape": [1], "data": [1]}}"#);
-    let out = feedloop(&["model", "run", "--model", &model_path(), "--inputs", file.to_str().unwrap()]);
+    let file = temp_file(
+        "badtype.json",
+        br#"{"x": {"dtype": "uint8", "shape": [1], "data": [1]}}"#,
+    );
+    let out = feedloop(&[
+        "model",
+        "run",
+        "--model",
+        &model_path(),
+        "--inputs",
+        file.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("dtype \"uint8\" is not supported"));
 
     let bad_model = temp_file("bad.onnx", b"garbage");
-    let out = feedloop(&["rank", "--context", "q", "--candidates", file.to_str().unwrap(), "--model", bad_model.to_str().unwrap()]);
+    let out = feedloop(&[
+        "rank",
+        "--context",
+        "q",
+        "--candidates",
+        file.to_str().unwrap(),
+        "--model",
+        bad_model.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("malformed ONNX model"));
 
-    let out = feedloop(&["rank", "--context", "q", "--candidates", "/nonexistent/file"]);
+    let out = feedloop(&[
+        "rank",
+        "--context",
+        "q",
+        "--candidates",
+        "/nonexistent/file",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/file"));
 }
