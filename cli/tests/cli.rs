@@ -116,12 +116,10 @@ fn model_run_runs_any_onnx_and_matches_rank() {
     );
 }
 
-#[test]
-fn model_run_errors_name_the_problem() {
-    let file = temp_file(
-        "partial.json",
-        br#"{"token_ids": {"dtype": "int64", "shape": [1, 1], "data": [5]}}"#,
-    );
+/// Runs `feedloop model run` on the default model with `inputs` and returns its stderr, which must
+/// come with a failing exit code.
+fn model_run_error(name: &str, inputs: &[u8]) -> String {
+    let file = temp_file(name, inputs);
     let out = feedloop(&[
         "model",
         "run",
@@ -130,28 +128,27 @@ fn model_run_errors_name_the_problem() {
         "--inputs",
         file.to_str().unwrap(),
     ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{name} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn model_run_errors_name_the_problem() {
+    let err = model_run_error(
+        "partial.json",
+        br#"{"token_ids": {"dtype": "int64", "shape": [1, 1], "data": [5]}}"#,
+    );
     assert!(
         err.contains("missing input(s)") && err.contains("attention_mask"),
         "{err}"
     );
-
-    let file = temp_file(
+    let err = model_run_error(
         "badtype.json",
         br#"{"x": {"dtype": "uint8", "shape": [1], "data": [1]}}"#,
     );
-    let out = feedloop(&[
-        "model",
-        "run",
-        "--model",
-        &model_path(),
-        "--inputs",
-        file.to_str().unwrap(),
-    ]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("dtype \"uint8\" is not supported"));
+    assert!(err.contains("dtype \"uint8\" is not supported"), "{err}");
 
+    let file = temp_file("candidates-q.txt", b"a candidate");
     let bad_model = temp_file("bad.onnx", b"garbage");
     let out = feedloop(&[
         "rank",
