@@ -9,21 +9,11 @@ import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 import { serve } from "./serve-static.mjs";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-dev-shm-usage",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
 
 const { values: args } = parseArgs({
   options: {
@@ -48,13 +38,12 @@ function fail(message) {
 if (!existsSync(path.join(args.dist, "bench.html"))) {
   fail(`${path.join(args.dist, "bench.html")} is missing: build it first with \`npx webpack --mode production\`.`);
 }
-if (!existsSync(CHROMIUM)) fail(`Chromium not found at ${CHROMIUM}; set CHROMIUM_PATH.`);
 
 const query = new URLSearchParams({ runs });
 if (args.warmup) query.set("warmup", args.warmup);
 
 const server = await serve(args.dist, 0);
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+const browser = await launchChromium();
 const problems = [];
 let results;
 try {

@@ -6,23 +6,13 @@ import assert from "node:assert/strict";
 import { existsSync, mkdirSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../../tools/chromium.mjs";
 
 import { serve } from "../../tools/serve-static.mjs";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const dist = path.join(root, "www/dist");
 const screenshot = path.join(root, "test-results/demo.png");
-const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-dev-shm-usage",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-];
 const TIMEOUT = 60_000;
 
 if (!existsSync(path.join(dist, "index.html"))) {
@@ -30,9 +20,6 @@ if (!existsSync(path.join(dist, "index.html"))) {
     `www/dist/index.html is missing: build the demo first with \`npx webpack --mode production\` ` +
       `(which needs the package in pkg/, from tools/build-pkg.sh).`,
   );
-}
-if (!existsSync(CHROMIUM)) {
-  throw new Error(`Chromium not found at ${CHROMIUM}; set CHROMIUM_PATH to a Chromium/Chrome binary.`);
 }
 
 /** The ranking as shown on the page: best first, with each item's original index and score. */
@@ -69,7 +56,7 @@ describe("feedloop demo page", () => {
 
   before(async () => {
     server = await serve(dist, 0);
-    browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+    browser = await launchChromium();
     const context = await browser.newContext({ viewport: { width: 1100, height: 900 } });
     page = await context.newPage();
     page.setDefaultTimeout(TIMEOUT);
