@@ -1,0 +1,1 @@
+//! feedloop's privacy layer (work in progress).
