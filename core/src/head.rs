@@ -53,6 +53,18 @@ impl PairFeatures {
         }
     }
 
+    /// φ, the vector the head's parameters multiply: [cos, e_c ⊙ e_r, e_r, ℓ(n), 1], in
+    /// [`RewardHead::to_vector`] order, so score = θ · φ.
+    pub fn to_vector(&self) -> Vec<f32> {
+        let mut v = Vec::with_capacity(2 * self.product.len() + 3);
+        v.push(self.cosine());
+        v.extend_from_slice(&self.product);
+        v.extend_from_slice(&self.candidate);
+        v.push(self.length);
+        v.push(1.0);
+        v
+    }
+
     /// cos(e_c, e_r) — the embeddings are unit vectors, so this is the sum of the product.
     pub fn cosine(&self) -> f32 {
         self.product.iter().sum()

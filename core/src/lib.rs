@@ -1,4 +1,5 @@
-//! feedloop's pure core: tokenizer, the ONNX reward model (run by tract), the reward head.
+//! feedloop's pure core: tokenizer, the ONNX reward model (run by tract), the reward head, feedback
+//! events and on-device learning.
 //!
 //! No wasm-bindgen, web-sys or js-sys here: the browser layer (`src/`), the CLI and the server use this
 //! crate, and everything in it is tested natively.
@@ -14,13 +15,21 @@
 
 pub mod contract;
 pub mod error;
+pub mod feedback;
+pub mod feedback_loop;
 pub mod head;
+pub mod learning;
 pub mod model;
 pub mod onnx_runner;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
+pub use feedback::{FeedbackEvent, FeedbackWeights, FlagCategory, RawFeedback, Signal};
+pub use feedback_loop::{
+    Activity, Candidate, Explanation, FeedbackLoop, FeedbackOutcome, PersonalState, RankedCandidate,
+};
 pub use head::{PairFeatures, RewardHead};
+pub use learning::{Example, LearningConfig, LocalLearningState};
 pub use model::{rank_scores, Embeddings, ModelInfo, Ranked, RewardModel};
 pub use tokenizer::{TokenizerConfig, WordPieceTokenizer};
 

@@ -1,0 +1,568 @@
+//! The feedback loop on one device: rank candidates, take feedback about them, learn from it at once,
+//! explain scores, and save/restore/merge what was learned.
+//!
+//! Candidates are known by the ids the page gives them. Ranking remembers each candidate's features
+//! (and caches embeddings by text), so feedback can name a candidate by id and a re-rank after
+//! feedback costs one dot product per candidate, not a model run.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::feedback::{FeedbackEvent, FeedbackWeights, RawFeedback, Signal};
+use crate::head::PairFeatures;
+use crate::learning::{dot, learn, Example, LearningConfig, LocalLearningState};
+use crate::model::RewardModel;
+
+/// Texts whose embeddings are kept; beyond this the cache starts over (it is only a cache).
+const EMBEDDING_CACHE: usize = 4096;
+/// Candidates remembered for feedback; the oldest are forgotten first.
+const CANDIDATE_MEMORY: usize = 10_000;
+/// Recent feedback kept for the activity panel (local only, never uploaded).
+const ACTIVITY_CAPACITY: usize = 50;
+/// Feedback "support" at which confidence reaches one half (see [`Explanation::confidence`]).
+const CONFIDENCE_HALF: f32 = 2.0;
+
+/// A candidate to rank: the page's id for it and its text.
+#[derive(Debug, Clone, Copy)]
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub text: &'a str,
+}
+
+/// One ranked candidate, best first in a ranking.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedCandidate {
+    pub id: String,
+    /// Position in the input.
+    pub index: usize,
+    pub score: f32,
+}
+
+#[derive(Debug)]
+struct Embedded {
+    vector: Vec<f32>,
+    tokens: usize,
+}
+
+#[derive(Debug, Clone)]
+struct CandidateRecord {
+    text: String,
+    context: Arc<str>,
+    /// φ against `context`, in head-parameter order.
+    features: Vec<f32>,
+}
+
+/// What recording one event did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedbackOutcome {
+    pub kind: &'static str,
+    /// Whether the personal head learned from it.
+    pub learned: bool,
+    /// Why it did not, if it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The (first named) candidate's personal score before and after.
+    pub score_before: f32,
+    pub score_after: f32,
+}
+
+/// One entry of the local activity log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub id: u64,
+    pub timestamp: f64,
+    pub kind: String,
+    pub candidates: Vec<String>,
+    pub weight: f32,
+    pub learned: bool,
+    pub score_before: f32,
+    pub score_after: f32,
+}
+
+/// The parts of a candidate's personal score and how much feedback backs it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub candidate: String,
+    pub context: String,
+    /// relevance + global_preference + personal_adjustment (up to float rounding).
+    pub score: f32,
+    /// The global head's cosine weight × cos(context, candidate): relevance to the context.
+    pub relevance: f32,
+    /// The rest of the global head: what the shipped (later: federated) model prefers.
+    pub global_preference: f32,
+    /// δ · φ: what this device's feedback changed.
+    pub personal_adjustment: f32,
+    /// support / (support + 2), in [0, 1): 0 with no feedback, ½ at two full-weight events.
+    pub confidence: f32,
+    /// Weighted feedback events about this candidate that were learned from.
+    pub direct_feedback: f32,
+    /// Examples the personal head has learned from in all.
+    pub learned_examples: u64,
+}
+
+/// Everything learned on this device, saved by the page between visits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersonalState {
+    pub learning: LocalLearningState,
+    /// Recent examples, replayed during learning.
+    pub replay: VecDeque<Example>,
+    /// Learned events per candidate id (for the per-candidate cap).
+    pub events_per_candidate: BTreeMap<String, u32>,
+    /// Weighted learned feedback per candidate id (for confidence).
+    pub support: BTreeMap<String, f32>,
+    pub activity: VecDeque<Activity>,
+    /// Bumped by every save, so a tab can tell another tab wrote in between.
+    pub revision: u64,
+}
+
+/// Magic and version of [`PersonalState::to_bytes`].
+const STATE_MAGIC: &[u8; 4] = b"FLS1";
+
+impl PersonalState {
+    pub fn new(base_version: &str, parameter_count: usize) -> Self {
+        Self {
+            learning: LocalLearningState::new(base_version, parameter_count),
+            replay: VecDeque::new(),
+            events_per_candidate: BTreeMap::new(),
+            support: BTreeMap::new(),
+            activity: VecDeque::new(),
+            revision: 0,
+        }
+    }
+
+    /// A compact, versioned binary encoding (postcard) for storage.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = STATE_MAGIC.to_vec();
+        out.extend(postcard::to_allocvec(self).expect("PersonalState always serializes"));
+        out
+    }
+
+    /// Decodes [`PersonalState::to_bytes`], checking it fits a head of `parameter_count`.
+    pub fn from_bytes(bytes: &[u8], parameter_count: usize) -> Result<Self> {
+        let body = bytes.strip_prefix(STATE_MAGIC).ok_or_else(|| {
+            Error::InvalidInput("saved state is not a feedloop state (bad header)".into())
+        })?;
+        let state: Self = postcard::from_bytes(body)
+            .map_err(|e| Error::InvalidInput(format!("saved state is corrupt: {e}")))?;
+        state.learning.check(parameter_count)?;
+        if let Some(bad) = state.replay.iter().find(|e| {
+            e.x.len() != parameter_count
+                || !e.x.iter().all(|v| v.is_finite())
+                || !(0.0..=1.0).contains(&e.label)
+        }) {
+            return Err(Error::InvalidInput(format!(
+                "saved state has a malformed example (id {})",
+                bad.id
+            )));
+        }
+        Ok(state)
+    }
+
+    /// Three-way merge for two tabs: `stored` is what another tab saved, `base` what this tab last
+    /// loaded or saved, `mine` this tab's state now. Both tabs' learning survives: the delta and the
+    /// counters add this tab's increments since `base` onto `stored`; replay and activity are the
+    /// union by id. (SGD increments are additive, so this is the state both tabs' steps would give,
+    /// up to the order of steps.)
+    pub fn merge(stored: &Self, base: &Self, mine: &Self) -> Self {
+        let mut merged = stored.clone();
+        for ((m, b), s) in mine
+            .learning
+            .delta
+            .iter()
+            .zip(&base.learning.delta)
+            .zip(merged.learning.delta.iter_mut())
+        {
+            *s += m - b;
+        }
+        merged.learning.example_count += mine
+            .learning
+            .example_count
+            .saturating_sub(base.learning.example_count);
+        for (id, count) in &mine.events_per_candidate {
+            let before = base.events_per_candidate.get(id).copied().unwrap_or(0);
+            *merged.events_per_candidate.entry(id.clone()).or_default() +=
+                count.saturating_sub(before);
+        }
+        for (id, support) in &mine.support {
+            let before = base.support.get(id).copied().unwrap_or(0.0);
+            *merged.support.entry(id.clone()).or_default() += (support - before).max(0.0);
+        }
+        let known: std::collections::HashSet<u64> = merged.replay.iter().map(|e| e.id).collect();
+        merged.replay.extend(
+            mine.replay
+                .iter()
+                .filter(|e| !known.contains(&e.id))
+                .cloned(),
+        );
+        let known: std::collections::HashSet<u64> = merged.activity.iter().map(|a| a.id).collect();
+        merged.activity.extend(
+            mine.activity
+                .iter()
+                .filter(|a| !known.contains(&a.id))
+                .cloned(),
+        );
+        merged
+            .activity
+            .make_contiguous()
+            .sort_by(|a, b| a.timestamp.total_cmp(&b.timestamp));
+        while merged.activity.len() > ACTIVITY_CAPACITY {
+            merged.activity.pop_front();
+        }
+        merged.revision = stored.revision.max(mine.revision);
+        merged
+    }
+}
+
+/// The on-device feedback loop: a model, the candidates it ranked, and what it learned.
+#[derive(Debug)]
+pub struct FeedbackLoop {
+    model: RewardModel,
+    global: Vec<f32>,
+    weights: FeedbackWeights,
+    config: LearningConfig,
+    state: PersonalState,
+    /// Distinguishes this instance's example ids from another tab's.
+    instance: u64,
+    sequence: u64,
+    embeddings: HashMap<String, Arc<Embedded>>,
+    candidates: HashMap<String, CandidateRecord>,
+    candidate_order: VecDeque<String>,
+}
+
+impl FeedbackLoop {
+    /// `instance` should differ between tabs (a random number); it only keeps example ids apart.
+    pub fn new(
+        model: RewardModel,
+        weights: FeedbackWeights,
+        config: LearningConfig,
+        instance: u64,
+    ) -> Result<Self> {
+        weights.validate()?;
+        config.validate()?;
+        let global = model.head().to_vector();
+        let state = PersonalState::new("bundled", global.len());
+        Ok(Self {
+            model,
+            global,
+            weights,
+            config,
+            state,
+            instance,
+            sequence: 0,
+            embeddings: HashMap::new(),
+            candidates: HashMap::new(),
+            candidate_order: VecDeque::new(),
+        })
+    }
+
+    pub fn model(&self) -> &RewardModel {
+        &self.model
+    }
+
+    pub fn state(&self) -> &PersonalState {
+        &self.state
+    }
+
+    pub fn learning_state(&self) -> &LocalLearningState {
+        &self.state.learning
+    }
+
+    /// Replaces what was learned (e.g. with a saved or merged state); checked against the head.
+    pub fn set_state(&mut self, mut state: PersonalState) -> Result<()> {
+        state.learning.check(self.global.len())?;
+        while state.replay.len() > self.config.replay_capacity as usize {
+            state.replay.pop_front();
+        }
+        self.state = state;
+        Ok(())
+    }
+
+    /// Forgets everything learned on this device (the model and candidates stay).
+    pub fn reset(&mut self) {
+        let revision = self.state.revision;
+        self.state = PersonalState::new(&self.state.learning.base_version, self.global.len());
+        self.state.revision = revision;
+    }
+
+    /// Candidates best first under the personal head. Ids must be unique and non-empty.
+    pub fn rank(
+        &mut self,
+        context: &str,
+        candidates: &[Candidate],
+    ) -> Result<Vec<RankedCandidate>> {
+        let mut seen = std::collections::HashSet::with_capacity(candidates.len());
+        for (i, c) in candidates.iter().enumerate() {
+            if c.id.is_empty() {
+                return Err(Error::InvalidInput(format!(
+                    "candidate {i} has an empty id"
+                )));
+            }
+            if !seen.insert(c.id) {
+                return Err(Error::InvalidInput(format!(
+                    "candidate id {:?} appears twice; ids must be unique",
+                    c.id
+                )));
+            }
+        }
+        let context: Arc<str> = Arc::from(context);
+        let texts: Vec<&str> = candidates.iter().map(|c| c.text).collect();
+        let features = self.features(&context, &texts)?;
+        let theta = self.state.learning.personal_parameters(&self.global);
+        let scores: Vec<f32> = features.iter().map(|x| dot(&theta, x)).collect();
+        for (c, x) in candidates.iter().zip(features) {
+            self.remember(c.id, c.text, context.clone(), x);
+        }
+        Ok(crate::model::rank_scores(&scores)
+            .into_iter()
+            .map(|r| RankedCandidate {
+                id: candidates[r.index].id.to_string(),
+                index: r.index,
+                score: r.score,
+            })
+            .collect())
+    }
+
+    /// Validates and records one event, and learns from it at once. An event about a candidate that
+    /// was never ranked (or was forgotten) is an error, as is any malformed event.
+    pub fn record(&mut self, raw: RawFeedback, now_ms: f64) -> Result<FeedbackOutcome> {
+        let event = FeedbackEvent::validate(raw, now_ms)?;
+        let named = event.signal.candidates();
+        for id in &named {
+            if !self.candidates.contains_key(*id) {
+                return Err(Error::InvalidInput(format!(
+                    "unknown candidate {id:?}: rank it before recording feedback about it"
+                )));
+            }
+        }
+        let primary = named[0].to_string();
+        let examples = self.examples(&event)?;
+        let weight = self.weights.weight(&event.signal);
+        let score_before = self.personal_score(&primary);
+
+        let cap = self.weights.max_events_per_candidate;
+        let capped = named.iter().any(|id| {
+            self.state
+                .events_per_candidate
+                .get(*id)
+                .copied()
+                .unwrap_or(0)
+                >= cap
+        });
+        let reason = if weight == 0.0 {
+            Some(match event.signal {
+                Signal::Dwell { .. } => format!(
+                    "dwell shorter than {} ms is not a signal",
+                    self.weights.min_dwell_ms
+                ),
+                _ => format!("{} events have weight 0", event.signal.kind()),
+            })
+        } else if capped {
+            Some(format!(
+                "already learned {cap} events about this candidate (maxEventsPerCandidate)"
+            ))
+        } else {
+            None
+        };
+
+        let mut learned = false;
+        if reason.is_none() {
+            for x in examples {
+                let (x, label) = x;
+                let example = Example {
+                    id: self.next_id(),
+                    x,
+                    label,
+                    weight,
+                };
+                self.state.replay.push_back(example.clone());
+                while self.state.replay.len() > self.config.replay_capacity as usize {
+                    self.state.replay.pop_front();
+                }
+                let replay = self.state.replay.make_contiguous();
+                learned |= learn(
+                    &mut self.state.learning,
+                    &self.global,
+                    &example,
+                    replay,
+                    &self.config,
+                );
+            }
+            if learned {
+                for id in &named {
+                    *self
+                        .state
+                        .events_per_candidate
+                        .entry(id.to_string())
+                        .or_default() += 1;
+                    *self.state.support.entry(id.to_string()).or_default() += weight;
+                }
+            }
+        }
+        let score_after = self.personal_score(&primary);
+        let id = self.next_id();
+        self.state.activity.push_back(Activity {
+            id,
+            timestamp: event.timestamp_ms,
+            kind: event.signal.kind().to_string(),
+            candidates: named.iter().map(|s| s.to_string()).collect(),
+            weight,
+            learned,
+            score_before,
+            score_after,
+        });
+        while self.state.activity.len() > ACTIVITY_CAPACITY {
+            self.state.activity.pop_front();
+        }
+        Ok(FeedbackOutcome {
+            kind: event.signal.kind(),
+            learned,
+            reason: if learned || reason.is_some() {
+                reason
+            } else {
+                Some("the gradient was not finite".into())
+            },
+            score_before,
+            score_after,
+        })
+    }
+
+    /// The parts of a ranked candidate's score (in the context it was last ranked under).
+    pub fn explain(&self, candidate: &str) -> Result<Explanation> {
+        let record = self.candidates.get(candidate).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "unknown candidate {candidate:?}: rank it before asking why"
+            ))
+        })?;
+        let x = &record.features;
+        let relevance = self.global[0] * x[0];
+        let global_score = dot(&self.global, x);
+        let personal_adjustment = dot(&self.state.learning.delta, x);
+        let direct = self.state.support.get(candidate).copied().unwrap_or(0.0);
+        // Feedback about other candidates also shaped the personal head, but says less about this
+        // one: it counts a tenth.
+        let support = direct + 0.1 * self.state.learning.example_count as f32;
+        Ok(Explanation {
+            candidate: candidate.to_string(),
+            context: record.context.to_string(),
+            score: global_score + personal_adjustment,
+            relevance,
+            global_preference: global_score - relevance,
+            personal_adjustment,
+            confidence: support / (support + CONFIDENCE_HALF),
+            direct_feedback: direct,
+            learned_examples: self.state.learning.example_count,
+        })
+    }
+
+    /// The personal score of a remembered candidate.
+    fn personal_score(&self, id: &str) -> f32 {
+        let x = &self.candidates[id].features;
+        dot(&self.global, x) + dot(&self.state.learning.delta, x)
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.sequence += 1;
+        self.instance ^ self.sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// (x, label) pairs for an event (see the `learning` module for the losses).
+    fn examples(&mut self, event: &FeedbackEvent) -> Result<Vec<(Vec<f32>, f32)>> {
+        let features = |this: &mut Self, id: &str| -> Result<Vec<f32>> {
+            let record = &this.candidates[id];
+            match &event.context {
+                Some(c) if **c != *record.context => {
+                    let (context, text) = (Arc::from(c.as_str()), record.text.clone());
+                    Ok(this.features(&context, &[&text])?.remove(0))
+                }
+                _ => Ok(record.features.clone()),
+            }
+        };
+        let pair = |better: Vec<f32>, worse: Vec<f32>| {
+            let x = better.iter().zip(&worse).map(|(b, w)| b - w).collect();
+            vec![(x, 1.0)]
+        };
+        Ok(match &event.signal {
+            Signal::Pairwise { winner, loser } => {
+                pair(features(self, winner)?, features(self, loser)?)
+            }
+            Signal::Correction { candidate, text } => {
+                let original = features(self, candidate)?;
+                let context = match &event.context {
+                    Some(c) => Arc::from(c.as_str()),
+                    None => self.candidates[candidate.as_str()].context.clone(),
+                };
+                let edit = self.features(&context, &[text.as_str()])?.remove(0);
+                pair(edit, original)
+            }
+            Signal::Thumbs { candidate, up } => {
+                vec![(features(self, candidate)?, if *up { 1.0 } else { 0.0 })]
+            }
+            Signal::Stars { candidate, stars } => {
+                vec![(features(self, candidate)?, f32::from(stars - 1) / 4.0)]
+            }
+            Signal::Click { candidate }
+            | Signal::Dwell { candidate, .. }
+            | Signal::Copy { candidate } => vec![(features(self, candidate)?, 1.0)],
+            Signal::Flag { candidate, .. }
+            | Signal::Regenerate { candidate }
+            | Signal::Skip { candidate } => vec![(features(self, candidate)?, 0.0)],
+        })
+    }
+
+    /// φ for each text against `context`, embedding only texts not in the cache.
+    fn features(&mut self, context: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut missing: Vec<&str> = Vec::new();
+        for text in std::iter::once(&context).chain(texts) {
+            if !self.embeddings.contains_key(*text) && !missing.contains(text) {
+                missing.push(text);
+            }
+        }
+        if !missing.is_empty() {
+            let embedded = self.model.embed(&missing)?;
+            if self.embeddings.len() + missing.len() > EMBEDDING_CACHE {
+                self.embeddings.clear();
+            }
+            for (i, text) in missing.iter().enumerate() {
+                self.embeddings.insert(
+                    text.to_string(),
+                    Arc::new(Embedded {
+                        vector: embedded.row(i).to_vec(),
+                        tokens: embedded.token_counts[i],
+                    }),
+                );
+            }
+        }
+        let max_tokens = self.model.info().max_tokens;
+        let c = self.embeddings[context].clone();
+        Ok(texts
+            .iter()
+            .map(|t| {
+                let r = &self.embeddings[*t];
+                let f = PairFeatures::new(&c.vector, &r.vector, r.tokens, max_tokens);
+                f.to_vector()
+            })
+            .collect())
+    }
+
+    fn remember(&mut self, id: &str, text: &str, context: Arc<str>, features: Vec<f32>) {
+        let record = CandidateRecord {
+            text: text.to_string(),
+            context,
+            features,
+        };
+        if self.candidates.insert(id.to_string(), record).is_none() {
+            self.candidate_order.push_back(id.to_string());
+            while self.candidate_order.len() > CANDIDATE_MEMORY {
+                if let Some(old) = self.candidate_order.pop_front() {
+                    self.candidates.remove(&old);
+                }
+            }
+        }
+    }
+}

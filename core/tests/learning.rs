@@ -1,0 +1,467 @@
+//! On-device learning with the bundled model over the demo's real sample texts (www/samples.json).
+#![cfg(feature = "bundled-model")]
+
+use feedloop_core::{
+    Candidate, FeedbackLoop, FeedbackWeights, LearningConfig, PersonalState, RawFeedback,
+    RewardModel,
+};
+use serde::Deserialize;
+
+const NOW: f64 = 1_800_000_000_000.0;
+
+#[derive(Deserialize)]
+struct Sample {
+    id: String,
+    question: String,
+    candidates: Vec<String>,
+}
+
+fn samples() -> Vec<Sample> {
+    serde_json::from_str(include_str!("../../www/samples.json")).unwrap()
+}
+
+fn new_loop(seed: u64) -> FeedbackLoop {
+    let config = LearningConfig {
+        seed,
+        ..LearningConfig::default()
+    };
+    FeedbackLoop::new(
+        RewardModel::bundled().unwrap(),
+        FeedbackWeights::default(),
+        config,
+        seed,
+    )
+    .unwrap()
+}
+
+fn id(sample: &Sample, j: usize) -> String {
+    format!("{}/{j}", sample.id)
+}
+
+/// Ranks every sample; returns (question index, candidate ids ranked best first) per sample.
+fn rank_all(fl: &mut FeedbackLoop, samples: &[Sample]) -> Vec<Vec<String>> {
+    samples
+        .iter()
+        .map(|s| {
+            let ids: Vec<String> = (0..s.candidates.len()).map(|j| id(s, j)).collect();
+            let candidates: Vec<Candidate> = ids
+                .iter()
+                .zip(&s.candidates)
+                .map(|(id, text)| Candidate { id, text })
+                .collect();
+            fl.rank(&s.question, &candidates)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        })
+        .collect()
+}
+
+fn event(kind: &str) -> RawFeedback {
+    RawFeedback {
+        kind: Some(kind.into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_thumbs_down_on_the_top_answer_moves_it_down_for_every_sample() {
+    let samples = samples();
+    for (i, sample) in samples.iter().enumerate() {
+        let mut fl = new_loop(1);
+        let before = &rank_all(&mut fl, &samples)[i];
+        let top = before[0].clone();
+        let outcome = fl
+            .record(
+                RawFeedback {
+                    candidate: Some(top.clone()),
+                    up: Some(false),
+                    ..event("thumbs")
+                },
+                NOW,
+            )
+            .unwrap();
+        assert!(outcome.learned);
+        assert!(outcome.score_after < outcome.score_before);
+        let after = &rank_all(&mut fl, &samples)[i];
+        let position = after.iter().position(|c| *c == top).unwrap();
+        assert!(
+            position > 0,
+            "{}: the thumbed-down top answer stayed on top",
+            sample.id
+        );
+    }
+}
+
+/// A unit vector from a seeded generator (test-only randomness).
+fn direction(seed: u64, dimensions: usize) -> Vec<f32> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let v: Vec<f32> = (0..dimensions)
+        .map(|_| {
+            // Box–Muller: a Gaussian, so the direction is uniform on the sphere.
+            let (u1, u2) = (rng.f64().max(1e-12), rng.f64());
+            ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+        })
+        .collect();
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / norm).collect()
+}
+
+/// Simulated users whose hidden preference is a fixed direction u in embedding space (utility of an
+/// answer = u · e_answer, u uniform on the sphere) choose between shown pairs (Bradley–Terry with a
+/// little noise). Accuracy is measured on held-out pairs: all of them, and the half on which the user
+/// has a clear preference (|Δutility| at or above the median over all pairs).
+///
+/// Twenty comparisons carry twenty bits, and for a random 64-D direction that caps what any learner
+/// can reach on *all* held-out pairs: a batch logistic fit to convergence on the same comparisons (the
+/// `ideal` column) gets about 0.72. So the test asks: chance before any feedback; ≥ 0.8 on the clear
+/// pairs after 20 choices; and on all pairs, at least 95 % of the batch fit's accuracy.
+#[test]
+fn simulated_users_teach_their_hidden_preference_within_twenty_choices() {
+    const USERS: u64 = 32;
+    const EVENTS: usize = 20;
+    const SHARPNESS: f64 = 40.0; // BT scale on utility differences: mostly, not always, consistent
+    let samples = samples();
+    let model = RewardModel::bundled().unwrap();
+    let texts: Vec<&str> = samples
+        .iter()
+        .flat_map(|s| s.candidates.iter().map(String::as_str))
+        .collect();
+    let embeddings = model.embed(&texts).unwrap();
+    let ids: Vec<String> = samples
+        .iter()
+        .flat_map(|s| (0..s.candidates.len()).map(move |j| id(s, j)))
+        .collect();
+    // Every within-question pair, by flat index.
+    let mut pairs = Vec::new();
+    let mut offset = 0;
+    for s in &samples {
+        for a in 0..s.candidates.len() {
+            for b in a + 1..s.candidates.len() {
+                pairs.push((offset + a, offset + b));
+            }
+        }
+        offset += s.candidates.len();
+    }
+
+    let mut curve_all = vec![0.0f64; EVENTS + 1];
+    let mut curve_clear = vec![0.0f64; EVENTS + 1];
+    let mut ideal_all = 0.0;
+    for user in 0..USERS {
+        let u = direction(1000 + user, embeddings.dimensions);
+        let utility: Vec<f32> = (0..texts.len())
+            .map(|i| u.iter().zip(embeddings.row(i)).map(|(a, b)| a * b).sum())
+            .collect();
+        let gap = |(a, b): (usize, usize)| (utility[a] - utility[b]).abs();
+        let mut gaps: Vec<f32> = pairs.iter().map(|p| gap(*p)).collect();
+        gaps.sort_by(f32::total_cmp);
+        let median_gap = gaps[gaps.len() / 2];
+        let mut rng = fastrand::Rng::with_seed(user);
+        let mut shuffled = pairs.clone();
+        rng.shuffle(&mut shuffled);
+        let (train, held_out) = shuffled.split_at(shuffled.len() / 2);
+        let clear: Vec<(usize, usize)> = held_out
+            .iter()
+            .copied()
+            .filter(|p| gap(*p) >= median_gap)
+            .collect();
+
+        let accuracy = |fl: &mut FeedbackLoop, pairs: &[(usize, usize)]| {
+            let scores: std::collections::HashMap<String, f32> = samples
+                .iter()
+                .flat_map(|s| {
+                    let ids: Vec<String> = (0..s.candidates.len()).map(|j| id(s, j)).collect();
+                    let candidates: Vec<Candidate> = ids
+                        .iter()
+                        .zip(&s.candidates)
+                        .map(|(id, text)| Candidate { id, text })
+                        .collect();
+                    fl.rank(&s.question, &candidates)
+                        .unwrap()
+                        .into_iter()
+                        .map(|r| (r.id, r.score))
+                })
+                .collect();
+            let correct = pairs
+                .iter()
+                .filter(|(a, b)| {
+                    (scores[&ids[*a]] > scores[&ids[*b]]) == (utility[*a] > utility[*b])
+                })
+                .count();
+            correct as f64 / pairs.len() as f64
+        };
+        let mut fl = new_loop(user);
+        rank_all(&mut fl, &samples);
+        curve_all[0] += accuracy(&mut fl, held_out);
+        curve_clear[0] += accuracy(&mut fl, &clear);
+        let mut choices = Vec::new();
+        for (k, (a, b)) in train.iter().take(EVENTS).enumerate() {
+            let p_a = 1.0 / (1.0 + (-SHARPNESS * f64::from(utility[*a] - utility[*b])).exp());
+            let (winner, loser) = if rng.f64() < p_a { (a, b) } else { (b, a) };
+            let choice = RawFeedback {
+                winner: Some(ids[*winner].clone()),
+                loser: Some(ids[*loser].clone()),
+                ..event("pairwise")
+            };
+            choices.push(choice.clone());
+            fl.record(choice, NOW).unwrap();
+            curve_all[k + 1] += accuracy(&mut fl, held_out);
+            curve_clear[k + 1] += accuracy(&mut fl, &clear);
+        }
+        // The batch reference: the same choices, learned over and over until the fit converges.
+        let config = LearningConfig {
+            replay_steps: 0,
+            ..LearningConfig::default()
+        };
+        let weights = FeedbackWeights {
+            max_events_per_candidate: u32::MAX,
+            ..FeedbackWeights::default()
+        };
+        let mut batch =
+            FeedbackLoop::new(RewardModel::bundled().unwrap(), weights, config, 0).unwrap();
+        rank_all(&mut batch, &samples);
+        for _ in 0..100 {
+            for choice in &choices {
+                batch.record(choice.clone(), NOW).unwrap();
+            }
+        }
+        ideal_all += accuracy(&mut batch, held_out);
+    }
+    let n = USERS as f64;
+    let ideal = ideal_all / n;
+    println!("held-out pairwise accuracy after k choices (mean of {USERS} simulated users):");
+    println!("   k   all pairs   clear preference");
+    for k in 0..=EVENTS {
+        println!(
+            "  {k:2}     {:.3}       {:.3}",
+            curve_all[k] / n,
+            curve_clear[k] / n
+        );
+    }
+    println!("  batch fit on the same {EVENTS} choices: {ideal:.3} (all pairs)");
+    let start = curve_all[0] / n;
+    let (end_all, end_clear) = (curve_all[EVENTS] / n, curve_clear[EVENTS] / n);
+    assert!(
+        (0.3..=0.7).contains(&start),
+        "accuracy before any feedback should be near chance, got {start:.3}"
+    );
+    assert!(
+        end_clear >= 0.8,
+        "accuracy on clear pairs after {EVENTS} choices is {end_clear:.3} < 0.8"
+    );
+    assert!(
+        end_all >= 0.95 * ideal,
+        "accuracy after {EVENTS} choices is {end_all:.3}, below 95 % of the batch fit's {ideal:.3}"
+    );
+}
+
+#[test]
+fn learning_is_deterministic_given_a_seed() {
+    let samples = samples();
+    let run = |seed| {
+        let mut fl = new_loop(seed);
+        rank_all(&mut fl, &samples);
+        for (j, kind) in ["thumbs", "click", "copy"].iter().enumerate() {
+            fl.record(
+                RawFeedback {
+                    candidate: Some(id(&samples[j], 0)),
+                    up: (*kind == "thumbs").then_some(true),
+                    ..event(kind)
+                },
+                NOW,
+            )
+            .unwrap();
+        }
+        fl.learning_state().clone()
+    };
+    assert_eq!(run(7), run(7));
+    assert_ne!(run(7).delta, run(8).delta);
+}
+
+#[test]
+fn every_kind_teaches_in_its_direction() {
+    let samples = samples();
+    let s = &samples[0];
+    let positive = [
+        RawFeedback {
+            up: Some(true),
+            ..event("thumbs")
+        },
+        RawFeedback {
+            stars: Some(5.0),
+            ..event("stars")
+        },
+        event("click"),
+        RawFeedback {
+            ms: Some(10_000.0),
+            ..event("dwell")
+        },
+        event("copy"),
+    ];
+    let negative = [
+        RawFeedback {
+            up: Some(false),
+            ..event("thumbs")
+        },
+        RawFeedback {
+            stars: Some(1.0),
+            ..event("stars")
+        },
+        RawFeedback {
+            category: Some("wrong".into()),
+            ..event("flag")
+        },
+        event("regenerate"),
+        event("skip"),
+    ];
+    for (raw, up) in positive
+        .into_iter()
+        .map(|r| (r, true))
+        .chain(negative.into_iter().map(|r| (r, false)))
+    {
+        let mut fl = new_loop(3);
+        rank_all(&mut fl, &samples);
+        let kind = raw.kind.clone().unwrap();
+        let outcome = fl
+            .record(
+                RawFeedback {
+                    candidate: Some(id(s, 2)),
+                    ..raw
+                },
+                NOW,
+            )
+            .unwrap();
+        assert!(outcome.learned, "{kind}");
+        assert_eq!(outcome.score_after > outcome.score_before, up, "{kind}");
+    }
+    // A correction prefers the edit: the original's score falls relative to the edit's.
+    let mut fl = new_loop(3);
+    rank_all(&mut fl, &samples);
+    let outcome = fl
+        .record(
+            RawFeedback {
+                candidate: Some(id(s, 0)),
+                text: Some(s.candidates[1].clone()),
+                ..event("correction")
+            },
+            NOW,
+        )
+        .unwrap();
+    assert!(outcome.learned);
+    assert!(outcome.score_after < outcome.score_before);
+}
+
+#[test]
+fn caps_unknown_candidates_and_short_dwell() {
+    let samples = samples();
+    let mut fl = new_loop(5);
+    rank_all(&mut fl, &samples);
+    let thumbs = || RawFeedback {
+        candidate: Some(id(&samples[1], 1)),
+        up: Some(true),
+        ..event("thumbs")
+    };
+    let cap = FeedbackWeights::default().max_events_per_candidate;
+    for _ in 0..cap {
+        assert!(fl.record(thumbs(), NOW).unwrap().learned);
+    }
+    let capped = fl.record(thumbs(), NOW).unwrap();
+    assert!(!capped.learned);
+    assert!(capped.reason.unwrap().contains("maxEventsPerCandidate"));
+    assert_eq!(capped.score_before, capped.score_after);
+
+    let err = fl
+        .record(
+            RawFeedback {
+                candidate: Some("never-ranked".into()),
+                ..event("click")
+            },
+            NOW,
+        )
+        .unwrap_err();
+    assert!(err
+        .to_string()
+        .contains("unknown candidate \"never-ranked\""));
+
+    let short = fl
+        .record(
+            RawFeedback {
+                candidate: Some(id(&samples[2], 0)),
+                ms: Some(300.0),
+                ..event("dwell")
+            },
+            NOW,
+        )
+        .unwrap();
+    assert!(!short.learned);
+    // Every event, learned or not, is in the local activity log.
+    assert_eq!(fl.state().activity.len(), cap as usize + 2);
+}
+
+#[test]
+fn explanations_add_up_and_confidence_grows_with_feedback() {
+    let samples = samples();
+    let mut fl = new_loop(9);
+    let ranked = rank_all(&mut fl, &samples);
+    let top = ranked[0][0].clone();
+    let before = fl.explain(&top).unwrap();
+    assert_eq!(before.personal_adjustment, 0.0);
+    assert_eq!(before.confidence, 0.0);
+    for _ in 0..3 {
+        fl.record(
+            RawFeedback {
+                candidate: Some(top.clone()),
+                up: Some(false),
+                ..event("thumbs")
+            },
+            NOW,
+        )
+        .unwrap();
+    }
+    let after = fl.explain(&top).unwrap();
+    assert!(after.personal_adjustment < 0.0);
+    assert!(after.confidence > 0.5 && after.confidence < 1.0);
+    let sum = after.relevance + after.global_preference + after.personal_adjustment;
+    assert!((sum - after.score).abs() < 1e-5);
+    assert!(fl.explain("nope").is_err());
+}
+
+#[test]
+fn state_round_trips_and_two_tabs_merge_without_losing_learning() {
+    let samples = samples();
+    let parameters = 2 * 64 + 3;
+    let mut tab_a = new_loop(11);
+    let mut tab_b = new_loop(12);
+    rank_all(&mut tab_a, &samples);
+    rank_all(&mut tab_b, &samples);
+    let base = tab_a.state().clone();
+    let thumbs = |candidate: String, up| RawFeedback {
+        candidate: Some(candidate),
+        up: Some(up),
+        ..event("thumbs")
+    };
+    tab_a.record(thumbs(id(&samples[0], 0), true), NOW).unwrap();
+    tab_b
+        .record(thumbs(id(&samples[1], 1), false), NOW)
+        .unwrap();
+    tab_b.record(thumbs(id(&samples[1], 2), true), NOW).unwrap();
+
+    let bytes = tab_a.state().to_bytes();
+    let restored = PersonalState::from_bytes(&bytes, parameters).unwrap();
+    assert_eq!(&restored, tab_a.state());
+    assert!(PersonalState::from_bytes(&bytes[..bytes.len() / 2], parameters).is_err());
+    assert!(PersonalState::from_bytes(b"nonsense", parameters).is_err());
+    assert!(PersonalState::from_bytes(&bytes, 7).is_err());
+
+    // Tab A saved first; tab B merges onto it.
+    let merged = PersonalState::merge(tab_a.state(), &base, tab_b.state());
+    assert_eq!(merged.learning.example_count, 3);
+    assert_eq!(merged.activity.len(), 3);
+    assert_eq!(merged.replay.len(), 3);
+    for i in 0..parameters {
+        let expected = tab_a.state().learning.delta[i] + tab_b.state().learning.delta[i];
+        assert!((merged.learning.delta[i] - expected).abs() < 1e-6);
+    }
+    assert_eq!(merged.events_per_candidate.len(), 3);
+}
