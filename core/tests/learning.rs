@@ -145,8 +145,8 @@ fn simulated_users_teach_their_hidden_preference_within_twenty_choices() {
         offset += s.candidates.len();
     }
 
-    let mut curve_all = vec![0.0f64; EVENTS + 1];
-    let mut curve_clear = vec![0.0f64; EVENTS + 1];
+    let mut curve_all = [0.0f64; EVENTS + 1];
+    let mut curve_clear = [0.0f64; EVENTS + 1];
     let mut ideal_all = 0.0;
     for user in 0..USERS {
         let u = direction(1000 + user, embeddings.dimensions);
