@@ -4,18 +4,35 @@
 //! core error into a real JS `Error`. Model logic lives in the core; package entry points (`create()`,
 //! fetching the bundled model) live in `js/index.js`.
 
-use feedloop_core::{rank_scores, RewardModel};
-use js_sys::{Array, Float32Array, Uint32Array};
-use serde::Serialize;
+mod observe;
+mod storage;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use feedloop_core::{
+    Candidate, FeedbackLoop, FeedbackWeights, LearningConfig, PersonalState, RawFeedback,
+    RewardModel,
+};
+use js_sys::{Array, Float32Array, Function, Promise, Uint32Array, Uint8Array};
+use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::future_to_promise;
+
+use crate::observe::{Observation, Recorder};
 
 /// Every fallible export returns this; `JsError` arrives in JS as an `Error` with a stack.
 pub type JsResult<T> = Result<T, JsError>;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
-/** One candidate in a ranking: its position in the input array and its score. */
-export interface RankedCandidate { index: number; score: number }
+/** One candidate in a ranking: the id (yours, or the text for plain strings), its position in the
+ *  input array and its personal score. */
+export interface RankedCandidate { id: string; index: number; score: number }
+
+/** A candidate with an id of yours, so feedback can name it. */
+export interface CandidateInput { id: string; text: string }
 
 /** Facts about the loaded model. */
 export interface ModelInfo {
@@ -26,6 +43,84 @@ export interface ModelInfo {
   headParameters: number;
   metadata: [string, string][];
 }
+
+export type FlagCategory = "wrong" | "harmful" | "off-topic";
+
+/** Common to every event: the context it was judged in (default: where the candidate was last
+ *  ranked) and when (ms since 1970, default now; more than 5 minutes ahead is an error). */
+interface EventBase { context?: string; timestamp?: number }
+
+/** Every feedback event, by kind. */
+export type FeedbackEvent = EventBase & (
+  | { kind: "thumbs"; candidate: string; up: boolean }
+  | { kind: "stars"; candidate: string; stars: 1 | 2 | 3 | 4 | 5 }
+  | { kind: "pairwise"; winner: string; loser: string }
+  | { kind: "correction"; candidate: string; text: string }
+  | { kind: "flag"; candidate: string; category: FlagCategory }
+  | { kind: "click"; candidate: string }
+  | { kind: "dwell"; candidate: string; ms: number }
+  | { kind: "copy"; candidate: string }
+  | { kind: "regenerate"; candidate: string }
+  | { kind: "skip"; candidate: string }
+);
+
+export type FeedbackKind = FeedbackEvent["kind"];
+
+/** What recording an event did. */
+export interface FeedbackOutcome {
+  kind: FeedbackKind;
+  /** Whether the personal head learned from it (capped or too-short events are only logged). */
+  learned: boolean;
+  reason?: string;
+  /** The (first named) candidate's personal score before and after. */
+  scoreBefore: number;
+  scoreAfter: number;
+}
+
+/** The parts of a candidate's score: score = relevance + globalPreference + personalAdjustment. */
+export interface Explanation {
+  candidate: string;
+  context: string;
+  score: number;
+  relevance: number;
+  globalPreference: number;
+  personalAdjustment: number;
+  /** 0 (no feedback behind it) to 1. */
+  confidence: number;
+  directFeedback: number;
+  learnedExamples: number;
+}
+
+/** One entry of the local activity log (never uploaded). */
+export interface Activity {
+  id: number;
+  timestamp: number;
+  kind: FeedbackKind;
+  candidates: string[];
+  weight: number;
+  learned: boolean;
+  scoreBefore: number;
+  scoreAfter: number;
+}
+
+/** What the device learned: the personal head's offset from the global head. */
+export interface LearningState { baseVersion: string; delta: number[]; exampleCount: number }
+
+export interface FeedbackWeights {
+  thumbs?: number; stars?: number; pairwise?: number; correction?: number; flag?: number;
+  click?: number; dwell?: number; copy?: number; regenerate?: number; skip?: number;
+  /** Dwell shorter than this teaches nothing (default 4000). */
+  minDwellMs?: number;
+  /** Events about one candidate that still teach (default 5). */
+  maxEventsPerCandidate?: number;
+}
+
+export interface LearningConfig {
+  learningRate?: number; clipNorm?: number; l2?: number;
+  replaySteps?: number; replayCapacity?: number; seed?: number;
+}
+
+export interface LearningOptions { weights?: FeedbackWeights; learning?: LearningConfig }
 "#;
 
 #[wasm_bindgen(start)]
@@ -33,17 +128,40 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// Ranks candidate texts for a context with an on-device reward model.
+struct Inner {
+    feedback: FeedbackLoop,
+    /// What this tab last loaded from or saved to storage (the base of a three-way merge).
+    saved: PersonalState,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct LearningOptions {
+    #[serde(default)]
+    weights: FeedbackWeights,
+    #[serde(default)]
+    learning: LearningConfig,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CandidateObject {
+    id: String,
+    text: String,
+}
+
+/// Ranks candidates for a context with an on-device reward model, and learns from feedback.
 ///
 /// ```js
 /// import { Ranker } from "feedloop";
 /// const ranker = await Ranker.create();
 /// ranker.rank("how do I reset my password?", ["Open Settings › Security.", "Bananas are yellow."]);
-/// // → [{ index: 0, score: 0.41 }, { index: 1, score: 0.02 }]
+/// // → [{ id: "Open Settings › Security.", index: 0, score: 0.41 }, ...]
 /// ```
 #[wasm_bindgen(js_name = WasmRanker)]
 pub struct Ranker {
-    model: RewardModel,
+    inner: Rc<RefCell<Inner>>,
+    observations: RefCell<Vec<Observation>>,
 }
 
 #[wasm_bindgen(js_class = WasmRanker)]
@@ -52,32 +170,64 @@ impl Ranker {
     /// Throws an `Error` naming what is wrong if the bytes are not such a model.
     #[wasm_bindgen(js_name = fromBytes)]
     pub fn from_bytes(bytes: &[u8]) -> JsResult<Ranker> {
-        let model = RewardModel::from_bytes(bytes).map_err(to_js_error)?;
-        Ok(Ranker { model })
+        Self::with_options(bytes, JsValue::UNDEFINED)
     }
 
-    /// Candidates best first, as `{ index, score }`. Ties keep input order.
+    /// Like `fromBytes`, with feedback weights and learning settings.
     ///
     /// ```js
-    /// ranker.rank("best pizza in town", ["Luigi's, wood-fired", "Tax forms"]); // [{index: 0, ...}, ...]
+    /// WasmRanker.withOptions(bytes, { weights: { click: 0 }, learning: { learningRate: 0.5 } });
+    /// ```
+    #[wasm_bindgen(js_name = withOptions)]
+    pub fn with_options(
+        bytes: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "LearningOptions | undefined")] options: JsValue,
+    ) -> JsResult<Ranker> {
+        let options: LearningOptions = if options.is_undefined() || options.is_null() {
+            LearningOptions::default()
+        } else {
+            check_fields(&options, &["weights", "learning"], "options")?;
+            serde_wasm_bindgen::from_value(options)
+                .map_err(|e| JsError::new(&format!("feedloop: invalid options: {e}")))?
+        };
+        let model = RewardModel::from_bytes(bytes).map_err(to_js_error)?;
+        let instance = (js_sys::Math::random() * 2f64.powi(53)) as u64;
+        let feedback = FeedbackLoop::new(model, options.weights, options.learning, instance)
+            .map_err(to_js_error)?;
+        let saved = feedback.state().clone();
+        Ok(Ranker {
+            inner: Rc::new(RefCell::new(Inner { feedback, saved })),
+            observations: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Candidates best first under the personal head, as `{ id, index, score }`. Candidates are
+    /// strings (their id is the text) or `{ id, text }` objects. Ties keep input order.
+    ///
+    /// ```js
+    /// ranker.rank("best pizza in town", [{ id: "luigi", text: "Luigi's, wood-fired" }, { id: "tax", text: "Tax forms" }]);
     /// ```
     #[wasm_bindgen(unchecked_return_type = "RankedCandidate[]")]
     pub fn rank(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "string[]")] candidates: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "(string | CandidateInput)[]")] candidates: JsValue,
     ) -> JsResult<JsValue> {
-        let scores = self.scores(&context, &candidates)?;
-        to_js(&rank_scores(&scores))
+        let ranked = self.ranked(&context, &candidates)?;
+        to_js(&ranked)
     }
 
-    /// One score per candidate, in input order.
+    /// One personal score per candidate, in input order.
     pub fn score(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "string[]")] candidates: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "(string | CandidateInput)[]")] candidates: JsValue,
     ) -> JsResult<Float32Array> {
-        let scores = self.scores(&context, &candidates)?;
+        let ranked = self.ranked(&context, &candidates)?;
+        let mut scores = vec![0f32; ranked.len()];
+        for r in ranked {
+            scores[r.index] = r.score;
+        }
         Ok(Float32Array::from(scores.as_slice()))
     }
 
@@ -88,7 +238,8 @@ impl Ranker {
         #[wasm_bindgen(unchecked_param_type = "string[]")] texts: JsValue,
     ) -> JsResult<Array> {
         let texts = strings(&texts, "texts")?;
-        let embeddings = self.model.embed(&texts).map_err(to_js_error)?;
+        let inner = self.inner.borrow();
+        let embeddings = inner.feedback.model().embed(&texts).map_err(to_js_error)?;
         Ok((0..embeddings.len())
             .map(|i| Float32Array::from(embeddings.row(i)))
             .collect())
@@ -100,22 +251,295 @@ impl Ranker {
         #[wasm_bindgen(unchecked_param_type = "string")] text: JsValue,
     ) -> JsResult<Uint32Array> {
         let text = string(&text, "text")?;
-        Ok(Uint32Array::from(self.model.token_ids(&text).as_slice()))
+        let ids = self.inner.borrow().feedback.model().token_ids(&text);
+        Ok(Uint32Array::from(ids.as_slice()))
     }
 
     /// Facts about the loaded model.
     #[wasm_bindgen(getter, unchecked_return_type = "ModelInfo")]
     pub fn info(&self) -> JsResult<JsValue> {
-        to_js(self.model.info())
+        to_js(self.inner.borrow().feedback.model().info())
+    }
+
+    /// Records one feedback event and learns from it at once; the next `rank` shows the change.
+    /// Throws an `Error` for a malformed event or a candidate that was never ranked.
+    ///
+    /// ```js
+    /// ranker.recordFeedback({ kind: "thumbs", candidate: "luigi", up: false });
+    /// ```
+    #[wasm_bindgen(js_name = recordFeedback, unchecked_return_type = "FeedbackOutcome")]
+    pub fn record_feedback(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "FeedbackEvent")] event: JsValue,
+    ) -> JsResult<JsValue> {
+        let raw = raw_feedback(event)?;
+        let outcome = record(&self.inner, raw)?;
+        to_js(&outcome)
+    }
+
+    /// Why a ranked candidate scores what it does, and how much feedback backs it.
+    #[wasm_bindgen(unchecked_return_type = "Explanation")]
+    pub fn explain(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] candidate: JsValue,
+    ) -> JsResult<JsValue> {
+        let candidate = string(&candidate, "candidate")?;
+        let explanation = self
+            .inner
+            .borrow()
+            .feedback
+            .explain(&candidate)
+            .map_err(to_js_error)?;
+        to_js(&explanation)
+    }
+
+    /// Recent feedback on this device, oldest first (local only; never uploaded).
+    #[wasm_bindgen(unchecked_return_type = "Activity[]")]
+    pub fn activity(&self) -> JsResult<JsValue> {
+        to_js(&self.inner.borrow().feedback.state().activity)
+    }
+
+    /// What the device learned: the delta from the global head and how many examples shaped it.
+    #[wasm_bindgen(js_name = learningState, unchecked_return_type = "LearningState")]
+    pub fn learning_state(&self) -> JsResult<JsValue> {
+        let inner = self.inner.borrow();
+        let state = inner.feedback.learning_state();
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct View<'a> {
+            base_version: &'a str,
+            delta: &'a [f32],
+            example_count: u64,
+        }
+        to_js(&View {
+            base_version: &state.base_version,
+            delta: &state.delta,
+            example_count: state.example_count,
+        })
+    }
+
+    /// Forgets everything learned on this device (saved by the next `save`).
+    #[wasm_bindgen(js_name = resetLearning)]
+    pub fn reset_learning(&self) {
+        self.inner.borrow_mut().feedback.reset();
+    }
+
+    /// The personal state's bytes, as `save` stores them.
+    #[wasm_bindgen(js_name = stateBytes)]
+    pub fn state_bytes(&self) -> Uint8Array {
+        Uint8Array::from(self.inner.borrow().feedback.state().to_bytes().as_slice())
+    }
+
+    /// Whether this environment has IndexedDB.
+    #[wasm_bindgen(js_name = storageAvailable)]
+    pub fn storage_available() -> bool {
+        storage::available()
+    }
+
+    /// Loads the state saved in IndexedDB database `name`; resolves to whether there was one.
+    /// Rejects with an `Error` if storage fails (the ranker keeps working in memory).
+    #[wasm_bindgen(unchecked_return_type = "Promise<boolean>")]
+    pub fn restore(&self, name: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let parameters = inner.borrow().saved.learning.delta.len();
+            let stored = storage::load(&name, parameters)
+                .await
+                .map_err(storage_error)?;
+            let Some(stored) = stored else {
+                return Ok(JsValue::FALSE);
+            };
+            let mut inner = inner.borrow_mut();
+            inner
+                .feedback
+                .set_state(stored.clone())
+                .map_err(|e| JsValue::from(to_js_error(e)))?;
+            inner.saved = stored;
+            Ok(JsValue::TRUE)
+        })
+    }
+
+    /// Saves the personal state to IndexedDB database `name`, merging with what other tabs saved
+    /// meanwhile; resolves with the stored revision once the write is durable. Rejects with an
+    /// `Error` on a storage failure; nothing is lost: the state stays in memory for the next save.
+    #[wasm_bindgen(unchecked_return_type = "Promise<number>")]
+    pub fn save(&self, name: String) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let (base, mine) = {
+                let inner = inner.borrow();
+                (inner.saved.clone(), inner.feedback.state().clone())
+            };
+            let written = storage::save(&name, &base, &mine)
+                .await
+                .map_err(storage_error)?;
+            let mut inner = inner.borrow_mut();
+            // Feedback recorded while the save was in flight is kept: merge it onto what was written.
+            let current = inner.feedback.state().clone();
+            let mut adopted = if current == mine {
+                written.clone()
+            } else {
+                PersonalState::merge(&written, &mine, &current)
+            };
+            adopted.revision = written.revision;
+            let revision = written.revision;
+            inner
+                .feedback
+                .set_state(adopted)
+                .map_err(|e| JsValue::from(to_js_error(e)))?;
+            inner.saved = written;
+            Ok(JsValue::from_f64(revision as f64))
+        })
+    }
+
+    /// Deletes the state saved in IndexedDB database `name`.
+    #[wasm_bindgen(js_name = clearStorage, unchecked_return_type = "Promise<void>")]
+    pub fn clear_storage(name: String) -> Promise {
+        future_to_promise(async move {
+            storage::clear(&name).await.map_err(storage_error)?;
+            Ok(JsValue::UNDEFINED)
+        })
+    }
+
+    /// Records implicit feedback for `candidate` from `element` by itself: click, copy and dwell.
+    /// `onRecord` receives each outcome (or an `Error`, e.g. if the candidate was forgotten).
+    ///
+    /// ```js
+    /// ranker.observe(document.querySelector("#answer-1"), "answer-1", (outcome) => console.log(outcome));
+    /// ```
+    pub fn observe(
+        &self,
+        element: web_sys::Element,
+        candidate: String,
+        #[wasm_bindgen(js_name = onRecord)] on_record: Function,
+    ) -> JsResult<()> {
+        if candidate.is_empty() {
+            return Err(JsError::new("feedloop: observe needs a candidate id"));
+        }
+        self.unobserve(&element);
+        let inner = Rc::downgrade(&self.inner);
+        let recorder: Recorder = Rc::new(move |raw: RawFeedback| {
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let result = match record(&inner, raw) {
+                Ok(outcome) => to_js(&outcome).map_err(JsValue::from),
+                Err(e) => Err(JsValue::from(e)),
+            };
+            let value = result.unwrap_or_else(|e| e);
+            let _ = on_record.call1(&JsValue::NULL, &value);
+        });
+        self.observations
+            .borrow_mut()
+            .push(Observation::new(element, candidate, recorder));
+        Ok(())
+    }
+
+    /// Removes the listeners `observe` attached to `element`; returns whether there were any.
+    pub fn unobserve(&self, element: &web_sys::Element) -> bool {
+        let mut observations = self.observations.borrow_mut();
+        let before = observations.len();
+        observations.retain(|o| o.element != *element);
+        observations.len() != before
     }
 }
 
 impl Ranker {
-    fn scores(&self, context: &JsValue, candidates: &JsValue) -> JsResult<Vec<f32>> {
+    fn ranked(
+        &self,
+        context: &JsValue,
+        candidates: &JsValue,
+    ) -> JsResult<Vec<feedloop_core::RankedCandidate>> {
         let context = string(context, "context")?;
-        let candidates = strings(candidates, "candidates")?;
-        self.model.score(&context, &candidates).map_err(to_js_error)
+        let candidates = candidate_list(candidates)?;
+        let list: Vec<Candidate> = candidates
+            .iter()
+            .map(|(id, text)| Candidate { id, text })
+            .collect();
+        self.inner
+            .borrow_mut()
+            .feedback
+            .rank(&context, &list)
+            .map_err(to_js_error)
     }
+}
+
+fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<feedloop_core::FeedbackOutcome> {
+    inner
+        .borrow_mut()
+        .feedback
+        .record(raw, js_sys::Date::now())
+        .map_err(to_js_error)
+}
+
+fn raw_feedback(event: JsValue) -> JsResult<RawFeedback> {
+    if !event.is_object() || Array::is_array(&event) {
+        return Err(JsError::new(&format!(
+            "feedloop: a feedback event must be an object like {{ kind: \"thumbs\", candidate: \"a\", up: true }}, got {}",
+            type_name(&event)
+        )));
+    }
+    check_fields(&event, RawFeedback::FIELDS, "feedback event")?;
+    serde_wasm_bindgen::from_value(event)
+        .map_err(|e| JsError::new(&format!("feedloop: invalid feedback event: {e}")))
+}
+
+/// serde-wasm-bindgen reads only the fields a struct names, so a misspelled field would pass in
+/// silence; this names it.
+fn check_fields(object: &JsValue, allowed: &[&str], what: &str) -> JsResult<()> {
+    for key in js_sys::Object::keys(object.unchecked_ref::<js_sys::Object>()).iter() {
+        let key = key.as_string().unwrap_or_default();
+        if !allowed.contains(&key.as_str()) {
+            return Err(JsError::new(&format!(
+                "feedloop: invalid {what}: unknown field `{key}`, expected one of {}",
+                allowed.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `(id, text)` pairs: strings are their own ids (a repeated string gets `text#2`, `text#3`, ...).
+fn candidate_list(value: &JsValue) -> JsResult<Vec<(String, String)>> {
+    if !Array::is_array(value) {
+        return Err(JsError::new(&format!(
+            "feedloop: candidates must be an array of strings or {{ id, text }} objects, got {}",
+            type_name(value)
+        )));
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    Array::from(value)
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            if let Some(text) = item.as_string() {
+                let n = seen.entry(text.clone()).or_default();
+                *n += 1;
+                let id = if *n == 1 {
+                    text.clone()
+                } else {
+                    format!("{text}#{n}")
+                };
+                Ok((id, text))
+            } else if item.is_object() && !Array::is_array(&item) {
+                let c: CandidateObject = serde_wasm_bindgen::from_value(item).map_err(|e| {
+                    JsError::new(&format!(
+                        "feedloop: candidates[{i}] must be {{ id, text }}: {e}"
+                    ))
+                })?;
+                Ok((c.id, c.text))
+            } else {
+                Err(JsError::new(&format!(
+                    "feedloop: candidates[{i}] must be a string or {{ id, text }}, got {}",
+                    type_name(&item)
+                )))
+            }
+        })
+        .collect()
+}
+
+fn storage_error(message: String) -> JsValue {
+    JsError::new(&format!("feedloop: storage: {message}")).into()
 }
 
 fn to_js_error(err: feedloop_core::Error) -> JsError {

@@ -88,7 +88,7 @@ fn non_string_candidate_is_a_js_error() {
         .collect();
     let message = error_message(ranker.rank(JsValue::from_str("context"), candidates.into()));
     assert!(
-        message.contains("candidates[1] must be a string, got number"),
+        message.contains("candidates[1] must be a string or { id, text }, got number"),
         "{message}"
     );
     let message = error_message(ranker.rank(JsValue::NULL, Array::new().into()));
@@ -96,4 +96,198 @@ fn non_string_candidate_is_a_js_error() {
         message.contains("context must be a string, got null"),
         "{message}"
     );
+}
+
+// ---- feedback, learning and persistence in the browser ---------------------------------------
+
+fn candidates(items: &[(&str, &str)]) -> JsValue {
+    let array = Array::new();
+    for (id, text) in items {
+        let object = js_sys::Object::new();
+        Reflect::set(&object, &"id".into(), &(*id).into()).unwrap();
+        Reflect::set(&object, &"text".into(), &(*text).into()).unwrap();
+        array.push(&object);
+    }
+    array.into()
+}
+
+const QUESTION: &str = "How do I reset my password?";
+const ANSWERS: [(&str, &str); 3] = [
+    (
+        "reset",
+        "To reset your password, click 'Forgot password' on the sign-in page.",
+    ),
+    ("rules", "Passwords must be at least 12 characters long."),
+    ("museum", "The museum opens at nine."),
+];
+
+fn ranked_ids(ranker: &Ranker) -> Vec<String> {
+    let ranked = ranker
+        .rank(QUESTION.into(), candidates(&ANSWERS))
+        .map_err(JsValue::from)
+        .unwrap();
+    Array::from(&ranked)
+        .iter()
+        .map(|r| Reflect::get(&r, &"id".into()).unwrap().as_string().unwrap())
+        .collect()
+}
+
+fn event(json: &str) -> JsValue {
+    js_sys::JSON::parse(json).unwrap()
+}
+
+#[wasm_bindgen_test]
+fn malformed_feedback_is_a_js_error_naming_the_problem() {
+    let ranker = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    ranked_ids(&ranker);
+    for (json, expected) in [
+        (
+            r#"{"kind": "like", "candidate": "reset"}"#,
+            "unknown feedback kind \"like\"",
+        ),
+        (
+            r#"{"kind": "stars", "candidate": "reset", "stars": 7}"#,
+            "1 to 5",
+        ),
+        (
+            r#"{"kind": "pairwise", "winner": "reset", "loser": "reset"}"#,
+            "two different",
+        ),
+        (
+            r#"{"kind": "click", "candidate": "nobody"}"#,
+            "unknown candidate \"nobody\"",
+        ),
+        (
+            r#"{"kind": "click", "candidate": "reset", "timestamp": 9e15}"#,
+            "in the future",
+        ),
+        (
+            r#"{"kind": "thumbs", "candidate": "reset", "upp": true}"#,
+            "unknown field `upp`",
+        ),
+        (r#""thumbs""#, "must be an object"),
+    ] {
+        let message = error_message(ranker.record_feedback(event(json)));
+        assert!(message.contains(expected), "{json}: {message}");
+    }
+}
+
+#[wasm_bindgen_test]
+fn a_thumbs_down_reranks_at_once() {
+    let ranker = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    let before = ranked_ids(&ranker);
+    assert_eq!(before[0], "reset");
+    ranker
+        .record_feedback(event(
+            r#"{"kind": "thumbs", "candidate": "reset", "up": false}"#,
+        ))
+        .map_err(JsValue::from)
+        .unwrap();
+    let after = ranked_ids(&ranker);
+    assert_ne!(after[0], "reset", "{after:?}");
+}
+
+async fn resolve(promise: js_sys::Promise) -> Result<JsValue, JsValue> {
+    wasm_bindgen_futures::JsFuture::from(promise).await
+}
+
+fn example_count(ranker: &Ranker) -> f64 {
+    let state = ranker.learning_state().map_err(JsValue::from).unwrap();
+    Reflect::get(&state, &"exampleCount".into())
+        .unwrap()
+        .as_f64()
+        .unwrap()
+}
+
+#[wasm_bindgen_test]
+async fn state_persists_across_a_fresh_ranker_and_two_tabs_merge() {
+    let db = format!("feedloop-test-{}", js_sys::Math::random());
+    let tab_a = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    let tab_b = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    assert_eq!(
+        resolve(tab_a.restore(db.clone())).await.unwrap(),
+        JsValue::FALSE
+    );
+    assert_eq!(
+        resolve(tab_b.restore(db.clone())).await.unwrap(),
+        JsValue::FALSE
+    );
+    ranked_ids(&tab_a);
+    ranked_ids(&tab_b);
+    tab_a
+        .record_feedback(event(
+            r#"{"kind": "thumbs", "candidate": "reset", "up": false}"#,
+        ))
+        .map_err(JsValue::from)
+        .unwrap();
+    tab_b
+        .record_feedback(event(
+            r#"{"kind": "stars", "candidate": "rules", "stars": 5}"#,
+        ))
+        .map_err(JsValue::from)
+        .unwrap();
+    tab_b
+        .record_feedback(event(r#"{"kind": "copy", "candidate": "museum"}"#))
+        .map_err(JsValue::from)
+        .unwrap();
+    // Both tabs save; the second merges instead of overwriting.
+    resolve(tab_a.save(db.clone())).await.unwrap();
+    resolve(tab_b.save(db.clone())).await.unwrap();
+
+    let reloaded = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    assert_eq!(
+        resolve(reloaded.restore(db.clone())).await.unwrap(),
+        JsValue::TRUE
+    );
+    assert_eq!(example_count(&reloaded), 3.0);
+    let activity = Array::from(&reloaded.activity().map_err(JsValue::from).unwrap());
+    assert_eq!(activity.length(), 3);
+    // The learned head survives: the thumbed-down answer is no longer on top.
+    assert_ne!(ranked_ids(&reloaded)[0], "reset");
+    resolve(Ranker::clear_storage(db)).await.unwrap();
+}
+
+#[wasm_bindgen_test]
+async fn a_storage_failure_rejects_with_an_error_and_loses_nothing() {
+    let db = format!("feedloop-test-{}", js_sys::Math::random());
+    let ranker = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    ranked_ids(&ranker);
+    ranker
+        .record_feedback(event(
+            r#"{"kind": "thumbs", "candidate": "rules", "up": true}"#,
+        ))
+        .map_err(JsValue::from)
+        .unwrap();
+    let break_storage = js_sys::Function::new_no_args(
+        "IDBFactory.prototype.__open = IDBFactory.prototype.open;
+         IDBFactory.prototype.open = function () {
+           throw new DOMException('The quota has been exceeded.', 'QuotaExceededError');
+         };",
+    );
+    let repair_storage =
+        js_sys::Function::new_no_args("IDBFactory.prototype.open = IDBFactory.prototype.__open;");
+    break_storage.call0(&JsValue::NULL).unwrap();
+    let failure = resolve(ranker.save(db.clone())).await;
+    repair_storage.call0(&JsValue::NULL).unwrap();
+    let error = failure.expect_err("save must fail while IndexedDB is broken");
+    assert!(error.is_instance_of::<js_sys::Error>());
+    let message = Reflect::get(&error, &"message".into())
+        .unwrap()
+        .as_string()
+        .unwrap();
+    assert!(
+        message.contains("feedloop: storage:") && message.contains("quota"),
+        "{message}"
+    );
+    // Still working in memory, and the next save writes everything.
+    ranker
+        .record_feedback(event(r#"{"kind": "click", "candidate": "reset"}"#))
+        .map_err(JsValue::from)
+        .unwrap();
+    assert_eq!(example_count(&ranker), 2.0);
+    resolve(ranker.save(db.clone())).await.unwrap();
+    let reloaded = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    resolve(reloaded.restore(db.clone())).await.unwrap();
+    assert_eq!(example_count(&reloaded), 2.0);
+    resolve(Ranker::clear_storage(db)).await.unwrap();
 }

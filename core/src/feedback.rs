@@ -169,6 +169,23 @@ pub struct RawFeedback {
     pub timestamp: Option<f64>,
 }
 
+impl RawFeedback {
+    /// The field names JS may use.
+    pub const FIELDS: &'static [&'static str] = &[
+        "kind",
+        "candidate",
+        "winner",
+        "loser",
+        "up",
+        "stars",
+        "text",
+        "category",
+        "ms",
+        "context",
+        "timestamp",
+    ];
+}
+
 impl FeedbackEvent {
     /// Checks a raw event: known kind, required fields present, values in range, a timestamp that is
     /// not in the future. `now_ms` is the device clock; an event without a timestamp gets it.

@@ -290,19 +290,14 @@ impl FeedbackLoop {
         self.state.revision = revision;
     }
 
-    /// Candidates best first under the personal head. Ids must be unique and non-empty.
+    /// Candidates best first under the personal head. Ids must be unique.
     pub fn rank(
         &mut self,
         context: &str,
         candidates: &[Candidate],
     ) -> Result<Vec<RankedCandidate>> {
         let mut seen = std::collections::HashSet::with_capacity(candidates.len());
-        for (i, c) in candidates.iter().enumerate() {
-            if c.id.is_empty() {
-                return Err(Error::InvalidInput(format!(
-                    "candidate {i} has an empty id"
-                )));
-            }
+        for c in candidates {
             if !seen.insert(c.id) {
                 return Err(Error::InvalidInput(format!(
                     "candidate id {:?} appears twice; ids must be unique",
@@ -468,7 +463,8 @@ impl FeedbackLoop {
 
     fn next_id(&mut self) -> u64 {
         self.sequence += 1;
-        self.instance ^ self.sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        // 53 bits, so JS numbers hold ids exactly.
+        (self.instance ^ self.sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15)) & ((1 << 53) - 1)
     }
 
     /// (x, label) pairs for an event (see the `learning` module for the losses).
