@@ -1,5 +1,11 @@
-import type { RankedCandidate, ModelInfo } from "./feedloop_wasm.js";
-export type { RankedCandidate, ModelInfo } from "./feedloop_wasm.js";
+import type {
+  RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
+  FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
+} from "./feedloop_wasm.js";
+export type {
+  RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
+  FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
+} from "./feedloop_wasm.js";
 
 /** Where a model comes from: its bytes, or a URL to fetch it from. */
 export type ModelSource = Uint8Array | ArrayBuffer | ArrayBufferView | URL | string;
@@ -7,23 +13,64 @@ export type ModelSource = Uint8Array | ArrayBuffer | ArrayBufferView | URL | str
 export interface RankerOptions {
   /** An ONNX model meeting the feedloop contract; the bundled default model when absent. */
   model?: ModelSource;
+  /** IndexedDB database for what the device learns ("feedloop" where IndexedDB exists); false: memory only. */
+  storage?: string | false;
+  /** How much each kind of feedback teaches, and the per-candidate cap. */
+  weights?: FeedbackWeights;
+  /** On-device SGD settings. */
+  learning?: LearningConfig;
 }
 
-/** Ranks candidate texts for a context with an on-device reward model. */
-export class Ranker {
+export interface StorageStatus { name: string | null; persistent: boolean; lastError: Error | null }
+
+/** An `error` event: a storage failure (the ranker keeps working in memory and retries). */
+export interface RankerErrorEvent extends Event { error: Error }
+
+export interface RankerEventMap {
+  feedback: CustomEvent<FeedbackOutcome>;
+  saved: CustomEvent<{ revision: number }>;
+  error: RankerErrorEvent;
+}
+
+/** Ranks candidates for a context with an on-device reward model and learns from feedback. */
+export class Ranker extends EventTarget {
   private constructor();
-  /** Loads the wasm module (once) and a model. Rejects with an `Error` naming what is wrong. */
+  /** Loads the wasm module (once), a model and the saved state. Rejects with an `Error` naming what is wrong. */
   static create(options?: RankerOptions): Promise<Ranker>;
-  /** Candidates best first. Throws an `Error` if `context` is not a string or `candidates` not a string[]. */
-  rank(context: string, candidates: string[]): RankedCandidate[];
-  /** One score per candidate, in input order. */
-  score(context: string, candidates: string[]): Float32Array;
+  /** Candidates best first. Throws an `Error` for a non-string context or malformed candidates. */
+  rank(context: string, candidates: (string | CandidateInput)[]): RankedCandidate[];
+  /** One personal score per candidate, in input order. */
+  score(context: string, candidates: (string | CandidateInput)[]): Float32Array;
   /** One L2-normalized Float32Array of `info.dimensions` values per text. */
   embed(texts: string[]): Float32Array[];
   /** Token ids the model sees for a text (truncated at `info.maxTokens`). */
   tokenize(text: string): Uint32Array;
   /** Facts about the loaded model. */
   readonly info: ModelInfo;
+  /** Records an event and learns from it at once. Throws an `Error` for a malformed event or unknown candidate. */
+  recordFeedback(event: FeedbackEvent): FeedbackOutcome;
+  thumbs(candidate: string, up: boolean): FeedbackOutcome;
+  choose(winner: string, loser: string): FeedbackOutcome;
+  correct(candidate: string, text: string): FeedbackOutcome;
+  rate(candidate: string, stars: 1 | 2 | 3 | 4 | 5): FeedbackOutcome;
+  flag(candidate: string, category: FlagCategory): FeedbackOutcome;
+  /** Records click, copy and dwell on `element` as implicit feedback about `candidate`. */
+  observe(element: Element, candidate: string): void;
+  unobserve(element: Element): boolean;
+  /** Why a candidate scores what it does, and how much feedback backs it. */
+  explain(candidate: string): Explanation;
+  /** Recent feedback on this device, oldest first (never uploaded). */
+  activity(): Activity[];
+  learningState(): LearningState;
+  resetLearning(): void;
+  /** The personal state's bytes, exactly as saved to IndexedDB. */
+  stateBytes(): Uint8Array;
+  readonly storage: StorageStatus;
+  /** Resolves once everything recorded so far is saved (or the failure was reported). */
+  flush(): Promise<void>;
+  addEventListener<K extends keyof RankerEventMap>(
+    type: K, listener: (event: RankerEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
   /** Frees the wasm memory held by this ranker. */
   free(): void;
   [Symbol.dispose](): void;

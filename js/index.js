@@ -69,36 +69,82 @@ function describe(value) {
   return typeof value === "object" ? value.constructor?.name ?? "object" : typeof value;
 }
 
-/** Ranks candidate texts for a context with an on-device reward model. */
-export class Ranker {
+const DEFAULT_STORAGE = "feedloop";
+
+/**
+ * Ranks candidates for a context with an on-device reward model and learns from the user's feedback.
+ *
+ * Events (it is an EventTarget):
+ * - `feedback`: `event.detail` is the FeedbackOutcome of every recorded event (also implicit ones).
+ * - `error`: `event.error` is an Error, e.g. a storage failure; the ranker keeps working in memory and
+ *   retries on the next change, so nothing is dropped.
+ * - `saved`: `event.detail.revision` after the state was durably written to IndexedDB.
+ */
+export class Ranker extends EventTarget {
   #inner;
+  #storage;
+  #saving = null;
+  #dirty = false;
+  #lastError = null;
+  #onHidden = null;
 
   /** Use `await Ranker.create()`; the constructor is not public API. */
-  constructor(inner) {
+  constructor(inner, storage = null) {
+    super();
     if (!(inner instanceof WasmRanker)) {
       throw new TypeError("feedloop: use `await Ranker.create()` to make a Ranker");
     }
     this.#inner = inner;
+    this.#storage = storage;
+    if (storage && typeof document !== "undefined") {
+      // Save before the page may be discarded.
+      this.#onHidden = () => document.hidden && this.#scheduleSave();
+      document.addEventListener("visibilitychange", this.#onHidden);
+    }
   }
 
   /**
-   * Loads the wasm module (once) and a model: the bundled default, or `options.model`
-   * (bytes, or a URL to fetch).
+   * Loads the wasm module (once), a model (the bundled default, or `options.model`: bytes or a URL)
+   * and, in browsers, what this device learned before (IndexedDB database `options.storage`,
+   * default "feedloop"; `false` keeps everything in memory).
    */
   static async create(options = {}) {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
+    const known = ["model", "storage", "weights", "learning"];
+    for (const key of Object.keys(options)) {
+      if (!known.includes(key)) {
+        throw new TypeError(`feedloop: unknown option \`${key}\`; expected one of ${known.join(", ")}`);
+      }
+    }
     const [bytes] = await Promise.all([modelBytes(options.model), initialize()]);
-    return new Ranker(WasmRanker.fromBytes(bytes));
+    const learning = {};
+    if (options.weights !== undefined) learning.weights = options.weights;
+    if (options.learning !== undefined) learning.learning = options.learning;
+    const inner = WasmRanker.withOptions(bytes, learning);
+    const storage = storageName(options.storage);
+    const ranker = new Ranker(inner, storage);
+    if (storage) {
+      try {
+        await inner.restore(storage);
+      } catch (error) {
+        // Listeners are attached after create() resolves: report on the next task.
+        setTimeout(() => ranker.#report(error), 0);
+      }
+    }
+    return ranker;
   }
 
-  /** Candidates best first: `[{ index, score }, ...]`. */
+  /**
+   * Candidates best first: `[{ id, index, score }, ...]`. Candidates are strings (the id is the
+   * text) or `{ id, text }` objects; feedback names them by id.
+   */
   rank(context, candidates) {
     return this.#inner.rank(context, candidates);
   }
 
-  /** One score per candidate, in input order. */
+  /** One personal score per candidate, in input order. */
   score(context, candidates) {
     return this.#inner.score(context, candidates);
   }
@@ -118,12 +164,139 @@ export class Ranker {
     return this.#inner.info;
   }
 
+  /**
+   * Records a feedback event and learns from it at once (rank again to see the change); saved in
+   * the background. Throws an Error for a malformed event or a candidate that was never ranked.
+   */
+  recordFeedback(event) {
+    const outcome = this.#inner.recordFeedback(event);
+    this.#changed(outcome);
+    return outcome;
+  }
+
+  /** Thumbs up (`up = true`) or down for a candidate. */
+  thumbs(candidate, up) {
+    return this.recordFeedback({ kind: "thumbs", candidate, up });
+  }
+
+  /** The user prefers `winner` over `loser` ("A or B"). */
+  choose(winner, loser) {
+    return this.recordFeedback({ kind: "pairwise", winner, loser });
+  }
+
+  /** The user rewrote a candidate: the new text is preferred over the original. */
+  correct(candidate, text) {
+    return this.recordFeedback({ kind: "correction", candidate, text });
+  }
+
+  /** A star rating, 1 to 5. */
+  rate(candidate, stars) {
+    return this.recordFeedback({ kind: "stars", candidate, stars });
+  }
+
+  /** Flags a candidate: "wrong", "harmful" or "off-topic". */
+  flag(candidate, category) {
+    return this.recordFeedback({ kind: "flag", candidate, category });
+  }
+
+  /** Records clicks, copies and dwell on `element` as implicit feedback about `candidate`. */
+  observe(element, candidate) {
+    this.#inner.observe(element, candidate, (result) => {
+      if (result instanceof Error) this.#report(result);
+      else this.#changed(result);
+    });
+  }
+
+  /** Stops observing `element`; returns whether it was observed. */
+  unobserve(element) {
+    return this.#inner.unobserve(element);
+  }
+
+  /** The parts of a candidate's score and how sure the model is. */
+  explain(candidate) {
+    return this.#inner.explain(candidate);
+  }
+
+  /** Recent feedback on this device, oldest first (local only). */
+  activity() {
+    return this.#inner.activity();
+  }
+
+  /** What this device learned: the delta from the global head and the example count. */
+  learningState() {
+    return this.#inner.learningState();
+  }
+
+  /** The personal state's bytes, exactly as saved to IndexedDB. */
+  stateBytes() {
+    return this.#inner.stateBytes();
+  }
+
+  /** Forgets what this device learned (and saves that). */
+  resetLearning() {
+    this.#inner.resetLearning();
+    this.#scheduleSave();
+  }
+
+  /** Where the state is kept: `{ name, persistent, lastError }`. */
+  get storage() {
+    return { name: this.#storage, persistent: Boolean(this.#storage), lastError: this.#lastError };
+  }
+
+  /** Resolves once everything recorded so far is saved (or the save failed and was reported). */
+  async flush() {
+    this.#scheduleSave();
+    while (this.#saving) await this.#saving;
+  }
+
+  #changed(outcome) {
+    this.dispatchEvent(new CustomEvent("feedback", { detail: outcome }));
+    this.#scheduleSave();
+  }
+
+  #scheduleSave() {
+    if (!this.#storage) return;
+    this.#dirty = true;
+    if (this.#saving) return;
+    this.#saving = (async () => {
+      await Promise.resolve(); // coalesce the events of one task into one write
+      while (this.#dirty) {
+        this.#dirty = false;
+        try {
+          const revision = await this.#inner.save(this.#storage);
+          this.#lastError = null;
+          this.dispatchEvent(new CustomEvent("saved", { detail: { revision } }));
+        } catch (error) {
+          this.#dirty = true; // still unsaved: the next change (or flush) tries again
+          this.#report(error);
+          break;
+        }
+      }
+      this.#saving = null;
+    })();
+  }
+
+  #report(error) {
+    this.#lastError = error;
+    const event = new Event("error");
+    event.error = error;
+    this.dispatchEvent(event);
+  }
+
   /** Frees the wasm memory held by this ranker; it cannot be used afterwards. */
   free() {
+    if (this.#onHidden) document.removeEventListener("visibilitychange", this.#onHidden);
     this.#inner.free();
   }
 
   [Symbol.dispose]() {
     this.free();
   }
+}
+
+function storageName(option) {
+  if (option === false || option === null) return null;
+  if (option === undefined) return WasmRanker.storageAvailable() ? DEFAULT_STORAGE : null;
+  if (typeof option === "string" && option.length > 0) return option;
+  throw new TypeError(`feedloop: options.storage must be a database name or false, got ${describe(option)}`);
 }

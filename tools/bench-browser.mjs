@@ -41,6 +41,7 @@ if (!existsSync(path.join(args.dist, "bench.html"))) {
 
 const query = new URLSearchParams({ runs });
 if (args.warmup) query.set("warmup", args.warmup);
+if (args.smoke) query.set("events", "500");
 
 const server = await serve(args.dist, 0);
 const browser = await launchChromium();
@@ -79,8 +80,13 @@ mkdirSync(path.dirname(out), { recursive: true });
 writeFileSync(out, json + "\n");
 
 const r100 = results.rank?.[100];
+const fb = results.feedback;
 console.error(
   `bench-browser: cold start ${results.coldStart.coldStartMs} ms` +
     (r100 ? `, 100 candidates median ${r100.median} ms (p10 ${r100.p10}, p90 ${r100.p90})` : "") +
+    (fb
+      ? `, recordFeedback → re-ranked 100 median ${fb.recordAndRerank100.median} ms, ` +
+        `state after ${fb.events} events ${fb.persistedStateBytes} bytes`
+      : "") +
     ` → ${path.relative(process.cwd(), out) || out}`,
 );

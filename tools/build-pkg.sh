@@ -14,7 +14,7 @@ wasm-bindgen --target web --out-dir "$OUT.tmp" --out-name feedloop_wasm "$WASM"
 # wasm-opt reads the target features wasm-bindgen kept; -Oz is the size the package ships at.
 node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
   "$OUT.tmp/feedloop_wasm_bg.wasm" -o "$OUT.tmp/feedloop_wasm_bg.wasm"
-cp js/index.js js/index.d.ts "$OUT.tmp/"
+cp js/index.js js/index.d.ts js/widget.js js/widget.d.ts "$OUT.tmp/"
 cp models/feedloop-default.onnx "$OUT.tmp/"
 cp README.md "$OUT.tmp/README.md"
 VERSION=$(cargo metadata --no-deps --format-version 1 | node -e '
@@ -33,12 +33,15 @@ cat > "$OUT.tmp/package.json" <<JSON
   "types": "./index.d.ts",
   "exports": {
     ".": { "types": "./index.d.ts", "default": "./index.js" },
+    "./widget": { "types": "./widget.d.ts", "default": "./widget.js" },
     "./feedloop-default.onnx": "./feedloop-default.onnx",
     "./package.json": "./package.json"
   },
   "files": [
     "index.js",
     "index.d.ts",
+    "widget.js",
+    "widget.d.ts",
     "feedloop_wasm.js",
     "feedloop_wasm.d.ts",
     "feedloop_wasm_bg.wasm",

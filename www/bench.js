@@ -88,6 +88,58 @@ async function benchSize(ranker, count) {
   };
 }
 
+const EVENTS = positiveInt("events", 10_000);
+const FEEDBACK_KINDS = [
+  (id) => ({ kind: "thumbs", candidate: id, up: false }),
+  (id) => ({ kind: "stars", candidate: id, stars: 4 }),
+  (id) => ({ kind: "click", candidate: id }),
+  (id) => ({ kind: "copy", candidate: id }),
+  (id) => ({ kind: "dwell", candidate: id, ms: 6000 }),
+];
+
+/**
+ * The time from recordFeedback to the re-ranked list of 100 candidates (learning + ranking from the
+ * cached features), and the persisted state's size after EVENTS events on as many candidates.
+ */
+async function benchFeedback() {
+  const ranker = await Ranker.create({ storage: false });
+  const question = SAMPLES[0].question;
+  const candidates = candidatePool(100).map((text, i) => ({ id: `c${i}`, text }));
+  ranker.rank(question, candidates);
+  const times = [];
+  let moved = 0;
+  for (let i = 0; i < WARMUP + RUNS; i++) {
+    const top = ranker.rank(question, candidates)[0].id;
+    const start = performance.now();
+    ranker.recordFeedback({ kind: "thumbs", candidate: top, up: false });
+    const ranking = ranker.rank(question, candidates);
+    const elapsed = performance.now() - start;
+    if (i >= WARMUP) times.push(elapsed);
+    if (ranking[0].id !== top) moved += 1;
+    if (i % 20 === 19) await nextTask();
+  }
+  ranker.free();
+
+  // State size: EVENTS events, one per candidate (the per-candidate cap never bites).
+  const big = await Ranker.create({ storage: false });
+  const pool = candidatePool(EVENTS).map((text, i) => ({ id: `e${i}`, text }));
+  for (let i = 0; i < pool.length; i += 100) {
+    big.rank(SAMPLES[(i / 100) % SAMPLES.length].question, pool.slice(i, i + 100));
+    if (i % 2000 === 0) await nextTask();
+  }
+  const recordStart = performance.now();
+  for (let i = 0; i < EVENTS; i++) big.recordFeedback(FEEDBACK_KINDS[i % FEEDBACK_KINDS.length](pool[i].id));
+  const recordMs = performance.now() - recordStart;
+  const stateBytes = big.stateBytes ? big.stateBytes().length : null;
+  big.free();
+  return {
+    recordAndRerank100: { ...summarize(times), warmup: WARMUP, topMovedFraction: round(moved / (WARMUP + RUNS)) },
+    events: EVENTS,
+    recordMeanMs: round(recordMs / EVENTS, 4),
+    persistedStateBytes: stateBytes,
+  };
+}
+
 async function run() {
   const createStart = performance.now();
   const ranker = await Ranker.create();
@@ -127,6 +179,10 @@ async function run() {
     rank[size] = await benchSize(ranker, size);
   }
 
+  await nextTask();
+  statusLine.textContent = `Feedback: record + re-rank 100, ${RUNS} runs; state after ${EVENTS} events…`;
+  const feedback = await benchFeedback();
+
   const navigation = performance.getEntriesByType("navigation")[0];
   return {
     kind: "feedloop-browser-bench",
@@ -134,6 +190,7 @@ async function run() {
     warmup: WARMUP,
     coldStart,
     rank,
+    feedback,
     resources: {
       wasm: resourceTiming(".wasm"),
       model: resourceTiming(".onnx"),

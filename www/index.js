@@ -1,6 +1,7 @@
 // The feedloop demo: pick a sample question (or type one), edit the candidate answers, and see them
 // ranked by the on-device reward model. The package is imported exactly as an app would import it.
 import { Ranker } from "feedloop";
+import { mountFeedback } from "feedloop/widget";
 import { SAMPLES } from "./samples.js";
 
 const $ = (id) => document.getElementById(id);
@@ -13,12 +14,16 @@ const statusLine = $("status");
 const resultsList = $("results");
 const errorBox = $("error");
 const modelInfo = $("model-info");
+const activityList = $("activity");
+const resetButton = $("reset-learning");
+const storageStatus = $("storage-status");
 
 const RANK_DELAY_MS = 250; // debounce for ranking while typing
 
 /**
  * What the end-to-end test (and a curious developer) can read from the page.
- * `lastRanking` is `[{ index, score, text }]`, best first; `index` is the 0-based input position.
+ * `lastRanking` is `[{ id, index, score, text }]`, best first; `index` is the 0-based input position.
+ * `feedback` lists every FeedbackOutcome the ranker reported, in order (explicit and implicit).
  */
 const demo = {
   ready: null,
@@ -29,6 +34,7 @@ const demo = {
   rankCount: 0,
   lastRanking: null,
   lastInput: null,
+  feedback: [],
   rank: () => rankNow(),
 };
 window.feedloopDemo = demo;
@@ -79,7 +85,34 @@ function renderEmpty(message) {
   resultsList.replaceChildren(item);
 }
 
+const KIND_LABELS = {
+  thumbs: (o) => (o.up ? "▲ thumbs up" : "▼ thumbs down"),
+  stars: () => "★ rating",
+  pairwise: () => "A-or-B choice",
+  correction: () => "✎ correction",
+  flag: () => "⚑ flag",
+  click: () => "click",
+  dwell: () => "read",
+  copy: () => "copy",
+  regenerate: () => "regenerate",
+  skip: () => "skip",
+};
+
+const observed = new Set();
+
+function explainText(id) {
+  const e = ranker.explain(id);
+  const signed = (x) => (x >= 0 ? "+ " : "− ") + Math.abs(x).toFixed(3);
+  return (
+    `relevance ${e.relevance.toFixed(3)} ${signed(e.globalPreference)} (global model) ` +
+    `${signed(e.personalAdjustment)} (your feedback) = ${e.score.toFixed(3)} · ` +
+    `confidence ${Math.round(e.confidence * 100)} %`
+  );
+}
+
 function renderRanking(ranking, candidates) {
+  for (const element of observed) ranker.unobserve(element);
+  observed.clear();
   const scores = ranking.map((r) => r.score);
   const max = Math.max(...scores);
   const min = Math.min(...scores);
@@ -120,7 +153,34 @@ function renderRanking(ranking, candidates) {
     fill.style.width = `${Math.round(8 + 92 * fraction)}%`;
     bar.append(fill);
 
-    item.append(rank, text, meta, bar);
+    const tools = document.createElement("div");
+    tools.className = "tools";
+    const label = `answer ${position + 1}`;
+    mountFeedback(tools, ranker, entry.id, {
+      label,
+      text: candidates[entry.index],
+      onError: (error) => showError(describeError(error)),
+    });
+    const why = document.createElement("button");
+    why.type = "button";
+    why.textContent = "Why?";
+    why.setAttribute("aria-expanded", "false");
+    why.setAttribute("aria-label", `Why is ${label} ranked here?`);
+    const explanation = document.createElement("p");
+    explanation.className = "explanation";
+    explanation.hidden = true;
+    why.addEventListener("click", () => {
+      explanation.hidden = !explanation.hidden;
+      why.setAttribute("aria-expanded", String(!explanation.hidden));
+      if (!explanation.hidden) explanation.textContent = explainText(entry.id);
+    });
+    tools.append(why);
+
+    item.dataset.id = entry.id;
+    item.append(rank, text, meta, bar, tools, explanation);
+    // Implicit signals: clicks, copies and reading time on the answer's text.
+    ranker.observe(text, entry.id);
+    observed.add(text);
     return item;
   });
   resultsList.replaceChildren(...items);
@@ -149,7 +209,7 @@ function rankNow() {
     const elapsed = performance.now() - start;
     demo.rankMs = elapsed;
     demo.rankCount += 1;
-    demo.lastRanking = Array.from(ranking, ({ index, score }) => ({ index, score, text: candidates[index] }));
+    demo.lastRanking = Array.from(ranking, ({ id, index, score }) => ({ id, index, score, text: candidates[index] }));
     clearError();
     renderRanking(demo.lastRanking, candidates);
     resultsList.dataset.state = "ready";
@@ -215,6 +275,52 @@ form.addEventListener("submit", (event) => {
   rankNow();
 });
 
+function shorten(text, max = 48) {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+function positionOf(ranking, id) {
+  const i = ranking?.findIndex((r) => r.id === id) ?? -1;
+  return i < 0 ? null : i + 1;
+}
+
+/** Logs an outcome in the activity panel; explicit feedback re-ranks at once and says how it moved. */
+function onFeedback(outcome) {
+  demo.feedback.push(outcome);
+  const activity = ranker.activity();
+  const last = activity[activity.length - 1];
+  const id = last?.candidates[0];
+  const before = positionOf(demo.lastRanking, id);
+  const explicit = ["thumbs", "stars", "pairwise", "correction", "flag"].includes(outcome.kind);
+  if (explicit) rankNow();
+  const after = positionOf(demo.lastRanking, id);
+  const item = document.createElement("li");
+  const when = document.createElement("span");
+  when.className = "when";
+  when.textContent = new Date(last?.timestamp ?? Date.now()).toLocaleTimeString();
+  const label = (KIND_LABELS[outcome.kind] ?? (() => outcome.kind))({ up: outcome.scoreAfter > outcome.scoreBefore });
+  let text = `${label} on “${shorten(id ?? "")}”`;
+  if (!outcome.learned) text += ` (not learned: ${outcome.reason})`;
+  else if (explicit && before && after) text += before === after ? `: stays #${after}` : `: moved #${before} → #${after}`;
+  text += ` · score ${outcome.scoreBefore.toFixed(3)} → ${outcome.scoreAfter.toFixed(3)}`;
+  item.append(when, text);
+  item.dataset.kind = outcome.kind;
+  activityList.prepend(item);
+  while (activityList.children.length > 20) activityList.lastElementChild.remove();
+  if (explicit && before !== after) {
+    resultsList.querySelector(`li[data-id="${CSS.escape(id)}"]`)?.classList.add("moved");
+  }
+}
+
+function showStorage() {
+  const { name, persistent, lastError } = ranker.storage;
+  storageStatus.textContent = lastError
+    ? `Not saved: ${describeError(lastError)} (kept in memory; will retry)`
+    : persistent
+      ? `Saved in this browser (IndexedDB “${name}”).`
+      : "Kept in memory only.";
+}
+
 async function start() {
   populateSamples();
   const begin = performance.now();
@@ -232,6 +338,18 @@ async function start() {
   demo.loadMs = loadMs;
   demo.info = ranker.info;
   showModelInfo(demo.info);
+  ranker.addEventListener("feedback", (e) => onFeedback(e.detail));
+  ranker.addEventListener("saved", showStorage);
+  ranker.addEventListener("error", (e) => {
+    showStorage();
+    showError(describeError(e.error));
+  });
+  resetButton.addEventListener("click", () => {
+    ranker.resetLearning();
+    activityList.replaceChildren();
+    rankNow();
+  });
+  showStorage();
   rankButton.disabled = false;
   resultsList.setAttribute("aria-busy", "false");
   rankNow();

@@ -513,35 +513,42 @@ impl FeedbackLoop {
 
     /// φ for each text against `context`, embedding only texts not in the cache.
     fn features(&mut self, context: &str, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let wanted: Vec<&str> = std::iter::once(context)
+            .chain(texts.iter().copied())
+            .collect();
+        let mut found: HashMap<&str, Arc<Embedded>> = HashMap::with_capacity(wanted.len());
         let mut missing: Vec<&str> = Vec::new();
-        for text in std::iter::once(&context).chain(texts) {
-            if !self.embeddings.contains_key(*text) && !missing.contains(text) {
-                missing.push(text);
+        for text in &wanted {
+            match self.embeddings.get(*text) {
+                Some(e) => {
+                    found.insert(text, e.clone());
+                }
+                None if !missing.contains(text) => missing.push(text),
+                None => {}
             }
         }
         if !missing.is_empty() {
             let embedded = self.model.embed(&missing)?;
+            // Held in `found` for this call, so starting the cache over loses nothing needed now.
             if self.embeddings.len() + missing.len() > EMBEDDING_CACHE {
                 self.embeddings.clear();
             }
             for (i, text) in missing.iter().enumerate() {
-                self.embeddings.insert(
-                    text.to_string(),
-                    Arc::new(Embedded {
-                        vector: embedded.row(i).to_vec(),
-                        tokens: embedded.token_counts[i],
-                    }),
-                );
+                let e = Arc::new(Embedded {
+                    vector: embedded.row(i).to_vec(),
+                    tokens: embedded.token_counts[i],
+                });
+                self.embeddings.insert(text.to_string(), e.clone());
+                found.insert(text, e);
             }
         }
         let max_tokens = self.model.info().max_tokens;
-        let c = self.embeddings[context].clone();
+        let c = &found[context];
         Ok(texts
             .iter()
             .map(|t| {
-                let r = &self.embeddings[*t];
-                let f = PairFeatures::new(&c.vector, &r.vector, r.tokens, max_tokens);
-                f.to_vector()
+                let r = &found[*t];
+                PairFeatures::new(&c.vector, &r.vector, r.tokens, max_tokens).to_vector()
             })
             .collect())
     }

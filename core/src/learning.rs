@@ -207,14 +207,18 @@ pub fn sgd_step(
     };
     let eta = config.learning_rate;
     let weight = example.weight;
-    for (d, g) in state.delta.iter_mut().zip(&gradient) {
+    // The last parameter is the bias: it shifts every score alike and cannot change a ranking, so
+    // it is not learned (it would only soak up part of every pointwise example).
+    let learned = state.delta.len().saturating_sub(1);
+    for (d, g) in state.delta[..learned].iter_mut().zip(&gradient) {
         *d -= eta * (weight * g + config.l2 * *d);
     }
     true
 }
 
-/// Learns one new example at once, then replays `replay_steps` examples drawn (deterministically from
-/// the seed and the example count) from `replay`, which should already contain the new one.
+/// Learns one new example at once, then replays up to `replay_steps` examples (at most one per
+/// example in the buffer) drawn, deterministically from the seed and the example count, from `replay`,
+/// which should already contain the new one.
 pub fn learn(
     state: &mut LocalLearningState,
     global: &[f32],
@@ -232,7 +236,9 @@ pub fn learn(
                 .seed
                 .wrapping_add(state.example_count.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
         );
-        for _ in 0..config.replay_steps {
+        // As many replay steps as there are examples (up to `replay_steps`): a lone example is not
+        // hammered in over and over.
+        for _ in 0..(config.replay_steps as usize).min(replay.len()) {
             sgd_step(state, global, &replay[rng.usize(..replay.len())], config);
         }
     }

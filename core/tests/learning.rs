@@ -465,3 +465,36 @@ fn state_round_trips_and_two_tabs_merge_without_losing_learning() {
     }
     assert_eq!(merged.events_per_candidate.len(), 3);
 }
+
+/// More distinct texts than the embedding cache holds: the cache starts over mid-way and every
+/// ranking still works (this once panicked when a cached context was dropped by the restart).
+#[test]
+fn ranking_more_texts_than_the_cache_holds() {
+    let mut fl = new_loop(13);
+    for batch in 0..45 {
+        let texts: Vec<String> = (0..100)
+            .map(|i| format!("answer number {} of batch {batch}", batch * 100 + i))
+            .collect();
+        let ids: Vec<String> = (0..100).map(|i| format!("b{batch}-{i}")).collect();
+        let candidates: Vec<Candidate> = ids
+            .iter()
+            .zip(&texts)
+            .map(|(id, text)| Candidate { id, text })
+            .collect();
+        assert_eq!(
+            fl.rank("the same question", &candidates).unwrap().len(),
+            100
+        );
+    }
+    let outcome = fl
+        .record(
+            RawFeedback {
+                candidate: Some("b0-1".into()),
+                up: Some(true),
+                ..event("thumbs")
+            },
+            NOW,
+        )
+        .unwrap();
+    assert!(outcome.learned);
+}

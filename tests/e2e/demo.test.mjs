@@ -191,6 +191,53 @@ describe("feedloop demo page", () => {
     await waitForRankAfter(page, before);
   });
 
+  test("a thumbs-down on the top answer moves it down and shows in the activity panel", async () => {
+    const before = await rankCount(page);
+    await page.selectOption("#sample", "refund-policy");
+    await waitForRankAfter(page, before);
+    const ranking = await page.evaluate(() => window.feedloopDemo.lastRanking);
+    const top = ranking[0];
+
+    const count = await rankCount(page);
+    await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
+    await waitForRankAfter(page, count);
+    const after = await page.evaluate(() => window.feedloopDemo.lastRanking);
+    const position = after.findIndex((r) => r.id === top.id) + 1;
+    assert.ok(position > 1, `the thumbed-down answer is still on top: ${JSON.stringify(after, null, 2)}`);
+
+    const entry = await page.textContent('#activity li[data-kind="thumbs"]');
+    assert.match(entry, new RegExp(`moved #1 → #${position}`), entry);
+
+    // "Why?" explains the new score: the personal adjustment is negative.
+    const item = `#results li[data-id="${top.id.replace(/"/g, '\\"')}"]`;
+    await page.click(`${item} button[aria-expanded]`);
+    const explanation = await page.textContent(`${item} .explanation`);
+    assert.match(explanation, /− \d\.\d{3} \(your feedback\)/, explanation);
+    assert.match(explanation, /confidence \d+ %/);
+  });
+
+  test("dwell and copy on an answer are recorded as implicit feedback", async () => {
+    const before = await page.evaluate(() => window.feedloopDemo.feedback.length);
+    await page.dispatchEvent('#results li[data-rank="2"] .text', "copy");
+    // Let the answers be read for a while, then hide the page (as switching tabs does): the time
+    // each answer was on screen is recorded as dwell.
+    await page.waitForTimeout(4500);
+    await page.evaluate(() => {
+      Object.defineProperty(document, "hidden", { value: true, configurable: true });
+      document.dispatchEvent(new Event("visibilitychange"));
+      delete document.hidden;
+      document.dispatchEvent(new Event("visibilitychange"));
+    });
+    const kinds = await page.evaluate(
+      (n) => window.feedloopDemo.feedback.slice(n).map((o) => `${o.kind}:${o.learned}`),
+      before,
+    );
+    assert.ok(kinds.includes("copy:true"), `recorded: ${kinds}`);
+    assert.ok(kinds.includes("dwell:true"), `recorded: ${kinds}`);
+    assert.ok(await page.isVisible('#activity li[data-kind="dwell"]'));
+    assert.ok(await page.isVisible('#activity li[data-kind="copy"]'));
+  });
+
   test("emits no page errors, console errors or failed requests; saves a screenshot", async () => {
     await page.evaluate(() => document.activeElement?.blur());
     mkdirSync(path.dirname(screenshot), { recursive: true });

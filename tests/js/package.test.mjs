@@ -71,9 +71,74 @@ test("a model missing an output is a JS Error naming it", async () => {
 
 test("bad arguments are JS Errors with clear messages", async () => {
   const ranker = await Ranker.create();
-  assert.throws(() => ranker.rank("q", ["ok", 42]), { message: /candidates\[1\] must be a string, got number/ });
-  assert.throws(() => ranker.rank("q", "not an array"), { message: /candidates must be an array of strings, got string/ });
+  assert.throws(() => ranker.rank("q", ["ok", 42]), { message: /candidates\[1\] must be a string or \{ id, text \}, got number/ });
+  assert.throws(() => ranker.rank("q", "not an array"), { message: /candidates must be an array of strings or \{ id, text \} objects, got string/ });
   assert.throws(() => ranker.rank(undefined, ["a"]), { message: /context must be a string, got undefined/ });
   await rejectsWith(Ranker.create({ model: 12 }), /options\.model must be/);
   assert.throws(() => new Ranker({}), /Ranker\.create/);
+});
+
+const ANSWERS = [
+  { id: "reset", text: "To reset your password, click 'Forgot password' on the sign-in page." },
+  { id: "rules", text: "Passwords must be at least 12 characters long." },
+  { id: "museum", text: "The museum opens at nine." },
+];
+const QUESTION = "How do I reset my password?";
+
+test("feedback helpers learn at once, emit events and explain the change", async () => {
+  const ranker = await Ranker.create();
+  assert.deepEqual(ranker.storage, { name: null, persistent: false, lastError: null }, "Node has no IndexedDB");
+  const seen = [];
+  ranker.addEventListener("feedback", (e) => seen.push(e.detail.kind));
+  assert.equal(ranker.rank(QUESTION, ANSWERS)[0].id, "reset");
+
+  const outcome = ranker.thumbs("reset", false);
+  assert.equal(outcome.learned, true);
+  assert.ok(outcome.scoreAfter < outcome.scoreBefore);
+  assert.notEqual(ranker.rank(QUESTION, ANSWERS)[0].id, "reset", "a thumbs-down on the top answer moves it down");
+
+  ranker.rate("rules", 5);
+  ranker.choose("rules", "museum");
+  ranker.correct("museum", "The museum opens at nine; it has no password.");
+  ranker.flag("museum", "off-topic");
+  assert.deepEqual(seen, ["thumbs", "stars", "pairwise", "correction", "flag"]);
+  assert.equal(ranker.activity().length, 5);
+  assert.equal(ranker.learningState().exampleCount, 5);
+  assert.equal(ranker.learningState().delta.length, ranker.info.headParameters);
+
+  const why = ranker.explain("reset");
+  assert.ok(Math.abs(why.relevance + why.globalPreference + why.personalAdjustment - why.score) < 1e-5);
+  assert.ok(why.personalAdjustment < 0 && why.confidence > 0);
+
+  ranker.resetLearning();
+  assert.equal(ranker.rank(QUESTION, ANSWERS)[0].id, "reset", "reset forgets what was learned");
+});
+
+test("malformed feedback throws Errors that name the problem", async () => {
+  const ranker = await Ranker.create();
+  ranker.rank(QUESTION, ANSWERS);
+  for (const [event, pattern] of [
+    [{ kind: "love", candidate: "reset" }, /unknown feedback kind "love"/],
+    [{ kind: "stars", candidate: "reset", stars: 0 }, /1 to 5/],
+    [{ kind: "pairwise", winner: "reset", loser: "reset" }, /two different candidates/],
+    [{ kind: "thumbs", candidate: "someone-else", up: true }, /unknown candidate "someone-else"/],
+    [{ kind: "copy", candidate: "reset", timestamp: Date.now() + 86_400_000 }, /in the future/],
+    [{ kind: "flag", candidate: "reset", category: "boring" }, /wrong, harmful, off-topic/],
+    [null, /must be an object/],
+  ]) {
+    assert.throws(() => ranker.recordFeedback(event), (err) => err instanceof Error && pattern.test(err.message));
+  }
+  assert.equal(ranker.activity().length, 0, "rejected events are not recorded");
+  await rejectsWith(() => Ranker.create({ weights: { click: -1 } }), /weight for click must be between 0 and 4/);
+  await rejectsWith(() => Ranker.create({ learning: { learningRate: 0 } }), /learningRate/);
+  await rejectsWith(() => Ranker.create({ storgae: "x" }), /unknown option `storgae`/);
+});
+
+test("an explicit storage name without IndexedDB reports an error event and keeps working", async () => {
+  const ranker = await Ranker.create({ storage: "feedloop-node" });
+  const error = await new Promise((resolve) => ranker.addEventListener("error", (e) => resolve(e.error)));
+  assert.ok(error instanceof Error);
+  assert.match(error.message, /storage: .*no indexedDB/);
+  ranker.rank(QUESTION, ANSWERS);
+  assert.equal(ranker.thumbs("rules", true).learned, true, "learning continues in memory");
 });

@@ -1,0 +1,211 @@
+// feedloop's feedback widget: thumbs, stars, flag and edit-in-place for one candidate, and a "which
+// is better?" prompt for a pair. Plain DOM, keyboard accessible (real buttons, radio-like star group
+// with arrow keys), labelled for screen readers, minimal styling that inherits the page's font and
+// colours (override the `.feedloop-*` classes to restyle).
+
+const STYLE_ID = "feedloop-widget-style";
+const CSS = `
+.feedloop-widget { display: flex; flex-wrap: wrap; gap: .25rem; align-items: center; font: inherit; }
+.feedloop-widget button { font: inherit; font-size: .9em; padding: .15rem .45rem; border: 1px solid currentColor;
+  border-radius: .3rem; background: transparent; color: inherit; cursor: pointer; opacity: .8; }
+.feedloop-widget button:hover, .feedloop-widget button:focus-visible { opacity: 1; }
+.feedloop-widget button:focus-visible { outline: 2px solid Highlight; outline-offset: 1px; }
+.feedloop-widget button[aria-pressed="true"], .feedloop-widget button[aria-checked="true"] { opacity: 1; font-weight: bold; background: color-mix(in srgb, currentColor 15%, transparent); }
+.feedloop-stars { display: inline-flex; gap: 0; }
+.feedloop-stars button { border-radius: 0; border-left-width: 0; }
+.feedloop-stars button:first-child { border-radius: .3rem 0 0 .3rem; border-left-width: 1px; }
+.feedloop-stars button:last-child { border-radius: 0 .3rem .3rem 0; }
+.feedloop-edit { display: flex; flex-direction: column; gap: .25rem; width: 100%; }
+.feedloop-edit textarea { font: inherit; width: 100%; min-height: 4em; }
+.feedloop-status { font-size: .85em; opacity: .75; }
+.feedloop-sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
+`;
+
+const FLAGS = [
+  ["wrong", "Wrong"],
+  ["harmful", "Harmful"],
+  ["off-topic", "Off-topic"],
+];
+
+function injectStyle(doc) {
+  if (doc.getElementById(STYLE_ID)) return;
+  const style = doc.createElement("style");
+  style.id = STYLE_ID;
+  style.textContent = CSS;
+  doc.head.append(style);
+}
+
+function el(doc, tag, props = {}, children = []) {
+  const node = doc.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("aria-") || key === "role" || key === "type") node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  node.append(...children);
+  return node;
+}
+
+/**
+ * Mounts feedback controls for `candidate` (an id the ranker has ranked) into `container`.
+ *
+ * ```js
+ * import { mountFeedback } from "feedloop/widget";
+ * const widget = mountFeedback(document.querySelector("#answer-3 .tools"), ranker, "answer-3", {
+ *   label: "this answer", text: answerText, onFeedback: () => rerender(),
+ * });
+ * widget.destroy();
+ * ```
+ *
+ * Options: `label` (how screen readers name the candidate, default "this answer"), `text` (the
+ * candidate's text, shown in the editor), `controls` (subset of ["thumbs", "stars", "flag", "edit"]),
+ * `onFeedback(outcome)` and `onError(error)` callbacks.
+ */
+export function mountFeedback(container, ranker, candidate, options = {}) {
+  const doc = container.ownerDocument;
+  injectStyle(doc);
+  const label = options.label ?? "this answer";
+  const controls = new Set(options.controls ?? ["thumbs", "stars", "flag", "edit"]);
+  const status = el(doc, "span", { class: "feedloop-status", role: "status", "aria-live": "polite" });
+  const root = el(doc, "div", { class: "feedloop-widget", role: "group", "aria-label": `Feedback on ${label}` });
+
+  const send = (what, action) => {
+    try {
+      const outcome = action();
+      status.textContent = outcome.learned ? `Thanks: ${what}` : `Noted: ${what}`;
+      options.onFeedback?.(outcome);
+      return outcome;
+    } catch (error) {
+      status.textContent = `Could not record feedback: ${error.message}`;
+      if (options.onError) options.onError(error);
+      else throw error;
+      return null;
+    }
+  };
+
+  if (controls.has("thumbs")) {
+    const up = el(doc, "button", { type: "button", "aria-label": `Good: ${label}`, "aria-pressed": "false", textContent: "▲ Good" });
+    const down = el(doc, "button", { type: "button", "aria-label": `Bad: ${label}`, "aria-pressed": "false", textContent: "▼ Bad" });
+    up.dataset.feedloop = "thumbs-up";
+    down.dataset.feedloop = "thumbs-down";
+    const press = (isUp) => {
+      up.setAttribute("aria-pressed", String(isUp));
+      down.setAttribute("aria-pressed", String(!isUp));
+      send(isUp ? "thumbs up" : "thumbs down", () => ranker.thumbs(candidate, isUp));
+    };
+    up.addEventListener("click", () => press(true));
+    down.addEventListener("click", () => press(false));
+    root.append(up, down);
+  }
+
+  if (controls.has("stars")) {
+    const group = el(doc, "span", { class: "feedloop-stars", role: "radiogroup", "aria-label": `Rate ${label}` });
+    const stars = [1, 2, 3, 4, 5].map((n) =>
+      el(doc, "button", {
+        type: "button",
+        role: "radio",
+        "aria-checked": "false",
+        "aria-label": `${n} star${n > 1 ? "s" : ""}`,
+        tabIndex: n === 1 ? 0 : -1,
+        textContent: "★",
+      }),
+    );
+    const choose = (n) => {
+      stars.forEach((s, i) => {
+        s.setAttribute("aria-checked", String(i + 1 === n));
+        s.tabIndex = i + 1 === n ? 0 : -1;
+        s.textContent = i < n ? "★" : "☆";
+      });
+      send(`${n} star${n > 1 ? "s" : ""}`, () => ranker.rate(candidate, n));
+    };
+    stars.forEach((star, i) => {
+      star.dataset.feedloop = `stars-${i + 1}`;
+      star.addEventListener("click", () => choose(i + 1));
+      // Arrow keys move between stars, as in any radio group.
+      star.addEventListener("keydown", (e) => {
+        const step = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[e.key];
+        if (!step) return;
+        e.preventDefault();
+        stars[Math.min(4, Math.max(0, i + step))].focus();
+      });
+    });
+    group.append(...stars);
+    root.append(group);
+  }
+
+  if (controls.has("flag")) {
+    const select = el(doc, "select", { "aria-label": `Flag ${label}` }, [
+      el(doc, "option", { value: "", textContent: "Flag…" }),
+      ...FLAGS.map(([value, text]) => el(doc, "option", { value, textContent: text })),
+    ]);
+    select.dataset.feedloop = "flag";
+    select.addEventListener("change", () => {
+      if (!select.value) return;
+      const category = select.value;
+      send(`flagged ${category}`, () => ranker.flag(candidate, category));
+    });
+    root.append(select);
+  }
+
+  if (controls.has("edit")) {
+    const edit = el(doc, "button", { type: "button", "aria-label": `Suggest a better version of ${label}`, textContent: "Edit" });
+    edit.dataset.feedloop = "edit";
+    edit.addEventListener("click", () => {
+      const area = el(doc, "textarea", { "aria-label": `Your version of ${label}`, value: options.text ?? "" });
+      const save = el(doc, "button", { type: "button", textContent: "Save correction" });
+      const cancel = el(doc, "button", { type: "button", textContent: "Cancel" });
+      const form = el(doc, "div", { class: "feedloop-edit" }, [area, el(doc, "div", {}, [save, cancel])]);
+      const close = () => {
+        form.remove();
+        edit.hidden = false;
+        edit.focus();
+      };
+      save.addEventListener("click", () => {
+        if (send("correction saved", () => ranker.correct(candidate, area.value))) close();
+      });
+      cancel.addEventListener("click", close);
+      area.addEventListener("keydown", (e) => e.key === "Escape" && close());
+      edit.hidden = true;
+      root.append(form);
+      area.focus();
+    });
+    root.append(edit);
+  }
+
+  root.append(status);
+  container.append(root);
+  return { element: root, destroy: () => root.remove() };
+}
+
+/**
+ * Asks "which is better?" for two candidates and records the choice. `texts` (optional) are shown
+ * as the options; otherwise "A" and "B".
+ */
+export function mountComparison(container, ranker, [a, b], options = {}) {
+  const doc = container.ownerDocument;
+  injectStyle(doc);
+  const [textA, textB] = options.texts ?? ["A", "B"];
+  const status = el(doc, "span", { class: "feedloop-status", role: "status", "aria-live": "polite" });
+  const question = el(doc, "span", { textContent: options.question ?? "Which is better?" });
+  const root = el(doc, "div", { class: "feedloop-widget", role: "group", "aria-label": "Which answer is better?" });
+  const pick = (winner, loser, text) => {
+    try {
+      const outcome = ranker.choose(winner, loser);
+      status.textContent = `You chose: ${text}`;
+      options.onFeedback?.(outcome);
+    } catch (error) {
+      status.textContent = `Could not record the choice: ${error.message}`;
+      if (options.onError) options.onError(error);
+      else throw error;
+    }
+  };
+  const buttonA = el(doc, "button", { type: "button", textContent: textA });
+  const buttonB = el(doc, "button", { type: "button", textContent: textB });
+  buttonA.dataset.feedloop = "choose-a";
+  buttonB.dataset.feedloop = "choose-b";
+  buttonA.addEventListener("click", () => pick(a, b, textA));
+  buttonB.addEventListener("click", () => pick(b, a, textB));
+  root.append(question, buttonA, buttonB, status);
+  container.append(root);
+  return { element: root, destroy: () => root.remove() };
+}
