@@ -85,10 +85,13 @@ test-native:
 	cargo test --workspace
 	# criterion benches, run once each as a smoke test (numbers come from `make bench`)
 	cargo test -p feedloop-core --features bundled-model --benches
+	cargo test -p feedloop-privacy --benches
 
-# The committed fixtures must still be what Hugging Face tokenizers and onnxruntime produce.
+# The committed fixtures must still be what Hugging Face tokenizers and onnxruntime produce, and
+# what dp-accounting and OpenDP compute for the privacy accountants.
 test-python: setup-python
 	$(PYTHON) tools/make_fixtures.py --check
+	$(PYTHON) tools/privacy_reference.py --check
 
 test-wasm: setup-rust setup-browser
 	CHROMEDRIVER=$(CHROMEDRIVER) WASM_BINDGEN_TEST_TIMEOUT=120 \

@@ -141,12 +141,22 @@ export class Ranker extends EventTarget {
    * text) or `{ id, text }` objects; feedback names them by id.
    */
   rank(context, candidates) {
-    return this.#inner.rank(context, candidates);
+    const { ids } = splitCandidates(candidates);
+    const scores = this.score(context, candidates);
+    // Best first; ties keep input order; NaN (which finite inputs cannot produce) last.
+    const order = Array.from(scores.keys()).sort((a, b) => {
+      const sa = scores[a];
+      const sb = scores[b];
+      if (Number.isNaN(sa) || Number.isNaN(sb)) return Number.isNaN(sa) - Number.isNaN(sb) || a - b;
+      return sb - sa || a - b;
+    });
+    return order.map((index) => ({ id: ids[index], index, score: scores[index] }));
   }
 
   /** One personal score per candidate, in input order. */
   score(context, candidates) {
-    return this.#inner.score(context, candidates);
+    const { ids, texts } = splitCandidates(candidates);
+    return this.#inner.scoreCandidates(context, ids, texts);
   }
 
   /** One L2-normalized Float32Array per text. */
@@ -292,6 +302,44 @@ export class Ranker extends EventTarget {
   [Symbol.dispose]() {
     this.free();
   }
+}
+
+/**
+ * Parallel arrays of ids and texts. Strings are their own ids; a repeated string gets `text#2`,
+ * `text#3`, ... (the same rule as the wasm layer's `rank`).
+ */
+function splitCandidates(candidates) {
+  if (!Array.isArray(candidates)) {
+    throw new Error(`feedloop: candidates must be an array of strings or { id, text } objects, got ${typeName(candidates)}`);
+  }
+  const ids = new Array(candidates.length);
+  const texts = new Array(candidates.length);
+  const seen = new Map();
+  candidates.forEach((candidate, i) => {
+    if (typeof candidate === "string") {
+      const n = (seen.get(candidate) ?? 0) + 1;
+      seen.set(candidate, n);
+      ids[i] = n === 1 ? candidate : `${candidate}#${n}`;
+      texts[i] = candidate;
+    } else if (candidate !== null && typeof candidate === "object" && !Array.isArray(candidate)) {
+      if (typeof candidate.id !== "string" || typeof candidate.text !== "string") {
+        throw new Error(
+          `feedloop: candidates[${i}] must be { id, text } with string id and text, got id ${typeName(candidate.id)} and text ${typeName(candidate.text)}`,
+        );
+      }
+      ids[i] = candidate.id;
+      texts[i] = candidate.text;
+    } else {
+      throw new Error(`feedloop: candidates[${i}] must be a string or { id, text }, got ${typeName(candidate)}`);
+    }
+  });
+  return { ids, texts };
+}
+
+function typeName(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  return typeof value;
 }
 
 function storageName(option) {

@@ -231,6 +231,44 @@ impl Ranker {
         Ok(Float32Array::from(scores.as_slice()))
     }
 
+    /// Personal scores in input order for candidates given as parallel arrays of ids and texts: the
+    /// fast path the package's `rank` uses (it builds the sorted objects in JS, which is cheaper than
+    /// converting objects across the boundary).
+    #[wasm_bindgen(js_name = scoreCandidates)]
+    pub fn score_candidates(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "string[]")] ids: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "string[]")] texts: JsValue,
+    ) -> JsResult<Float32Array> {
+        let context = string(&context, "context")?;
+        let ids = strings(&ids, "ids")?;
+        let texts = strings(&texts, "candidates")?;
+        if ids.len() != texts.len() {
+            return Err(JsError::new(&format!(
+                "feedloop: {} ids for {} candidates",
+                ids.len(),
+                texts.len()
+            )));
+        }
+        let list: Vec<Candidate> = ids
+            .iter()
+            .zip(&texts)
+            .map(|(id, text)| Candidate { id, text })
+            .collect();
+        let ranked = self
+            .inner
+            .borrow_mut()
+            .feedback
+            .rank(&context, &list)
+            .map_err(to_js_error)?;
+        let mut scores = vec![0f32; ranked.len()];
+        for r in ranked {
+            scores[r.index] = r.score;
+        }
+        Ok(Float32Array::from(scores.as_slice()))
+    }
+
     /// L2-normalized embeddings, one `Float32Array` of `info.dimensions` values per text.
     #[wasm_bindgen(unchecked_return_type = "Float32Array[]")]
     pub fn embed(

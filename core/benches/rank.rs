@@ -1,8 +1,11 @@
-//! Native benchmarks: ranking 100 candidates end to end, embedding alone, and tokenizer throughput.
+//! Native benchmarks: ranking 100 candidates end to end, tokenizer throughput, and the feedback loop
+//! (re-ranking remembered candidates; one event to a re-ranked list).
 //! `make bench-native`; numbers go in the issue notes, never into assertions.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use feedloop_core::RewardModel;
+use feedloop_core::{
+    Candidate, FeedbackLoop, FeedbackWeights, LearningConfig, RawFeedback, RewardModel,
+};
 
 /// Real-ish candidate answers of varied length (help-desk style), cycled to the batch size.
 const ANSWERS: [&str; 10] = [
@@ -46,5 +49,43 @@ fn tokenizer(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, rank, tokenizer);
+/// The feedback loop: re-ranking 100 remembered candidates, and one event → re-ranked list.
+fn feedback(c: &mut Criterion) {
+    let model = RewardModel::bundled().expect("bundled model");
+    let texts = candidates(100);
+    let ids: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+    let list: Vec<Candidate> = ids
+        .iter()
+        .zip(&texts)
+        .map(|(id, text)| Candidate { id, text })
+        .collect();
+    let weights = FeedbackWeights {
+        max_events_per_candidate: u32::MAX,
+        ..FeedbackWeights::default()
+    };
+    let mut fl = FeedbackLoop::new(model, weights, LearningConfig::default(), 1).unwrap();
+    let question = "How do I reset my password?";
+    fl.rank(question, &list).unwrap();
+    let mut group = c.benchmark_group("feedback");
+    group.bench_function("rerank_100_cached", |b| {
+        b.iter(|| fl.rank(question, &list).unwrap())
+    });
+    let mut i = 0;
+    group.bench_function("record_and_rerank_100", |b| {
+        b.iter(|| {
+            i += 1;
+            let event = RawFeedback {
+                kind: Some("thumbs".into()),
+                candidate: Some(ids[i % 100].clone()),
+                up: Some(i % 2 == 0),
+                ..RawFeedback::default()
+            };
+            fl.record(event, 1e12).unwrap();
+            fl.rank(question, &list).unwrap()
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rank, tokenizer, feedback);
 criterion_main!(benches);
