@@ -7,6 +7,8 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod privacy_cmd;
+
 use clap::{Args, Parser, Subcommand};
 use feedloop_core::onnx_runner::{run_onnx, NamedTensor, TensorData};
 use feedloop_core::RewardModel;
@@ -31,6 +33,12 @@ enum Command {
     /// Inspect or run ONNX models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Privacy accounting and ledger checks.
+    #[command(subcommand)]
+    Privacy(privacy_cmd::PrivacyCommand),
+    /// Empirical privacy audits of the real mechanisms.
+    #[command(subcommand)]
+    Audit(privacy_cmd::AuditCommand),
 }
 
 #[derive(Args)]
@@ -77,6 +85,8 @@ fn main() -> ExitCode {
         Command::Rank(args) => rank(args),
         Command::Model(ModelCommand::Run(args)) => model_run(args),
         Command::Model(ModelCommand::Info(args)) => model_info(args),
+        Command::Privacy(command) => privacy_cmd::privacy(command),
+        Command::Audit(command) => privacy_cmd::audit(command),
     };
     match result.and_then(|value| print_json(&value)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -172,3 +172,147 @@ fn model_run_errors_name_the_problem() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/file"));
 }
+
+// ---- privacy commands ------------------------------------------------------------------------
+
+const PRIVACY_REFERENCE: &str = include_str!("../../tests/fixtures/privacy_reference.json");
+
+fn json_out(args: &[&str]) -> Value {
+    let out = feedloop(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn privacy_epsilon_and_zcdp_match_dp_accounting_and_opendp() {
+    let reference: Value = serde_json::from_str(PRIVACY_REFERENCE).unwrap();
+    for case in reference["rdp_poisson_gaussian"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .step_by(37)
+    {
+        let arg = |k: &str| case[k].as_f64().unwrap().to_string();
+        let got = json_out(&[
+            "privacy",
+            "epsilon",
+            "--noise-multiplier",
+            &arg("noise_multiplier"),
+            "--sampling-rate",
+            &arg("sampling_probability"),
+            "--steps",
+            &arg("steps"),
+            "--delta",
+            &arg("delta"),
+        ]);
+        let (want, got_eps) = (
+            case["epsilon"].as_f64().unwrap(),
+            got["epsilon"].as_f64().unwrap(),
+        );
+        assert!((got_eps - want).abs() <= 1e-3 * want, "{case}: {got}");
+        assert_eq!(got["order"], case["optimal_order"], "{case}");
+    }
+    for case in reference["zcdp_to_approx_dp"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .step_by(11)
+    {
+        let arg = |k: &str| case[k].as_f64().unwrap().to_string();
+        let got = json_out(&[
+            "privacy",
+            "zcdp",
+            "--rho",
+            &arg("rho"),
+            "--delta",
+            &arg("delta"),
+        ]);
+        let want = case["epsilon"].as_f64().unwrap();
+        assert!(
+            (got["epsilon"].as_f64().unwrap() - want).abs() <= 1e-9 * want,
+            "{case}: {got}"
+        );
+    }
+    let out = feedloop(&[
+        "privacy",
+        "epsilon",
+        "--noise-multiplier",
+        "1",
+        "--sampling-rate",
+        "2",
+        "--steps",
+        "1",
+        "--delta",
+        "1e-5",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sampling_probability"));
+}
+
+#[test]
+fn verify_ledger_accepts_a_true_ledger_and_exits_1_on_a_tampered_one() {
+    use chacha20::rand_core::SeedableRng;
+    use feedloop_privacy::ledger::{Ledger, ReleaseRecord};
+    use feedloop_privacy::{privatize, PrivatizerConfig};
+
+    let mut rng = chacha20::ChaCha20Rng::seed_from_u64(7);
+    let config = PrivatizerConfig::new(1.0, 0.01, 4.0).unwrap();
+    let mut ledger = Ledger::new(1e-6).unwrap();
+    for (round, update) in [[0.3f32, -0.2, 0.9], [0.0, 0.1, -0.1]].iter().enumerate() {
+        let privatized = privatize(update, &config, &mut rng).unwrap();
+        let record = ReleaseRecord::for_update(
+            &privatized,
+            1_800_000_000_000 + round as u64,
+            "reward-head update",
+            &format!("round-{round}"),
+            "v1",
+        );
+        ledger.append(record).unwrap();
+    }
+    let good = ledger.to_json();
+    let path = temp_file("ledger.json", good.as_bytes());
+    let report = json_out(&["privacy", "verify-ledger", path.to_str().unwrap()]);
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["entries"], 2);
+
+    // Claim less privacy loss than was spent: the recomputed ρ disagrees.
+    let mut tampered: Value = serde_json::from_str(&good).unwrap();
+    let entry = &mut tampered["entries"][1];
+    let rho = entry["rho"].as_f64().unwrap();
+    entry["rho"] = serde_json::json!(rho / 2.0);
+    let path = temp_file("tampered.json", tampered.to_string().as_bytes());
+    let out = feedloop(&["privacy", "verify-ledger", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false);
+    let kinds: Vec<&str> = report["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"WrongRho"), "{report}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("inconsistenc"));
+}
+
+#[test]
+fn audit_of_randomized_response_does_not_contradict_its_claim() {
+    let report = json_out(&[
+        "audit",
+        "mechanism",
+        "--mechanism",
+        "rr",
+        "--epsilon",
+        "1",
+        "--trials",
+        "20000",
+    ]);
+    assert_eq!(report["mechanism"], "randomized_response");
+    let lower = report["epsilon_lower_bound"].as_f64().unwrap();
+    assert!(lower > 0.5 && lower <= 1.0, "{report}");
+    assert_eq!(report["consistent"], true);
+}
