@@ -291,3 +291,70 @@ async fn a_storage_failure_rejects_with_an_error_and_loses_nothing() {
     assert_eq!(example_count(&reloaded), 2.0);
     resolve(Ranker::clear_storage(db)).await.unwrap();
 }
+
+// ---- the exact discrete Gaussian sampler in the wasm build -----------------------------------
+
+/// χ² goodness of fit of 10⁶ draws against the exact PMF p(x) ∝ exp(−x²/2σ²), in the browser's wasm
+/// engine (the same code as natively; this checks the wasm build, its integer arithmetic included).
+/// Prints samples/s (a debug-profile test build; the package's release numbers come from the bench).
+#[wasm_bindgen_test]
+fn discrete_gaussian_draws_fit_the_exact_pmf_in_wasm() {
+    use chacha20::rand_core::SeedableRng;
+    use feedloop_privacy::sampler::DiscreteGaussian;
+
+    const DRAWS: usize = 1_000_000;
+    for (seed, sigma) in [(1u64, 0.5f64), (2, 3.0), (3, 100.0), (4, 1000.0)] {
+        let sampler = DiscreteGaussian::from_sigma(sigma).unwrap();
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(seed);
+        let mut draws = vec![0i64; DRAWS];
+        let start = js_sys::Date::now();
+        sampler.fill(&mut rng, &mut draws);
+        let seconds = (js_sys::Date::now() - start) / 1000.0;
+
+        // Exact PMF over a range holding all but ~e-300 of the mass.
+        let radius = (40.0 * sigma).ceil() as i64 + 5;
+        let weights: Vec<f64> = (-radius..=radius)
+            .map(|x| (-(x as f64).powi(2) / (2.0 * sigma * sigma)).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut counts = vec![0u64; weights.len()];
+        for &x in &draws {
+            assert!(
+                x.abs() <= radius,
+                "σ = {sigma}: draw {x} is absurdly far out"
+            );
+            counts[(x + radius) as usize] += 1;
+        }
+        // Bins with expected count ≥ 5: merge each tail into its neighbour.
+        let mut bins: Vec<(f64, f64)> = Vec::new();
+        let (mut expected, mut observed) = (0.0, 0.0);
+        for (w, c) in weights.iter().zip(&counts) {
+            expected += w / total * DRAWS as f64;
+            observed += *c as f64;
+            if expected >= 5.0 {
+                bins.push((expected, observed));
+                expected = 0.0;
+                observed = 0.0;
+            }
+        }
+        if let Some(last) = bins.last_mut() {
+            last.0 += expected;
+            last.1 += observed;
+        }
+        let chi2: f64 = bins.iter().map(|(e, o)| (o - e).powi(2) / e).sum();
+        let dof = (bins.len() - 1) as f64;
+        // Wilson–Hilferty upper 0.1 % point of χ²(dof).
+        let h = 2.0 / (9.0 * dof);
+        let critical = dof * (1.0 - h + 3.09 * h.sqrt()).powi(3);
+        let mean = draws.iter().sum::<i64>() as f64 / DRAWS as f64;
+        wasm_bindgen_test::console_log!(
+            "discrete Gaussian σ = {sigma}: χ² = {chi2:.1} on {dof} dof (0.1 % critical {critical:.1}), mean {mean:.4}, {:.0} samples/s",
+            DRAWS as f64 / seconds
+        );
+        assert!(
+            chi2 < critical,
+            "σ = {sigma}: χ² = {chi2:.1} ≥ {critical:.1}"
+        );
+        assert!(mean.abs() < 5.0 * sigma / (DRAWS as f64).sqrt() + 1e-9);
+    }
+}
