@@ -1,5 +1,5 @@
 //! feedloop's pure core: tokenizer, the ONNX reward model (run by tract), the reward head, feedback
-//! events and on-device learning.
+//! events, on-device learning, and contributions (the privacy boundary, via `feedloop-privacy`).
 //!
 //! No wasm-bindgen, web-sys or js-sys here: the browser layer (`src/`), the CLI and the server use this
 //! crate, and everything in it is tested natively.
@@ -14,6 +14,7 @@
 //! ```
 
 pub mod contract;
+pub mod contribution;
 pub mod error;
 pub mod feedback;
 pub mod feedback_loop;

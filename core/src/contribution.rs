@@ -1,0 +1,377 @@
+//! Contributions: turning what the device learned into the only thing that may leave it.
+//!
+//! The privacy boundary, as types:
+//! - the learning delta (`LocalLearningState`) never leaves: [`DevicePrivacy::prepare`] privatizes the
+//!   part learned since the last contribution into a `PrivatizedUpdate`, which only the privatizer can
+//!   construct (clipped, on the lattice, discrete Gaussian noise — see docs/PRIVACY.md);
+//! - a [`PreparedUpload`] can be inspected (its exact bytes and decoded form) but carries no way to
+//!   send it;
+//! - the bytes for the network come only from [`DevicePrivacy::release`], which first charges the
+//!   budget and appends the ledger entry and returns the state to persist; the caller must persist
+//!   [`Release::state_json`] before sending [`Release::bytes`] (spending recorded first can only
+//!   over-count, never under-count).
+//!
+//! A network layer that accepts only `Release` (or `PrivatizedUpdate`) cannot be handed anything
+//! unprivatized.
+
+use feedloop_privacy::budget::{BudgetState, PrivacyPolicy};
+use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseRecord};
+use feedloop_privacy::{privatize, PrivacyError, PrivatizedUpdate, PrivatizerConfig};
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::learning::LocalLearningState;
+
+/// Why a contribution leaves the device, as written in the ledger.
+pub const PURPOSE: &str = "reward-head update";
+
+/// A federated round as the server announces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoundConfig {
+    pub round_id: String,
+    /// The global head version updates must be computed against.
+    pub model_version: String,
+    /// C: the update is clipped to this L2 norm.
+    pub clip_norm: f64,
+    /// γ: the lattice granularity.
+    pub granularity: f64,
+    /// σ: the discrete Gaussian noise, in the update's units.
+    pub noise_stddev: f64,
+}
+
+/// Everything the device keeps about its privacy: policy, spent budget, ledger, and the learning
+/// delta at the last contribution (so each release carries only what was learned since).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DevicePrivacyState {
+    pub policy: PrivacyPolicy,
+    pub budget: BudgetState,
+    pub ledger: Ledger,
+    pub contributed_delta: Vec<f32>,
+    pub contributed_base: String,
+}
+
+/// A privatized update ready to be released, not yet charged: inspect it, then release or drop it.
+#[derive(Debug)]
+pub struct PreparedUpload {
+    round: RoundConfig,
+    update: PrivatizedUpdate,
+    rho: f64,
+    /// The learning delta this upload accounts for (becomes `contributed_delta` on release).
+    delta: Vec<f32>,
+}
+
+impl PreparedUpload {
+    pub fn round(&self) -> &RoundConfig {
+        &self.round
+    }
+
+    /// The privatized update (its integer values and parameters).
+    pub fn update(&self) -> &PrivatizedUpdate {
+        &self.update
+    }
+
+    /// The exact bytes that `release` will hand out.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.update.to_bytes()
+    }
+
+    /// ρ (zCDP) this release costs.
+    pub fn rho(&self) -> f64 {
+        self.rho
+    }
+}
+
+/// A charged release: persist `state_json` first, then send `bytes`.
+#[derive(Debug)]
+pub struct Release {
+    pub bytes: Vec<u8>,
+    pub state_json: String,
+    pub ledger_entry: LedgerEntry,
+}
+
+/// The device's privacy state and the only way to produce bytes for the network.
+#[derive(Debug, Clone)]
+pub struct DevicePrivacy {
+    state: DevicePrivacyState,
+}
+
+fn privacy(err: PrivacyError) -> Error {
+    Error::InvalidInput(format!("privacy: {err}"))
+}
+
+impl DevicePrivacy {
+    pub fn new(policy: PrivacyPolicy, parameter_count: usize, base_version: &str) -> Result<Self> {
+        let ledger = Ledger::new(policy.delta()).map_err(privacy)?;
+        Ok(Self {
+            state: DevicePrivacyState {
+                policy,
+                budget: BudgetState::new(),
+                ledger,
+                contributed_delta: vec![0.0; parameter_count],
+                contributed_base: base_version.to_string(),
+            },
+        })
+    }
+
+    /// Restores a saved state (checked: a tampered or foreign ledger is refused).
+    pub fn from_json(json: &str) -> Result<Self> {
+        let state: DevicePrivacyState = serde_json::from_str(json)
+            .map_err(|e| Error::InvalidInput(format!("saved privacy state is corrupt: {e}")))?;
+        if let Some(issue) = state.ledger.verify().first() {
+            return Err(Error::InvalidInput(format!(
+                "saved privacy ledger is inconsistent at entry {}: {:?}",
+                issue.index, issue.kind
+            )));
+        }
+        Ok(Self { state })
+    }
+
+    pub fn state(&self) -> &DevicePrivacyState {
+        &self.state
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&self.state).expect("the privacy state always serializes")
+    }
+
+    /// Checks the round against the policy and the budget, and privatizes the delta learned since the
+    /// last contribution. Refuses a round asking for weaker noise than the policy allows (the server
+    /// cannot lower the device's privacy), one the budget cannot pay for, a round already contributed
+    /// to, and a delta computed against another model version.
+    pub fn prepare<R: CryptoRng + ?Sized>(
+        &self,
+        learning: &LocalLearningState,
+        round: &RoundConfig,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<PreparedUpload> {
+        if learning.base_version != round.model_version {
+            return Err(Error::InvalidInput(format!(
+                "the round is for model {:?} but this device learned against {:?}; update the model first",
+                round.model_version, learning.base_version
+            )));
+        }
+        let config = PrivatizerConfig::new(round.clip_norm, round.granularity, round.noise_stddev)
+            .map_err(privacy)?;
+        self.state.policy.check_round(&config).map_err(privacy)?;
+        // Dry run: the same charge `release` will make must be allowed now.
+        let mut budget = self.state.budget.clone();
+        budget
+            .charge(&self.state.policy, &round.round_id, config.rho(), now_ms)
+            .map_err(privacy)?;
+        let since = if self.state.contributed_base == learning.base_version {
+            &self.state.contributed_delta
+        } else {
+            // A new base model: everything in the (rebased) delta is new.
+            &vec![0.0; learning.delta.len()]
+        };
+        if since.len() != learning.delta.len() {
+            return Err(Error::InvalidInput(format!(
+                "the learning state has {} parameters, the last contribution {}",
+                learning.delta.len(),
+                since.len()
+            )));
+        }
+        let update: Vec<f32> = learning
+            .delta
+            .iter()
+            .zip(since)
+            .map(|(d, c)| d - c)
+            .collect();
+        let update = privatize(&update, &config, rng).map_err(privacy)?;
+        Ok(PreparedUpload {
+            round: round.clone(),
+            update,
+            rho: config.rho(),
+            delta: learning.delta.clone(),
+        })
+    }
+
+    /// Charges the budget, appends the ledger entry and marks the delta contributed; returns the
+    /// bytes and the state to persist before sending them. Refused (nothing changes) if the budget
+    /// no longer allows it.
+    pub fn release(&mut self, prepared: PreparedUpload, now_ms: u64) -> Result<Release> {
+        let mut state = self.state.clone();
+        state
+            .budget
+            .charge(
+                &state.policy,
+                &prepared.round.round_id,
+                prepared.rho,
+                now_ms,
+            )
+            .map_err(privacy)?;
+        let record = ReleaseRecord::for_update(
+            &prepared.update,
+            now_ms,
+            PURPOSE,
+            &prepared.round.round_id,
+            &prepared.round.model_version,
+        );
+        let ledger_entry = state.ledger.append(record).map_err(privacy)?.clone();
+        state.contributed_delta = prepared.delta;
+        state.contributed_base = prepared.round.model_version.clone();
+        self.state = state;
+        Ok(Release {
+            bytes: prepared.update.to_bytes(),
+            state_json: self.to_json(),
+            ledger_entry,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chacha20::rand_core::SeedableRng;
+    use feedloop_privacy::budget::DAY_MS;
+    use feedloop_privacy::ledger::sha256_hex;
+    use feedloop_privacy::{decode_update, ExpectedRound};
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn round(id: &str, sigma: f64) -> RoundConfig {
+        RoundConfig {
+            round_id: id.into(),
+            model_version: "v1".into(),
+            clip_norm: 1.0,
+            granularity: 0.01,
+            noise_stddev: sigma,
+        }
+    }
+
+    fn learning(delta: Vec<f32>) -> LocalLearningState {
+        LocalLearningState {
+            base_version: "v1".into(),
+            delta,
+            example_count: 3,
+        }
+    }
+
+    fn device() -> DevicePrivacy {
+        // ε = 8 at δ = 1e-6 over 30 days (ρ ≈ 1.08); at most ρ = 0.5 per release (σ ≥ 2C).
+        let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, 0.5).unwrap();
+        DevicePrivacy::new(policy, 3, "v1").unwrap()
+    }
+
+    #[test]
+    fn a_release_is_privatized_charged_and_ledgered() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(1);
+        let mut device = device();
+        let prepared = device
+            .prepare(
+                &learning(vec![0.5, -0.25, 3.0]),
+                &round("r1", 4.0),
+                NOW,
+                &mut rng,
+            )
+            .unwrap();
+        let inspected = prepared.bytes();
+        let release = device.release(prepared, NOW).unwrap();
+        assert_eq!(
+            release.bytes, inspected,
+            "what was inspected is what is sent"
+        );
+        assert_eq!(
+            release.ledger_entry.payload_sha256,
+            sha256_hex(&release.bytes)
+        );
+        let config = PrivatizerConfig::new(1.0, 0.01, 4.0).unwrap();
+        let decoded = decode_update(
+            &release.bytes,
+            &ExpectedRound {
+                config,
+                dimension: 3,
+            },
+        )
+        .unwrap();
+        assert_eq!(decoded.values().len(), 3);
+        let restored = DevicePrivacy::from_json(&release.state_json).unwrap();
+        assert_eq!(restored.state(), device.state());
+        assert!(restored.state().ledger.verify().is_empty());
+        assert_eq!(restored.state().contributed_delta, vec![0.5, -0.25, 3.0]);
+    }
+
+    #[test]
+    fn weak_rounds_repeated_rounds_stale_models_and_exhausted_budgets_are_refused() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(2);
+        let mut device = device();
+        let state = learning(vec![0.1, 0.2, 0.3]);
+        // σ = 1 < 2C: ρ = 2 > 0.5 per release.
+        assert!(device
+            .prepare(&state, &round("weak", 1.0), NOW, &mut rng)
+            .is_err());
+        let stale = LocalLearningState {
+            base_version: "v0".into(),
+            ..state.clone()
+        };
+        let err = device
+            .prepare(&stale, &round("r1", 4.0), NOW, &mut rng)
+            .unwrap_err();
+        assert!(err.to_string().contains("update the model first"), "{err}");
+
+        let mut released = 0;
+        for i in 0..100 {
+            match device.prepare(&state, &round(&format!("r{i}"), 4.0), NOW, &mut rng) {
+                Ok(prepared) => {
+                    device.release(prepared, NOW).unwrap();
+                    released += 1;
+                }
+                Err(e) => {
+                    assert!(e.to_string().contains("would spend"), "{e}");
+                    break;
+                }
+            }
+        }
+        let total = device.state().policy.total_rho();
+        // σ = 4C: ρ = (2C)²/(2σ²) = 0.125 per release.
+        assert!(
+            released >= 1 && f64::from(released) * 0.125 <= total,
+            "{released} releases"
+        );
+        assert!(device.state().budget.lifetime_rho() <= total);
+        // The same round twice is refused.
+        let again = device.prepare(&state, &round("r0", 4.0), NOW + 1, &mut rng);
+        assert!(again.is_err());
+        // A tampered ledger does not load.
+        let mut json: serde_json::Value = serde_json::from_str(&device.to_json()).unwrap();
+        json["ledger"]["entries"][0]["rho"] = serde_json::json!(0.01);
+        assert!(DevicePrivacy::from_json(&json.to_string()).is_err());
+    }
+
+    #[test]
+    fn each_release_carries_only_what_was_learned_since_the_last() {
+        let mut device = device();
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(3);
+        let first = device
+            .prepare(
+                &learning(vec![1.0, 0.0, 0.0]),
+                &round("r1", 4.0),
+                NOW,
+                &mut rng,
+            )
+            .unwrap();
+        device.release(first, NOW).unwrap();
+        assert_eq!(device.state().contributed_delta, vec![1.0, 0.0, 0.0]);
+        // Nothing new learned since: the second release privatizes a zero update, i.e. it is exactly
+        // what privatizing zeros with the same randomness gives.
+        let second = device
+            .prepare(
+                &learning(vec![1.0, 0.0, 0.0]),
+                &round("r2", 4.0),
+                NOW,
+                &mut chacha20::ChaCha20Rng::seed_from_u64(9),
+            )
+            .unwrap();
+        let config = PrivatizerConfig::new(1.0, 0.01, 4.0).unwrap();
+        let zeros = privatize(
+            &[0.0f32; 3],
+            &config,
+            &mut chacha20::ChaCha20Rng::seed_from_u64(9),
+        )
+        .unwrap();
+        assert_eq!(second.update().values(), zeros.values());
+    }
+}
