@@ -1,10 +1,12 @@
 import type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
+  PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
 } from "./feedloop_wasm.js";
 export type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
+  PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
 } from "./feedloop_wasm.js";
 
 /** Where a model comes from: its bytes, or a URL to fetch it from. */
@@ -19,7 +21,15 @@ export interface RankerOptions {
   weights?: FeedbackWeights;
   /** On-device SGD settings. */
   learning?: LearningConfig;
+  /** The device's privacy policy (ε = 8 at δ = 1e-6 per 30 days, ρ ≤ 0.5 per release by default). */
+  privacy?: PrivacyPolicyOptions;
 }
+
+/** Benchmark helpers: exact discrete Gaussian draws; one privatization (returns its size in bytes). */
+export const diagnostics: {
+  sampleDiscreteGaussian(sigma: number, count: number): Promise<Float64Array>;
+  privatizeBenchmarkUpdate(dimension: number): Promise<number>;
+};
 
 export interface StorageStatus { name: string | null; persistent: boolean; lastError: Error | null }
 
@@ -65,6 +75,14 @@ export class Ranker extends EventTarget {
   resetLearning(): void;
   /** The personal state's bytes, exactly as saved to IndexedDB. */
   stateBytes(): Uint8Array;
+  /** Policy, spending and the ledger (each release also a dp-accounting DpEvent). */
+  privacyReport(): PrivacyReport;
+  /** The ledger as JSON (`feedloop privacy verify-ledger` checks it). */
+  exportLedger(): string;
+  /** The next upload for a round, exactly as it would leave the device. Throws if the policy or budget refuse it. */
+  inspectNextUpload(round: RoundConfig): InspectedUpload;
+  /** Charges, ledgers and durably saves, then resolves with the bytes to send (needs IndexedDB). */
+  releaseNextUpload(round: RoundConfig): Promise<Uint8Array>;
   readonly storage: StorageStatus;
   /** Resolves once everything recorded so far is saved (or the failure was reported). */
   flush(): Promise<void>;

@@ -4,7 +4,7 @@
 // Files are located with `new URL(..., import.meta.url)`, which webpack 5, Vite, Rollup and a plain
 // <script type="module"> all resolve, so no path has to be hosted or configured by hand.
 
-import initWasm, { WasmRanker } from "./feedloop_wasm.js";
+import initWasm, { WasmRanker, sampleDiscreteGaussian, privatizeBenchmarkUpdate } from "./feedloop_wasm.js";
 
 const WASM_URL = new URL("./feedloop_wasm_bg.wasm", import.meta.url);
 const DEFAULT_MODEL_URL = new URL("./feedloop-default.onnx", import.meta.url);
@@ -71,6 +71,18 @@ function describe(value) {
 
 const DEFAULT_STORAGE = "feedloop";
 
+/** Benchmark helpers (not needed by applications): exact sampler draws and one privatization. */
+export const diagnostics = {
+  async sampleDiscreteGaussian(sigma, count) {
+    await initialize();
+    return sampleDiscreteGaussian(sigma, count);
+  },
+  async privatizeBenchmarkUpdate(dimension) {
+    await initialize();
+    return privatizeBenchmarkUpdate(dimension);
+  },
+};
+
 /**
  * Ranks candidates for a context with an on-device reward model and learns from the user's feedback.
  *
@@ -112,7 +124,7 @@ export class Ranker extends EventTarget {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
-    const known = ["model", "storage", "weights", "learning"];
+    const known = ["model", "storage", "weights", "learning", "privacy"];
     for (const key of Object.keys(options)) {
       if (!known.includes(key)) {
         throw new TypeError(`feedloop: unknown option \`${key}\`; expected one of ${known.join(", ")}`);
@@ -122,6 +134,7 @@ export class Ranker extends EventTarget {
     const learning = {};
     if (options.weights !== undefined) learning.weights = options.weights;
     if (options.learning !== undefined) learning.learning = options.learning;
+    if (options.privacy !== undefined) learning.privacy = options.privacy;
     const inner = WasmRanker.withOptions(bytes, learning);
     const storage = storageName(options.storage);
     const ranker = new Ranker(inner, storage);
@@ -246,6 +259,36 @@ export class Ranker extends EventTarget {
   resetLearning() {
     this.#inner.resetLearning();
     this.#scheduleSave();
+  }
+
+  /** The privacy policy, what has been spent and remains, and the ledger of every release. */
+  privacyReport() {
+    return this.#inner.privacyReport();
+  }
+
+  /** The ledger as JSON (check it with `feedloop privacy verify-ledger`). */
+  exportLedger() {
+    return this.#inner.exportLedger();
+  }
+
+  /**
+   * The next upload for a round, exactly as it would leave the device (bytes and decoded form),
+   * before anything is sent. Throws if the round's noise is weaker than the policy allows, the
+   * budget cannot pay for it, or it is for another model version.
+   */
+  inspectNextUpload(round) {
+    return this.#inner.inspectNextUpload(round);
+  }
+
+  /**
+   * Charges the budget for the inspected upload, records it in the ledger, saves both durably and
+   * then resolves with the bytes to send. Needs IndexedDB: spending must survive a reload.
+   */
+  async releaseNextUpload(round) {
+    if (!this.#storage) {
+      throw new Error("feedloop: releasing an update needs persistent storage (IndexedDB) for the privacy budget");
+    }
+    return this.#inner.releaseNextUpload(this.#storage, round);
   }
 
   /** Where the state is kept: `{ name, persistent, lastError }`. */

@@ -10,10 +10,14 @@ mod storage;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use feedloop_core::contribution::{DevicePrivacy, PreparedUpload, RoundConfig};
 use feedloop_core::{
     Candidate, FeedbackLoop, FeedbackWeights, LearningConfig, PersonalState, RawFeedback,
     RewardModel,
 };
+use feedloop_privacy::accounting::zcdp_to_approx_dp;
+use feedloop_privacy::budget::{PrivacyPolicy, DAY_MS};
+use feedloop_privacy::rng::OsCsprng;
 use js_sys::{Array, Float32Array, Function, Promise, Uint32Array, Uint8Array};
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
@@ -120,7 +124,42 @@ export interface LearningConfig {
   replaySteps?: number; replayCapacity?: number; seed?: number;
 }
 
-export interface LearningOptions { weights?: FeedbackWeights; learning?: LearningConfig }
+/** The device's privacy policy: at most `epsilon` at `delta` over any `windowDays`, and at most
+ *  `maxRhoPerRelease` (zCDP) per release. Defaults: ε = 8, δ = 1e-6, 30 days, ρ ≤ 0.5. */
+export interface PrivacyPolicyOptions {
+  epsilon?: number; delta?: number; windowDays?: number; maxRhoPerRelease?: number;
+}
+
+export interface LearningOptions {
+  weights?: FeedbackWeights; learning?: LearningConfig; privacy?: PrivacyPolicyOptions;
+}
+
+/** A federated round as a server announces it. */
+export interface RoundConfig {
+  roundId: string; modelVersion: string; clipNorm: number; granularity: number; noiseStddev: number;
+}
+
+/** The next upload, exactly as it would leave the device, before anything is sent. */
+export interface InspectedUpload {
+  round: RoundConfig;
+  /** The exact bytes (docs/PRIVACY.md, wire format). */
+  bytes: Uint8Array;
+  sha256: string;
+  decoded: { dimension: number; values: number[]; clipNorm: number; granularity: number; noiseStddev: number };
+  /** zCDP cost of this release, and its ε alone at the policy's δ. */
+  rho: number;
+  epsilon: number;
+  /** ε spent in the current window if it is released. */
+  windowEpsilonAfter: number;
+}
+
+/** Policy, spending and the ledger (each entry also a dp-accounting DpEvent). */
+export interface PrivacyReport {
+  policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number };
+  spent: { windowRho: number; windowEpsilon: number; lifetimeRho: number; releases: number };
+  remaining: { rho: number };
+  ledger: any;
+}
 "#;
 
 #[wasm_bindgen(start)]
@@ -132,6 +171,9 @@ struct Inner {
     feedback: FeedbackLoop,
     /// What this tab last loaded from or saved to storage (the base of a three-way merge).
     saved: PersonalState,
+    privacy: DevicePrivacy,
+    /// What `inspectNextUpload` showed: `releaseNextUpload` sends exactly these bytes.
+    pending: Option<PreparedUpload>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,6 +183,46 @@ struct LearningOptions {
     weights: FeedbackWeights,
     #[serde(default)]
     learning: LearningConfig,
+    #[serde(default)]
+    privacy: PolicyOptions,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+struct PolicyOptions {
+    epsilon: f64,
+    delta: f64,
+    window_days: f64,
+    max_rho_per_release: f64,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        Self {
+            epsilon: 8.0,
+            delta: 1e-6,
+            window_days: 30.0,
+            max_rho_per_release: 0.5,
+        }
+    }
+}
+
+impl PolicyOptions {
+    fn policy(&self) -> JsResult<PrivacyPolicy> {
+        if !(self.window_days.is_finite() && self.window_days > 0.0) {
+            return Err(JsError::new(&format!(
+                "feedloop: privacy.windowDays must be a positive number, got {}",
+                self.window_days
+            )));
+        }
+        PrivacyPolicy::new(
+            self.epsilon,
+            self.delta,
+            (self.window_days * DAY_MS as f64) as u64,
+            self.max_rho_per_release,
+        )
+        .map_err(|e| JsError::new(&format!("feedloop: invalid privacy policy: {e}")))
+    }
 }
 
 #[derive(Deserialize)]
@@ -186,7 +268,7 @@ impl Ranker {
         let options: LearningOptions = if options.is_undefined() || options.is_null() {
             LearningOptions::default()
         } else {
-            check_fields(&options, &["weights", "learning"], "options")?;
+            check_fields(&options, &["weights", "learning", "privacy"], "options")?;
             serde_wasm_bindgen::from_value(options)
                 .map_err(|e| JsError::new(&format!("feedloop: invalid options: {e}")))?
         };
@@ -195,8 +277,20 @@ impl Ranker {
         let feedback = FeedbackLoop::new(model, options.weights, options.learning, instance)
             .map_err(to_js_error)?;
         let saved = feedback.state().clone();
+        let parameters = saved.learning.delta.len();
+        let privacy = DevicePrivacy::new(
+            options.privacy.policy()?,
+            parameters,
+            &saved.learning.base_version,
+        )
+        .map_err(to_js_error)?;
         Ok(Ranker {
-            inner: Rc::new(RefCell::new(Inner { feedback, saved })),
+            inner: Rc::new(RefCell::new(Inner {
+                feedback,
+                saved,
+                privacy,
+                pending: None,
+            })),
             observations: RefCell::new(Vec::new()),
         })
     }
@@ -381,6 +475,14 @@ impl Ranker {
         let inner = self.inner.clone();
         future_to_promise(async move {
             let parameters = inner.borrow().saved.learning.delta.len();
+            // Privacy first: spending recorded by earlier visits must never be forgotten.
+            if let Some(stored) = storage::load_privacy(&name).await.map_err(storage_error)? {
+                let mut inner = inner.borrow_mut();
+                let policy = inner.privacy.state().policy.clone();
+                let mut privacy = stored;
+                privacy.set_policy(policy);
+                inner.privacy = privacy;
+            }
             let stored = storage::load(&name, parameters)
                 .await
                 .map_err(storage_error)?;
@@ -427,6 +529,127 @@ impl Ranker {
                 .map_err(|e| JsValue::from(to_js_error(e)))?;
             inner.saved = written;
             Ok(JsValue::from_f64(revision as f64))
+        })
+    }
+
+    /// The privacy policy, what has been spent and what remains, and the ledger of every release
+    /// (each entry also a dp-accounting `DpEvent`, so a privacy team can replay it in Python).
+    #[wasm_bindgen(js_name = privacyReport, unchecked_return_type = "PrivacyReport")]
+    pub fn privacy_report(&self) -> JsResult<JsValue> {
+        let inner = self.inner.borrow();
+        let state = inner.privacy.state();
+        let policy = &state.policy;
+        let now = js_sys::Date::now() as u64;
+        let window_rho = state.budget.window_rho(policy, now);
+        let ledger: serde_json::Value = serde_json::from_str(&state.ledger.to_json())
+            .map_err(|e| JsError::new(&format!("feedloop: ledger export: {e}")))?;
+        to_js(&serde_json::json!({
+            "policy": {
+                "epsilon": policy.epsilon(),
+                "delta": policy.delta(),
+                "windowDays": policy.window_ms() as f64 / DAY_MS as f64,
+                "maxRhoPerRelease": policy.max_rho_per_release(),
+                "totalRho": policy.total_rho(),
+                "minNoiseMultiplier": policy.min_noise_multiplier(),
+            },
+            "spent": {
+                "windowRho": window_rho,
+                "windowEpsilon": zcdp_to_approx_dp(window_rho, policy.delta()).unwrap_or(f64::NAN),
+                "lifetimeRho": state.budget.lifetime_rho(),
+                "releases": state.ledger.entries().len(),
+            },
+            "remaining": { "rho": state.budget.remaining_rho(policy, now) },
+            "ledger": ledger,
+        }))
+    }
+
+    /// The ledger as JSON (`feedloop privacy verify-ledger` checks it).
+    #[wasm_bindgen(js_name = exportLedger)]
+    pub fn export_ledger(&self) -> String {
+        self.inner.borrow().privacy.state().ledger.to_json()
+    }
+
+    /// The next upload for `round`, exactly as it would leave the device — bytes and decoded form —
+    /// before anything is sent. Throws an `Error` if the round asks for weaker noise than the
+    /// policy allows, the budget cannot pay for it, or it is for another model version.
+    #[wasm_bindgen(js_name = inspectNextUpload, unchecked_return_type = "InspectedUpload")]
+    pub fn inspect_next_upload(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "RoundConfig")] round: JsValue,
+    ) -> JsResult<JsValue> {
+        let round = round_config(round)?;
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let now = js_sys::Date::now() as u64;
+        let learning = inner.feedback.learning_state().clone();
+        let fresh = match &inner.pending {
+            Some(p) => p.round() != &round || !p.accounts_for(&learning.delta),
+            None => true,
+        };
+        if fresh {
+            let mut rng = OsCsprng::new()
+                .map_err(|e| JsError::new(&format!("feedloop: no secure randomness: {e}")))?;
+            let prepared = inner
+                .privacy
+                .prepare(&learning, &round, now, &mut rng)
+                .map_err(to_js_error)?;
+            inner.pending = Some(prepared);
+        }
+        let prepared = inner.pending.as_ref().expect("prepared above");
+        let policy = &inner.privacy.state().policy;
+        let params = prepared.update().params();
+        let bytes = prepared.bytes();
+        let window_after = inner.privacy.state().budget.window_rho(policy, now) + prepared.rho();
+        let inspected = serde_json::json!({
+            "round": round,
+            "sha256": feedloop_privacy::ledger::sha256_hex(&bytes),
+            "decoded": {
+                "dimension": params.dimension,
+                "values": prepared.update().values().iter().map(|v| *v as f64).collect::<Vec<f64>>(),
+                "clipNorm": params.clip_norm,
+                "granularity": params.granularity,
+                "noiseStddev": params.noise_stddev,
+            },
+            "rho": prepared.rho(),
+            "epsilon": zcdp_to_approx_dp(prepared.rho(), policy.delta()).unwrap_or(f64::NAN),
+            "windowEpsilonAfter": zcdp_to_approx_dp(window_after, policy.delta()).unwrap_or(f64::NAN),
+        });
+        let value = to_js(&inspected)?;
+        js_sys::Reflect::set(&value, &"bytes".into(), &Uint8Array::from(bytes.as_slice()))
+            .map_err(|_| JsError::new("feedloop: could not build the inspected upload"))?;
+        Ok(value)
+    }
+
+    /// Releases the upload `inspectNextUpload` showed for `round` (preparing it if needed): charges
+    /// the budget, appends the ledger entry, durably saves both in IndexedDB database `name`, and
+    /// only then resolves with the bytes to send. Rejects (and sends nothing) if storage fails —
+    /// the spending stays counted in memory, so a failure can only over-count.
+    #[wasm_bindgen(js_name = releaseNextUpload, unchecked_return_type = "Promise<Uint8Array>")]
+    pub fn release_next_upload(
+        &self,
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "RoundConfig")] round: JsValue,
+    ) -> Promise {
+        let prepared = self.inspect_next_upload(round.clone()).map(|_| ());
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            prepared.map_err(JsValue::from)?;
+            let (release, mine) = {
+                let mut guard = inner.borrow_mut();
+                let inner = &mut *guard;
+                let prepared = inner.pending.take().expect("inspected above");
+                let now = js_sys::Date::now() as u64;
+                let release = inner
+                    .privacy
+                    .release(prepared, now)
+                    .map_err(|e| JsValue::from(to_js_error(e)))?;
+                (release, inner.privacy.clone())
+            };
+            let written = storage::save_privacy(&name, &mine)
+                .await
+                .map_err(storage_error)?;
+            inner.borrow_mut().privacy = written;
+            Ok(Uint8Array::from(release.bytes.as_slice()).into())
         })
     }
 
@@ -574,6 +797,53 @@ fn candidate_list(value: &JsValue) -> JsResult<Vec<(String, String)>> {
             }
         })
         .collect()
+}
+
+/// Diagnostics for the benchmark page: `count` exact discrete Gaussian draws of standard deviation
+/// `sigma` (integers, as f64) from the OS-seeded CSPRNG.
+#[wasm_bindgen(js_name = sampleDiscreteGaussian)]
+pub fn sample_discrete_gaussian(sigma: f64, count: u32) -> JsResult<js_sys::Float64Array> {
+    let mut out = vec![0i64; count as usize];
+    feedloop_privacy::sampler::sample_discrete_gaussian_batch(sigma, &mut out)
+        .map_err(|e| JsError::new(&format!("feedloop: {e}")))?;
+    let values: Vec<f64> = out.iter().map(|v| *v as f64).collect();
+    Ok(js_sys::Float64Array::from(values.as_slice()))
+}
+
+/// Diagnostics for the benchmark page: privatizes one update of `dimension` values (an arbitrary
+/// deterministic vector, C = 1, γ = 0.001, σ = 4) and returns its encoded size in bytes.
+#[wasm_bindgen(js_name = privatizeBenchmarkUpdate)]
+pub fn privatize_benchmark_update(dimension: u32) -> JsResult<u32> {
+    let update: Vec<f32> = (0..dimension)
+        .map(|i| ((i % 17) as f32 - 8.0) * 1e-3)
+        .collect();
+    let config = feedloop_privacy::PrivatizerConfig::new(1.0, 0.001, 4.0)
+        .map_err(|e| JsError::new(&format!("feedloop: {e}")))?;
+    let privatized = feedloop_privacy::privatize_with_os_rng(&update, &config)
+        .map_err(|e| JsError::new(&format!("feedloop: {e}")))?;
+    Ok(privatized.to_bytes().len() as u32)
+}
+
+fn round_config(value: JsValue) -> JsResult<RoundConfig> {
+    if !value.is_object() || Array::is_array(&value) {
+        return Err(JsError::new(&format!(
+            "feedloop: a round must be an object {{ roundId, modelVersion, clipNorm, granularity, noiseStddev }}, got {}",
+            type_name(&value)
+        )));
+    }
+    check_fields(
+        &value,
+        &[
+            "roundId",
+            "modelVersion",
+            "clipNorm",
+            "granularity",
+            "noiseStddev",
+        ],
+        "round",
+    )?;
+    serde_wasm_bindgen::from_value(value)
+        .map_err(|e| JsError::new(&format!("feedloop: invalid round: {e}")))
 }
 
 fn storage_error(message: String) -> JsValue {

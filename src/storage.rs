@@ -5,6 +5,7 @@
 //! saved (the revision moved), merge three-way (`PersonalState::merge`) instead of overwriting; write;
 //! and report success only when the transaction has completed, i.e. the data is durable.
 
+use feedloop_core::contribution::{DevicePrivacy, DevicePrivacyState};
 use feedloop_core::PersonalState;
 use js_sys::{Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -14,6 +15,8 @@ use web_sys::{IdbDatabase, IdbFactory, IdbRequest, IdbTransaction, IdbTransactio
 
 const STORE: &str = "state";
 const KEY: &str = "personal";
+/// The privacy state (policy, budget, ledger) as JSON, next to the personal state.
+const PRIVACY_KEY: &str = "privacy";
 const VERSION: u32 = 1;
 
 /// A storage error, as a message for a JS `Error`.
@@ -189,7 +192,56 @@ pub async fn clear(name: &str) -> StorageResult<()> {
         .map_err(describe)?;
     let store = tx.object_store(STORE).map_err(describe)?;
     store.delete(&KEY.into()).map_err(describe)?;
+    store.delete(&PRIVACY_KEY.into()).map_err(describe)?;
     committed(&tx).await?;
     db.close();
     Ok(())
+}
+
+/// The stored privacy state, if any. A stored state that does not verify is an error, never ignored:
+/// it records spending.
+pub async fn load_privacy(name: &str) -> StorageResult<Option<DevicePrivacy>> {
+    let db = open(name).await?;
+    let tx = db
+        .transaction_with_str(STORE)
+        .map_err(|e| format!("could not read the privacy state: {}", describe(e)))?;
+    let store = tx.object_store(STORE).map_err(describe)?;
+    let value = request(&store.get(&PRIVACY_KEY.into()).map_err(describe)?).await?;
+    db.close();
+    match value.as_string() {
+        None => Ok(None),
+        Some(json) => DevicePrivacy::from_json(&json)
+            .map(Some)
+            .map_err(|e| format!("could not read the privacy state: {e}")),
+    }
+}
+
+/// Saves the privacy state, merged with what other tabs stored (no spend or release is lost);
+/// returns what was written, once it is durable.
+pub async fn save_privacy(name: &str, mine: &DevicePrivacy) -> StorageResult<DevicePrivacy> {
+    let db = open(name).await?;
+    let tx = db
+        .transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite)
+        .map_err(|e| format!("could not save the privacy state: {}", describe(e)))?;
+    let store = tx.object_store(STORE).map_err(describe)?;
+    let stored = request(&store.get(&PRIVACY_KEY.into()).map_err(describe)?).await?;
+    let written = match stored.as_string() {
+        None => mine.clone(),
+        Some(json) => {
+            let stored = DevicePrivacy::from_json(&json).map_err(|e| {
+                format!("the stored privacy state does not verify, not overwriting it: {e}")
+            })?;
+            let merged = DevicePrivacyState::merge(stored.state(), mine.state())
+                .map_err(|e| e.to_string())?;
+            DevicePrivacy::from_state(merged)
+        }
+    };
+    store
+        .put_with_key(&written.to_json().into(), &PRIVACY_KEY.into())
+        .map_err(|e| format!("could not save the privacy state: {}", describe(e)))?;
+    committed(&tx)
+        .await
+        .map_err(|e| format!("could not save the privacy state: {e}"))?;
+    db.close();
+    Ok(written)
 }

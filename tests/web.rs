@@ -5,7 +5,7 @@
 
 use feedloop::Ranker;
 use feedloop_core::RewardModel;
-use js_sys::{Array, Reflect};
+use js_sys::{Array, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_test::*;
 
@@ -357,4 +357,107 @@ fn discrete_gaussian_draws_fit_the_exact_pmf_in_wasm() {
         );
         assert!(mean.abs() < 5.0 * sigma / (DRAWS as f64).sqrt() + 1e-9);
     }
+}
+
+// ---- privacy: inspect, release, budget across reloads -----------------------------------------
+
+fn round(id: &str, sigma: f64) -> JsValue {
+    js_sys::JSON::parse(&format!(
+        r#"{{"roundId": "{id}", "modelVersion": "bundled", "clipNorm": 1, "granularity": 0.01, "noiseStddev": {sigma}}}"#
+    ))
+    .unwrap()
+}
+
+fn get(value: &JsValue, path: &[&str]) -> JsValue {
+    path.iter().fold(value.clone(), |v, key| {
+        Reflect::get(&v, &(*key).into()).unwrap()
+    })
+}
+
+#[wasm_bindgen_test]
+fn the_next_upload_can_be_inspected_and_weak_rounds_are_refused() {
+    let ranker = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    ranked_ids(&ranker);
+    ranker
+        .record_feedback(event(
+            r#"{"kind": "thumbs", "candidate": "reset", "up": false}"#,
+        ))
+        .map_err(JsValue::from)
+        .unwrap();
+    // σ = 1 for C = 1 costs ρ = 2, above the default 0.5 per release.
+    let message = error_message(ranker.inspect_next_upload(round("weak", 1.0)));
+    assert!(message.contains("privacy:"), "{message}");
+    let stale = js_sys::JSON::parse(
+        r#"{"roundId": "r", "modelVersion": "v9", "clipNorm": 1, "granularity": 0.01, "noiseStddev": 4}"#,
+    )
+    .unwrap();
+    assert!(error_message(ranker.inspect_next_upload(stale)).contains("update the model first"));
+    let misspelled = js_sys::JSON::parse(r#"{"roundID": "r"}"#).unwrap();
+    assert!(
+        error_message(ranker.inspect_next_upload(misspelled)).contains("unknown field `roundID`")
+    );
+
+    let first = ranker
+        .inspect_next_upload(round("r1", 4.0))
+        .map_err(JsValue::from)
+        .unwrap();
+    let bytes = Uint8Array::from(get(&first, &["bytes"])).to_vec();
+    assert_eq!(&bytes[..4], b"FLDP");
+    assert_eq!(get(&first, &["decoded", "dimension"]).as_f64(), Some(131.0));
+    assert_eq!(
+        Array::from(&get(&first, &["decoded", "values"])).length(),
+        131
+    );
+    assert!((get(&first, &["rho"]).as_f64().unwrap() - 0.125).abs() < 1e-12);
+    // Inspecting again shows the same bytes: what is inspected is what will be sent.
+    let again = ranker
+        .inspect_next_upload(round("r1", 4.0))
+        .map_err(JsValue::from)
+        .unwrap();
+    assert_eq!(Uint8Array::from(get(&again, &["bytes"])).to_vec(), bytes);
+    assert_eq!(get(&again, &["sha256"]), get(&first, &["sha256"]));
+}
+
+#[wasm_bindgen_test]
+async fn spent_budget_persists_across_a_reload_and_is_never_spent_twice() {
+    let db = format!("feedloop-test-{}", js_sys::Math::random());
+    let ranker = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    resolve(ranker.restore(db.clone())).await.unwrap();
+    ranked_ids(&ranker);
+    ranker
+        .record_feedback(event(
+            r#"{"kind": "stars", "candidate": "rules", "stars": 5}"#,
+        ))
+        .map_err(JsValue::from)
+        .unwrap();
+    let inspected = ranker
+        .inspect_next_upload(round("r1", 4.0))
+        .map_err(JsValue::from)
+        .unwrap();
+    let sent = resolve(ranker.release_next_upload(db.clone(), round("r1", 4.0)))
+        .await
+        .unwrap();
+    assert_eq!(
+        Uint8Array::from(sent).to_vec(),
+        Uint8Array::from(get(&inspected, &["bytes"])).to_vec(),
+        "the released bytes are the inspected ones"
+    );
+
+    let reloaded = Ranker::from_bytes(MODEL).map_err(JsValue::from).unwrap();
+    resolve(reloaded.restore(db.clone())).await.unwrap();
+    let report = reloaded.privacy_report().map_err(JsValue::from).unwrap();
+    assert_eq!(get(&report, &["spent", "releases"]).as_f64(), Some(1.0));
+    assert!((get(&report, &["spent", "lifetimeRho"]).as_f64().unwrap() - 0.125).abs() < 1e-12);
+    let entries = Array::from(&get(&report, &["ledger", "entries"]));
+    assert_eq!(entries.length(), 1);
+    assert_eq!(
+        get(&entries.get(0), &["dp_event", "dp_event"])
+            .as_string()
+            .unwrap(),
+        "GaussianDpEvent"
+    );
+    // The same round cannot be paid for twice, even after a reload.
+    let message = error_message(reloaded.inspect_next_upload(round("r1", 4.0)));
+    assert!(message.contains("already charged"), "{message}");
+    resolve(Ranker::clear_storage(db)).await.unwrap();
 }

@@ -41,7 +41,10 @@ if (!existsSync(path.join(args.dist, "bench.html"))) {
 
 const query = new URLSearchParams({ runs });
 if (args.warmup) query.set("warmup", args.warmup);
-if (args.smoke) query.set("events", "500");
+if (args.smoke) {
+  query.set("events", "500");
+  query.set("draws", "20000");
+}
 
 const server = await serve(args.dist, 0);
 const browser = await launchChromium();
@@ -87,6 +90,10 @@ console.error(
     (fb
       ? `, recordFeedback → re-ranked 100 median ${fb.recordAndRerank100.median} ms, ` +
         `state after ${fb.events} events ${fb.persistedStateBytes} bytes`
+      : "") +
+    (results.privacy
+      ? `, discrete Gaussian σ=10 ${results.privacy.sampler[10].samplesPerSecond} samples/s, ` +
+        `privatize d=1k ${results.privacy.privatize[1000].median} ms, d=100k ${results.privacy.privatize[100000].median} ms`
       : "") +
     ` → ${path.relative(process.cwd(), out) || out}`,
 );

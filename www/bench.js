@@ -2,7 +2,7 @@
 // here (the start of this module's body; the package's own module body only defines functions).
 const moduleStart = performance.now();
 
-import { Ranker } from "feedloop";
+import { Ranker, diagnostics } from "feedloop";
 import { SAMPLES, candidatePool } from "./samples.js";
 
 const params = new URLSearchParams(location.search);
@@ -149,6 +149,46 @@ async function benchFeedback() {
   };
 }
 
+const DRAWS = positiveInt("draws", 1_000_000);
+
+/** Exact discrete Gaussian samples/s (the release build) and the time to privatize one update. */
+async function benchPrivacy() {
+  const sampler = {};
+  for (const sigma of [1, 10, 1000]) {
+    await diagnostics.sampleDiscreteGaussian(sigma, 1000); // warm-up
+    const start = performance.now();
+    const draws = await diagnostics.sampleDiscreteGaussian(sigma, DRAWS);
+    const seconds = (performance.now() - start) / 1000;
+    let sum = 0;
+    let squares = 0;
+    for (const x of draws) {
+      sum += x;
+      squares += x * x;
+    }
+    const mean = sum / draws.length;
+    sampler[sigma] = {
+      draws: draws.length,
+      samplesPerSecond: round(draws.length / seconds, 0),
+      mean: round(mean, 4),
+      stddev: round(Math.sqrt(squares / draws.length - mean * mean), 4),
+    };
+    await nextTask();
+  }
+  const privatize = {};
+  for (const dimension of [1000, 100_000]) {
+    const times = [];
+    const runs = dimension > 10_000 ? Math.min(RUNS, 10) : Math.min(RUNS, 50);
+    for (let i = 0; i < runs; i++) {
+      const start = performance.now();
+      await diagnostics.privatizeBenchmarkUpdate(dimension);
+      times.push(performance.now() - start);
+    }
+    privatize[dimension] = summarize(times);
+    await nextTask();
+  }
+  return { sampler, privatize };
+}
+
 async function run() {
   const createStart = performance.now();
   const ranker = await Ranker.create();
@@ -193,6 +233,8 @@ async function run() {
   await nextTask();
   statusLine.textContent = `Feedback: record + re-rank 100, ${RUNS} runs; state after ${EVENTS} events…`;
   const feedback = await benchFeedback();
+  statusLine.textContent = `Privacy: ${DRAWS} exact discrete Gaussian draws per σ, privatizing updates…`;
+  const privacy = await benchPrivacy();
 
   const navigation = performance.getEntriesByType("navigation")[0];
   return {
@@ -203,6 +245,7 @@ async function run() {
     rank,
     rerank,
     feedback,
+    privacy,
     resources: {
       wasm: resourceTiming(".wasm"),
       model: resourceTiming(".onnx"),

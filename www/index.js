@@ -17,6 +17,12 @@ const modelInfo = $("model-info");
 const activityList = $("activity");
 const resetButton = $("reset-learning");
 const storageStatus = $("storage-status");
+const inspectButton = $("inspect-upload");
+const uploadBox = $("upload");
+const budgetLine = $("privacy-budget");
+
+/** The round a server would announce; the demo only previews it (issue: federated server). */
+const PREVIEW_ROUND = { roundId: "demo-preview", modelVersion: "bundled", clipNorm: 1, granularity: 0.01, noiseStddev: 4 };
 
 const RANK_DELAY_MS = 250; // debounce for ranking while typing
 
@@ -312,6 +318,32 @@ function onFeedback(outcome) {
   }
 }
 
+function showBudget() {
+  const { policy, spent } = ranker.privacyReport();
+  budgetLine.textContent =
+    `Budget: ε = ${policy.epsilon} at δ = ${policy.delta} per ${policy.windowDays} days; ` +
+    `spent ε = ${spent.windowEpsilon.toFixed(2)} in ${spent.releases} release${spent.releases === 1 ? "" : "s"}.`;
+}
+
+function inspectUpload() {
+  try {
+    const u = ranker.inspectNextUpload(PREVIEW_ROUND);
+    const head = Array.from(u.bytes.slice(0, 16), (b) => b.toString(16).padStart(2, "0")).join(" ");
+    uploadBox.textContent = [
+      `${u.bytes.length} bytes, sha256 ${u.sha256}`,
+      `first bytes: ${head} …  ("FLDP" = feedloop DP update)`,
+      `clip C = ${u.decoded.clipNorm}, lattice γ = ${u.decoded.granularity}, noise σ = ${u.decoded.noiseStddev}, ${u.decoded.dimension} values`,
+      `values (lattice units): ${u.decoded.values.slice(0, 12).join(", ")}, …`,
+      `privacy cost: ρ = ${u.rho} (ε = ${u.epsilon.toFixed(2)} alone at δ = ${ranker.privacyReport().policy.delta}); ` +
+        `window ε after release: ${u.windowEpsilonAfter.toFixed(2)}`,
+    ].join("\n");
+    uploadBox.hidden = false;
+    uploadBox.dataset.sha256 = u.sha256;
+  } catch (error) {
+    showError(describeError(error));
+  }
+}
+
 function showStorage() {
   const { name, persistent, lastError } = ranker.storage;
   storageStatus.textContent = lastError
@@ -344,6 +376,8 @@ async function start() {
     showStorage();
     showError(describeError(e.error));
   });
+  inspectButton.addEventListener("click", inspectUpload);
+  showBudget();
   resetButton.addEventListener("click", () => {
     ranker.resetLearning();
     activityList.replaceChildren();

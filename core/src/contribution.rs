@@ -52,6 +52,68 @@ pub struct DevicePrivacyState {
     pub contributed_base: String,
 }
 
+impl DevicePrivacyState {
+    /// Merges what another tab stored with this tab's state, losing no spending and no release:
+    /// budgets are a union of spends; ledgers keep the longer when one extends the other, and
+    /// otherwise re-append this tab's extra releases onto the stored chain (in time order). The
+    /// contributed delta follows the most recent release. The policy is this tab's.
+    pub fn merge(stored: &Self, mine: &Self) -> Result<Self> {
+        let mut budget = stored.budget.clone();
+        budget.merge(&mine.budget);
+        let (s, m) = (stored.ledger.entries(), mine.ledger.entries());
+        let extends = |long: &[LedgerEntry], short: &[LedgerEntry]| {
+            long.len() >= short.len()
+                && long
+                    .iter()
+                    .zip(short)
+                    .all(|(a, b)| a.entry_hash == b.entry_hash)
+        };
+        let ledger = if extends(m, s) {
+            mine.ledger.clone()
+        } else if extends(s, m) {
+            stored.ledger.clone()
+        } else {
+            let mut ledger = stored.ledger.clone();
+            let known: std::collections::HashSet<&str> =
+                s.iter().map(|e| e.payload_sha256.as_str()).collect();
+            let mut extra: Vec<&LedgerEntry> = m
+                .iter()
+                .filter(|e| !known.contains(e.payload_sha256.as_str()))
+                .collect();
+            extra.sort_by_key(|e| e.time_ms);
+            let last_time = s.last().map_or(0, |e| e.time_ms);
+            for e in extra {
+                ledger
+                    .append(ReleaseRecord {
+                        // The chain needs time order; a release from the other tab's past is
+                        // recorded at the merge point (its own time stays in the other tab's log).
+                        time_ms: e.time_ms.max(last_time),
+                        purpose: e.purpose.clone(),
+                        round_id: e.round_id.clone(),
+                        model_version: e.model_version.clone(),
+                        params: e.params.clone(),
+                        payload_sha256: e.payload_sha256.clone(),
+                    })
+                    .map_err(privacy)?;
+            }
+            ledger
+        };
+        let latest = |st: &Self| st.ledger.entries().last().map_or(0, |e| e.time_ms);
+        let newer = if latest(mine) >= latest(stored) {
+            mine
+        } else {
+            stored
+        };
+        Ok(Self {
+            policy: mine.policy.clone(),
+            budget,
+            ledger,
+            contributed_delta: newer.contributed_delta.clone(),
+            contributed_base: newer.contributed_base.clone(),
+        })
+    }
+}
+
 /// A privatized update ready to be released, not yet charged: inspect it, then release or drop it.
 #[derive(Debug)]
 pub struct PreparedUpload {
@@ -80,6 +142,11 @@ impl PreparedUpload {
     /// ρ (zCDP) this release costs.
     pub fn rho(&self) -> f64 {
         self.rho
+    }
+
+    /// Whether this upload was prepared from exactly this learning delta.
+    pub fn accounts_for(&self, delta: &[f32]) -> bool {
+        self.delta == delta
     }
 }
 
@@ -130,6 +197,16 @@ impl DevicePrivacy {
 
     pub fn state(&self) -> &DevicePrivacyState {
         &self.state
+    }
+
+    /// Wraps a state (e.g. a merge of two tabs' states).
+    pub fn from_state(state: DevicePrivacyState) -> Self {
+        Self { state }
+    }
+
+    /// Replaces the policy (the developer's configuration); spending and the ledger stay.
+    pub fn set_policy(&mut self, policy: PrivacyPolicy) {
+        self.state.policy = policy;
     }
 
     pub fn to_json(&self) -> String {
@@ -339,6 +416,33 @@ mod tests {
         let mut json: serde_json::Value = serde_json::from_str(&device.to_json()).unwrap();
         json["ledger"]["entries"][0]["rho"] = serde_json::json!(0.01);
         assert!(DevicePrivacy::from_json(&json.to_string()).is_err());
+    }
+
+    #[test]
+    fn two_tabs_merge_without_losing_spending_or_releases() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(4);
+        let base = device();
+        let (mut tab_a, mut tab_b) = (base.clone(), base.clone());
+        let state = learning(vec![0.2, 0.1, 0.0]);
+        let a = tab_a
+            .prepare(&state, &round("a1", 4.0), NOW, &mut rng)
+            .unwrap();
+        tab_a.release(a, NOW).unwrap();
+        let b = tab_b
+            .prepare(&state, &round("b1", 4.0), NOW + 5, &mut rng)
+            .unwrap();
+        tab_b.release(b, NOW + 5).unwrap();
+        let merged = DevicePrivacyState::merge(tab_a.state(), tab_b.state()).unwrap();
+        assert_eq!(merged.ledger.entries().len(), 2);
+        assert!(merged.ledger.verify().is_empty());
+        assert!((merged.budget.lifetime_rho() - 0.25).abs() < 1e-12);
+        // Merging again (or the other way round) changes nothing.
+        let again = DevicePrivacyState::merge(&merged, tab_b.state()).unwrap();
+        assert_eq!(again.ledger.entries().len(), 2);
+        assert!((again.budget.lifetime_rho() - 0.25).abs() < 1e-12);
+        // One tab simply ahead of the other: its ledger wins as it is.
+        let ahead = DevicePrivacyState::merge(base.state(), tab_a.state()).unwrap();
+        assert_eq!(ahead.ledger, tab_a.state().ledger);
     }
 
     #[test]

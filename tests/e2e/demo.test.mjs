@@ -238,6 +238,15 @@ describe("feedloop demo page", () => {
     assert.ok(await page.isVisible('#activity li[data-kind="copy"]'));
   });
 
+  test("shows the next upload exactly as it would leave the device", async () => {
+    await page.click("#inspect-upload");
+    const text = await page.textContent("#upload");
+    assert.match(text, /^\d+ bytes, sha256 [0-9a-f]{64}/, text);
+    assert.match(text, /46 4c 44 50/, "the bytes start with the FLDP magic");
+    assert.match(text, /clip C = 1, lattice γ = 0\.01, noise σ = 4, 131 values/);
+    assert.match(await page.textContent("#privacy-budget"), /Budget: ε = 8 at δ = 0\.000001 per 30 days/);
+  });
+
   test("emits no page errors, console errors or failed requests; saves a screenshot", async () => {
     await page.evaluate(() => document.activeElement?.blur());
     mkdirSync(path.dirname(screenshot), { recursive: true });

@@ -142,3 +142,42 @@ test("an explicit storage name without IndexedDB reports an error event and keep
   ranker.rank(QUESTION, ANSWERS);
   assert.equal(ranker.thumbs("rules", true).learned, true, "learning continues in memory");
 });
+
+const ROUND = { roundId: "r1", modelVersion: "bundled", clipNorm: 1, granularity: 0.01, noiseStddev: 4 };
+
+test("privacy: the report, the inspected upload and the refusals", async () => {
+  const ranker = await Ranker.create({ privacy: { epsilon: 4, delta: 1e-6, windowDays: 7, maxRhoPerRelease: 0.25 } });
+  const report = ranker.privacyReport();
+  assert.equal(report.policy.epsilon, 4);
+  assert.equal(report.policy.windowDays, 7);
+  assert.equal(report.spent.releases, 0);
+  assert.ok(report.remaining.rho > 0 && report.remaining.rho === report.policy.totalRho);
+  assert.equal(JSON.parse(ranker.exportLedger()).format, "feedloop-ledger");
+
+  ranker.rank(QUESTION, ANSWERS);
+  ranker.thumbs("reset", false);
+  const upload = ranker.inspectNextUpload(ROUND);
+  assert.ok(upload.bytes instanceof Uint8Array);
+  assert.equal(new TextDecoder().decode(upload.bytes.slice(0, 4)), "FLDP");
+  assert.equal(upload.decoded.values.length, ranker.info.headParameters);
+  assert.ok(upload.decoded.values.every(Number.isInteger), "lattice values are integers");
+  assert.equal(upload.rho, 0.125);
+  assert.match(upload.sha256, /^[0-9a-f]{64}$/);
+
+  assert.throws(() => ranker.inspectNextUpload({ ...ROUND, noiseStddev: 1 }), /privacy:/);
+  assert.throws(() => ranker.inspectNextUpload({ ...ROUND, modelVersion: "v7" }), /update the model first/);
+  await rejectsWith(() => ranker.releaseNextUpload(ROUND), /needs persistent storage/);
+  await rejectsWith(() => Ranker.create({ privacy: { epsilon: -1 } }), /invalid privacy policy/);
+});
+
+test("diagnostics: exact discrete Gaussian draws have the right spread", async () => {
+  const { diagnostics } = await import("../../pkg/index.js");
+  const draws = await diagnostics.sampleDiscreteGaussian(10, 100_000);
+  assert.equal(draws.length, 100_000);
+  assert.ok(draws.every(Number.isInteger));
+  const mean = draws.reduce((a, b) => a + b, 0) / draws.length;
+  const sd = Math.sqrt(draws.reduce((a, b) => a + (b - mean) ** 2, 0) / draws.length);
+  assert.ok(Math.abs(mean) < 0.2, `mean ${mean}`);
+  assert.ok(Math.abs(sd - 10) < 0.2, `sd ${sd}`);
+  assert.ok((await diagnostics.privatizeBenchmarkUpdate(1000)) > 1000);
+});
