@@ -1,0 +1,1 @@
+//! feedloop server (work in progress).
