@@ -1,4 +1,5 @@
-// Builds the demo (www/index.html) and the in-browser benchmark (www/bench.html) into www/dist/.
+// Builds the demo (www/index.html), the in-browser benchmark (www/bench.html) and the comparison
+// with ONNX Runtime Web (www/compare.html) into www/dist/.
 // `feedloop` resolves to the built package in pkg/, imported exactly as an app would import it;
 // webpack 5 turns the package's `new URL("./x.wasm", import.meta.url)` references into emitted
 // assets, so no experiments or extra loaders are needed. www/dist is plain static files.
@@ -28,12 +29,35 @@ class WatchStylesheet {
   }
 }
 
+// onnxruntime-web's wasm build, copied as static files into dist/ort/ (the comparison page imports it
+// at run time, so webpack does not rewrite its own wasm loading).
+const ORT_DIST = path.join(__dirname, "node_modules/onnxruntime-web/dist");
+const ORT_FILES = ["ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"];
+class CopyOrt {
+  apply(compiler) {
+    const { RawSource } = compiler.webpack.sources;
+    compiler.hooks.thisCompilation.tap("CopyOrt", (compilation) => {
+      compilation.hooks.processAssets.tap(
+        { name: "CopyOrt", stage: compiler.webpack.Compilation.PROCESS_ASSETS_STAGE_ADDITIONAL },
+        () => {
+          for (const file of ORT_FILES) {
+            const source = path.join(ORT_DIST, file);
+            compilation.fileDependencies.add(source);
+            compilation.emitAsset(`ort/${file}`, new RawSource(readFileSync(source)));
+          }
+        },
+      );
+    });
+  }
+}
+
 export default (env, argv) => ({
   mode: argv.mode ?? "production",
   context: __dirname,
   entry: {
     index: "./www/index.js",
     bench: "./www/bench.js",
+    compare: "./www/compare.js",
   },
   output: {
     path: path.join(www, "dist"),
@@ -65,6 +89,14 @@ export default (env, argv) => ({
       scriptLoading: "module",
       templateParameters: pageParameters,
     }),
+    new HtmlWebpackPlugin({
+      template: path.join(www, "compare.html"),
+      filename: "compare.html",
+      chunks: ["compare"],
+      scriptLoading: "module",
+      templateParameters: pageParameters,
+    }),
+    new CopyOrt(),
     new WatchStylesheet(),
   ],
 });

@@ -51,6 +51,8 @@ export class Ranker extends EventTarget {
   rank(context: string, candidates: (string | CandidateInput)[]): RankedCandidate[];
   /** One personal score per candidate, in input order. */
   score(context: string, candidates: (string | CandidateInput)[]): Float32Array;
+  /** Global-head scores straight from token ids (no tokenizer, no cache), for benchmarks. */
+  scoreTokenIds(contextIds: Uint32Array, candidateIds: Uint32Array[]): Float32Array;
   /** One L2-normalized Float32Array of `info.dimensions` values per text. */
   embed(texts: string[]): Float32Array[];
   /** Token ids the model sees for a text (truncated at `info.maxTokens`). */

@@ -172,6 +172,14 @@ export class Ranker extends EventTarget {
     return this.#inner.scoreCandidates(context, ids, texts);
   }
 
+  /**
+   * Global-head scores straight from token ids (no tokenizer, no cache): the same work an ONNX
+   * runtime does with this model, for like-for-like benchmarks.
+   */
+  scoreTokenIds(contextIds, candidateIds) {
+    return this.#inner.scoreTokenIds(contextIds, candidateIds);
+  }
+
   /** One L2-normalized Float32Array per text. */
   embed(texts) {
     return this.#inner.embed(texts);

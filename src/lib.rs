@@ -363,6 +363,46 @@ impl Ranker {
         Ok(Float32Array::from(scores.as_slice()))
     }
 
+    /// Global-head scores from token ids (no tokenizer, no cache): the work an ONNX runtime does with
+    /// the same model, for like-for-like benchmarks against it.
+    #[wasm_bindgen(js_name = scoreTokenIds)]
+    pub fn score_token_ids(
+        &self,
+        context_ids: &[u32],
+        #[wasm_bindgen(unchecked_param_type = "Uint32Array[]")] candidate_ids: JsValue,
+    ) -> JsResult<Float32Array> {
+        if !Array::is_array(&candidate_ids) {
+            return Err(JsError::new(
+                "feedloop: candidateIds must be an array of Uint32Array",
+            ));
+        }
+        let mut ids = vec![context_ids.to_vec()];
+        for (i, item) in Array::from(&candidate_ids).iter().enumerate() {
+            let array = item.dyn_into::<Uint32Array>().map_err(|_| {
+                JsError::new(&format!(
+                    "feedloop: candidateIds[{i}] must be a Uint32Array"
+                ))
+            })?;
+            ids.push(array.to_vec());
+        }
+        let inner = self.inner.borrow();
+        let model = inner.feedback.model();
+        let embeddings = model.embed_ids(&ids).map_err(to_js_error)?;
+        let max_tokens = model.info().max_tokens;
+        let scores: Vec<f32> = (1..embeddings.len())
+            .map(|i| {
+                let features = feedloop_core::PairFeatures::new(
+                    embeddings.row(0),
+                    embeddings.row(i),
+                    embeddings.token_counts[i],
+                    max_tokens,
+                );
+                model.head().score(&features)
+            })
+            .collect();
+        Ok(Float32Array::from(scores.as_slice()))
+    }
+
     /// L2-normalized embeddings, one `Float32Array` of `info.dimensions` values per text.
     #[wasm_bindgen(unchecked_return_type = "Float32Array[]")]
     pub fn embed(
