@@ -14,7 +14,7 @@ DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
 
 .PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo test test-fmt \
-        test-native test-python test-wasm test-pkg test-e2e bench bench-native bench-browser bench-compare size model
+        test-native test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare size model
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -108,13 +108,17 @@ test-e2e: www setup-browser
 
 # ---- benchmarks (numbers, never assertions) -------------------------------------------------
 
-bench: bench-native bench-browser bench-compare size
+bench: bench-native bench-native-compare bench-browser bench-compare size
 
 bench-native:
 	cargo bench -p feedloop-core --features bundled-model
 
 bench-browser: www setup-browser
 	node tools/bench-browser.mjs
+
+# feedloop (tract) vs onnxruntime (Python) natively on the same token ids; writes BENCHMARKS.md.
+bench-native-compare: setup-python
+	$(PYTHON) tools/bench_native.py
 
 # feedloop vs ONNX Runtime Web in the same Chromium page; writes BENCHMARKS.md.
 bench-compare: www setup-browser
