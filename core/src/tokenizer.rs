@@ -147,6 +147,9 @@ impl WordPieceTokenizer {
 
     /// `BertNormalizer`: clean text, pad CJK ideographs, strip accents, lowercase — in that order.
     fn normalize(&self, text: &str) -> String {
+        if text.is_ascii() {
+            return self.normalize_ascii(text);
+        }
         let mut out = String::with_capacity(text.len());
         for c in text.chars() {
             if c == '\0' || c == '\u{fffd}' || is_control(c) {
@@ -170,6 +173,21 @@ impl WordPieceTokenizer {
             out = out.chars().flat_map(char::to_lowercase).collect();
         }
         out
+    }
+
+    /// The same result as the general path for ASCII text, without the Unicode tables: ASCII has no
+    /// CJK ideographs, NFD leaves it unchanged (so no accents to strip), and its controls are
+    /// 0x00–0x1F and 0x7F.
+    fn normalize_ascii(&self, text: &str) -> String {
+        let lowercase = self.config.lowercase;
+        text.bytes()
+            .filter_map(|b| match b {
+                b'\t' | b'\n' | b'\r' | b' ' => Some(' '),
+                0x00..=0x1f | 0x7f => None,
+                _ if lowercase => Some(char::from(b.to_ascii_lowercase())),
+                _ => Some(char::from(b)),
+            })
+            .collect()
     }
 
     /// Greedy longest-match-first WordPiece; a word that cannot be covered becomes one unknown token.
