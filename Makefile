@@ -14,7 +14,7 @@ DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
 
 .PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo test test-fmt \
-        test-native test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare size model
+        test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare size model
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -73,7 +73,7 @@ model:
 
 # ---- tests ----------------------------------------------------------------------------------
 
-test: setup test-fmt test-native test-python test-wasm test-pkg test-e2e
+test: setup test-fmt test-native test-server-postgres test-python test-wasm test-pkg test-e2e
 	@echo "make test: all layers passed"
 
 test-fmt:
@@ -86,6 +86,11 @@ test-native:
 	# criterion benches, run once each as a smoke test (numbers come from `make bench`)
 	cargo test -p feedloop-core --features bundled-model --benches
 	cargo test -p feedloop-privacy --benches
+
+# The server's integration suite again, against a real PostgreSQL the script installs (apt) and starts
+# on loopback (`cargo test --workspace` runs it on SQLite).
+test-server-postgres:
+	server/tests/postgres.sh
 
 # The committed fixtures must still be what Hugging Face tokenizers and onnxruntime produce, and
 # what dp-accounting and OpenDP compute for the privacy accountants.

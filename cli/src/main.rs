@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod privacy_cmd;
+mod serve_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use feedloop_core::onnx_runner::{run_onnx, NamedTensor, TensorData};
@@ -39,6 +40,8 @@ enum Command {
     /// Empirical privacy audits of the real mechanisms.
     #[command(subcommand)]
     Audit(privacy_cmd::AuditCommand),
+    /// Run the federated averaging server (feedloop-server).
+    Serve(Box<serve_cmd::ServeArgs>),
 }
 
 #[derive(Args)]
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Model(ModelCommand::Info(args)) => model_info(args),
         Command::Privacy(command) => privacy_cmd::privacy(command),
         Command::Audit(command) => privacy_cmd::audit(command),
+        Command::Serve(args) => serve_cmd::serve(*args),
     };
     match result.and_then(|value| print_json(&value)) {
         Ok(()) => ExitCode::SUCCESS,

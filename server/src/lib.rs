@@ -1,1 +1,106 @@
-//! feedloop server (work in progress).
+//! feedloop's federated averaging server.
+//!
+//! Clients register with a deployment key and get a signed, expiring token; they fetch the open
+//! round, submit one privatized update each (validated with `feedloop_privacy::decode_update`,
+//! acknowledged once committed), and the server closes the round at its target count, its
+//! deadline or on an admin's request: below the minimum cohort nothing is published, otherwise the
+//! integer updates are averaged exactly (FedAvg, equal weights), a server optimizer (FedAvg,
+//! FedAvgM, FedAdam) moves the global head, and a new model version is published (head, ONNX
+//! file with the rewritten `head_*` initializers, privacy metadata). Storage is SQLite (default)
+//! or PostgreSQL through one portable schema.
+//!
+//! Modules: [`api`] (routes and JSON), [`service`] (behaviour), [`store`] (SQL), [`fedavg`]
+//! (aggregation and server optimizers), [`onnx`] (publishing heads as ONNX), [`auth`] (tokens,
+//! keys), [`metrics`], [`openapi`], [`config`], [`error`].
+
+#![recursion_limit = "512"]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod fedavg;
+pub mod metrics;
+pub mod onnx;
+pub mod openapi;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::Router;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use config::{Config, DeploymentKey, DriftConfig, DEFAULT_DATABASE_URL};
+pub use error::{Error, Result};
+pub use fedavg::{aggregate, fedavg_lattice, ServerOptimizer};
+pub use service::App;
+
+/// The full HTTP stack: routes, body limit, timeout, request tracing.
+pub fn router(app: App) -> Router {
+    let config = app.config().clone();
+    api::routes(app)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Closes rounds whose deadline passed, every `config.deadline_poll`, until dropped/aborted.
+pub fn spawn_deadline_task(app: App) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(app.config().deadline_poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = app.close_expired().await {
+                tracing::error!(error = %e, "closing expired rounds failed");
+            }
+        }
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight requests (graceful
+/// shutdown) and stops the deadline task.
+pub async fn serve(
+    app: App,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let deadlines = spawn_deadline_task(app.clone());
+    tracing::info!(addr = %listener.local_addr()?, "feedloop server listening");
+    let result = axum::serve(listener, router(app))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    deadlines.abort();
+    tracing::info!("feedloop server stopped");
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; draining requests");
+}

@@ -1,0 +1,133 @@
+//! `feedloop serve`: the federated averaging server (feedloop-server) with its configuration
+//! from flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use feedloop_server::{Config, DeploymentKey, ServerOptimizer, DEFAULT_DATABASE_URL};
+use serde_json::{json, Value};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "FEEDLOOP_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// sqlite://path (a file, created in WAL mode) or postgres://user@host/db.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    database: String,
+    /// A site allowed to register clients, as `site=KEY` (repeat, or comma-separate in the env).
+    #[arg(
+        long = "deployment-key",
+        env = "FEEDLOOP_DEPLOYMENT_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    deployment_keys: Vec<DeploymentKey>,
+    /// Admin key(s) for rollback and round configuration; without one the admin API is disabled.
+    #[arg(
+        long = "admin-key",
+        env = "FEEDLOOP_ADMIN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    admin_keys: Vec<String>,
+    /// HMAC secret for client tokens (default: generated once and kept in the database).
+    #[arg(long, env = "FEEDLOOP_TOKEN_SECRET", hide_env_values = true)]
+    token_secret: Option<String>,
+    /// Client token lifetime in hours.
+    #[arg(long, env = "FEEDLOOP_TOKEN_TTL_HOURS", default_value_t = 168)]
+    token_ttl_hours: u64,
+    /// δ for the reported ε per participant.
+    #[arg(long, env = "FEEDLOOP_DELTA", default_value_t = 1e-6)]
+    delta: f64,
+    /// Server optimizer: fedavg, fedavgm or fedadam.
+    #[arg(long, env = "FEEDLOOP_OPTIMIZER", default_value = "fedavg")]
+    optimizer: String,
+    /// Server learning rate (default: the optimizer's: 1 for fedavg/fedavgm, 0.1 for fedadam).
+    #[arg(long, env = "FEEDLOOP_SERVER_LR")]
+    server_lr: Option<f64>,
+    /// ε of the clients' randomized-response thumbs-up reports.
+    #[arg(long, env = "FEEDLOOP_RR_EPSILON", default_value_t = 1.0)]
+    rr_epsilon: f64,
+    /// Drift: the tolerated drop in thumbs-up rate.
+    #[arg(long, env = "FEEDLOOP_DRIFT_MARGIN", default_value_t = 0.02)]
+    drift_margin: f64,
+    /// Drift: one-sided critical z (1.645 = α 0.05).
+    #[arg(long, env = "FEEDLOOP_DRIFT_Z", default_value_t = 1.645)]
+    drift_z: f64,
+    /// Drift: reports needed on both versions before testing.
+    #[arg(long, env = "FEEDLOOP_DRIFT_MIN_REPORTS", default_value_t = 100)]
+    drift_min_reports: u64,
+    /// Drift: URL POSTed a JSON event when a version is flagged.
+    #[arg(long, env = "FEEDLOOP_DRIFT_WEBHOOK")]
+    drift_webhook: Option<String>,
+    /// Maximum request body in bytes.
+    #[arg(long, env = "FEEDLOOP_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
+    max_body_bytes: usize,
+    /// Per-request timeout in seconds.
+    #[arg(long, env = "FEEDLOOP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    request_timeout_secs: u64,
+    /// The base ONNX model (default: the bundled model).
+    #[arg(long, env = "FEEDLOOP_MODEL")]
+    model: Option<PathBuf>,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn")]
+    log: String,
+}
+
+pub fn serve(args: ServeArgs) -> Result<Value, String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = Config::new(args.database.clone());
+    config.deployment_keys = args.deployment_keys;
+    config.admin_keys = args.admin_keys;
+    config.token_secret = args.token_secret.map(String::into_bytes);
+    config.token_ttl = Duration::from_secs(args.token_ttl_hours * 3600);
+    config.delta = args.delta;
+    let optimizer = ServerOptimizer::from_name(&args.optimizer)?;
+    config.optimizer = match args.server_lr {
+        Some(lr) => optimizer.with_lr(lr),
+        None => optimizer,
+    };
+    config.rr_epsilon = args.rr_epsilon;
+    config.drift.margin = args.drift_margin;
+    config.drift.z_critical = args.drift_z;
+    config.drift.min_reports = args.drift_min_reports;
+    config.drift.webhook_url = args.drift_webhook;
+    config.max_body_bytes = args.max_body_bytes;
+    config.request_timeout = Duration::from_secs(args.request_timeout_secs);
+    if let Some(path) = &args.model {
+        config.base_model = std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .into();
+    }
+    if config.deployment_keys.is_empty() {
+        tracing::warn!(
+            "no deployment key configured: no client can register (--deployment-key site=KEY)"
+        );
+    }
+    if config.admin_keys.is_empty() {
+        tracing::warn!("no admin key configured: the admin API is disabled (--admin-key)");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    runtime.block_on(async move {
+        let app = feedloop_server::App::new(config)
+            .await
+            .map_err(|e| format!("server setup: {e}"))?;
+        let listener = tokio::net::TcpListener::bind(args.addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        feedloop_server::serve(app, listener, feedloop_server::shutdown_signal())
+            .await
+            .map_err(|e| format!("server: {e}"))?;
+        Ok(json!({ "stopped": true, "addr": addr.to_string() }))
+    })
+}

@@ -1,0 +1,114 @@
+//! Server configuration (the CLI fills it from flags and environment variables).
+
+use std::time::Duration;
+
+use crate::fedavg::ServerOptimizer;
+
+/// A site allowed to register clients: its id and its deployment key.
+#[derive(Clone)]
+pub struct DeploymentKey {
+    pub deployment: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for DeploymentKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DeploymentKey({}, ..)", self.deployment) // never print keys
+    }
+}
+
+impl std::str::FromStr for DeploymentKey {
+    type Err = String;
+    /// `site=KEY`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (deployment, key) = s
+            .split_once('=')
+            .ok_or_else(|| format!("deployment key `{s}` is not `site=KEY`"))?;
+        if deployment.is_empty() || key.len() < 16 {
+            return Err("a deployment key needs a site name and at least 16 characters".into());
+        }
+        Ok(Self {
+            deployment: deployment.to_string(),
+            key: key.to_string(),
+        })
+    }
+}
+
+/// Drift alerting: a new version is flagged when its de-biased thumbs-up rate is below its
+/// parent's by more than `margin`, significantly (one-sided two-proportion z-test, `z > z_critical`).
+#[derive(Debug, Clone)]
+pub struct DriftConfig {
+    /// The tolerated drop in thumbs-up rate (absolute, e.g. 0.02).
+    pub margin: f64,
+    /// One-sided critical value (1.645 for α = 0.05).
+    pub z_critical: f64,
+    /// Reports needed on both versions before testing.
+    pub min_reports: u64,
+    /// Called with a JSON POST when a version is flagged.
+    pub webhook_url: Option<String>,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            margin: 0.02,
+            z_critical: 1.645,
+            min_reports: 100,
+            webhook_url: None,
+        }
+    }
+}
+
+/// Everything the server needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `sqlite://data/feedloop.db` (default) or `postgres://...`.
+    pub database_url: String,
+    /// Sites allowed to register clients.
+    pub deployment_keys: Vec<DeploymentKey>,
+    /// Keys for the admin API (empty: admin API disabled).
+    pub admin_keys: Vec<String>,
+    /// HMAC key for client tokens; `None`: generated once and kept in the database.
+    pub token_secret: Option<Vec<u8>>,
+    /// Lifetime of a client token.
+    pub token_ttl: Duration,
+    /// δ for reporting ε per participant.
+    pub delta: f64,
+    /// The server optimizer applied to the FedAvg mean.
+    pub optimizer: ServerOptimizer,
+    /// ε of the clients' randomized-response thumbs-up reports.
+    pub rr_epsilon: f64,
+    pub drift: DriftConfig,
+    /// Maximum request body.
+    pub max_body_bytes: usize,
+    /// Per-request timeout.
+    pub request_timeout: Duration,
+    /// How often deadlines are checked.
+    pub deadline_poll: Duration,
+    /// The base ONNX model (version 1's head and the body of every published file).
+    pub base_model: std::sync::Arc<[u8]>,
+}
+
+impl Config {
+    /// Defaults for everything but keys: SQLite under `./data`, FedAvg, the bundled model.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            deployment_keys: Vec::new(),
+            admin_keys: Vec::new(),
+            token_secret: None,
+            token_ttl: Duration::from_secs(7 * 24 * 3600),
+            delta: 1e-6,
+            optimizer: ServerOptimizer::default(),
+            rr_epsilon: 1.0,
+            drift: DriftConfig::default(),
+            max_body_bytes: 256 * 1024,
+            request_timeout: Duration::from_secs(30),
+            deadline_poll: Duration::from_secs(1),
+            base_model: feedloop_core::BUNDLED_MODEL.into(),
+        }
+    }
+}
+
+/// The default database: a SQLite file under `./data`.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://data/feedloop.db";
