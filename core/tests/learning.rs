@@ -38,23 +38,22 @@ fn id(sample: &Sample, j: usize) -> String {
     format!("{}/{j}", sample.id)
 }
 
-/// Ranks every sample; returns (question index, candidate ids ranked best first) per sample.
+/// Ranks one sample; its candidates as `RankedCandidate`s, best first.
+fn rank_sample(fl: &mut FeedbackLoop, s: &Sample) -> Vec<feedloop_core::RankedCandidate> {
+    let ids: Vec<String> = (0..s.candidates.len()).map(|j| id(s, j)).collect();
+    let candidates: Vec<Candidate> = ids
+        .iter()
+        .zip(&s.candidates)
+        .map(|(id, text)| Candidate { id, text })
+        .collect();
+    fl.rank(&s.question, &candidates).unwrap()
+}
+
+/// Ranks every sample; the candidate ids of each, best first.
 fn rank_all(fl: &mut FeedbackLoop, samples: &[Sample]) -> Vec<Vec<String>> {
     samples
         .iter()
-        .map(|s| {
-            let ids: Vec<String> = (0..s.candidates.len()).map(|j| id(s, j)).collect();
-            let candidates: Vec<Candidate> = ids
-                .iter()
-                .zip(&s.candidates)
-                .map(|(id, text)| Candidate { id, text })
-                .collect();
-            fl.rank(&s.question, &candidates)
-                .unwrap()
-                .into_iter()
-                .map(|r| r.id)
-                .collect()
-        })
+        .map(|s| rank_sample(fl, s).into_iter().map(|r| r.id).collect())
         .collect()
 }
 
@@ -170,18 +169,7 @@ fn simulated_users_teach_their_hidden_preference_within_twenty_choices() {
         let accuracy = |fl: &mut FeedbackLoop, pairs: &[(usize, usize)]| {
             let scores: std::collections::HashMap<String, f32> = samples
                 .iter()
-                .flat_map(|s| {
-                    let ids: Vec<String> = (0..s.candidates.len()).map(|j| id(s, j)).collect();
-                    let candidates: Vec<Candidate> = ids
-                        .iter()
-                        .zip(&s.candidates)
-                        .map(|(id, text)| Candidate { id, text })
-                        .collect();
-                    fl.rank(&s.question, &candidates)
-                        .unwrap()
-                        .into_iter()
-                        .map(|r| (r.id, r.score))
-                })
+                .flat_map(|s| rank_sample(fl, s).into_iter().map(|r| (r.id, r.score)))
                 .collect();
             let correct = pairs
                 .iter()

@@ -2,7 +2,7 @@
 
 use std::sync::OnceLock;
 
-use feedloop_core::feedback::MAX_WEIGHT;
+use feedloop_core::feedback::{KINDS, MAX_WEIGHT};
 use feedloop_core::learning::{clipped_gradient, sgd_step};
 use feedloop_core::{
     Candidate, Example, FeedbackLoop, FeedbackWeights, LearningConfig, LocalLearningState,
@@ -33,19 +33,6 @@ fn any_float() -> impl Strategy<Value = f32> {
         any::<f32>(),
     ]
 }
-
-const KINDS: [&str; 10] = [
-    "thumbs",
-    "stars",
-    "pairwise",
-    "correction",
-    "flag",
-    "click",
-    "dwell",
-    "copy",
-    "regenerate",
-    "skip",
-];
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
