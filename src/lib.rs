@@ -689,7 +689,7 @@ impl Ranker {
                 .await
                 .map_err(storage_error)?;
             inner.borrow_mut().privacy = written;
-            Ok(Uint8Array::from(release.bytes.as_slice()).into())
+            Ok(Uint8Array::from(release.bytes()).into())
         })
     }
 

@@ -72,6 +72,13 @@ pub struct ServeArgs {
     /// The base ONNX model (default: the bundled model).
     #[arg(long, env = "FEEDLOOP_MODEL")]
     model: Option<PathBuf>,
+    /// Serve these files outside /v1 (e.g. the built dashboard and demo: www/dist).
+    #[arg(long, env = "FEEDLOOP_STATIC_DIR")]
+    static_dir: Option<PathBuf>,
+    /// Keep a round open at all times, as JSON like the admin API's round, e.g.
+    /// '{"clipNorm":1,"granularity":0.001,"noiseStddev":4,"minCohort":2,"targetCount":2,"durationSeconds":120}'.
+    #[arg(long, env = "FEEDLOOP_AUTO_ROUND")]
+    auto_round: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn")]
     log: String,
@@ -105,6 +112,17 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
             .into();
     }
+    if let Some(dir) = &args.static_dir {
+        if !dir.is_dir() {
+            return Err(format!("--static-dir {} is not a folder", dir.display()));
+        }
+        config.static_dir = Some(dir.clone());
+    }
+    if let Some(round) = &args.auto_round {
+        config.auto_round = Some(
+            serde_json::from_str(round).map_err(|e| format!("--auto-round is not a round: {e}"))?,
+        );
+    }
     if config.deployment_keys.is_empty() {
         tracing::warn!(
             "no deployment key configured: no client can register (--deployment-key site=KEY)"
@@ -121,6 +139,9 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
         let app = feedloop_server::App::new(config)
             .await
             .map_err(|e| format!("server setup: {e}"))?;
+        app.ensure_auto_round()
+            .await
+            .map_err(|e| format!("--auto-round: {e}"))?;
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

@@ -150,12 +150,38 @@ impl PreparedUpload {
     }
 }
 
-/// A charged release: persist `state_json` first, then send `bytes`.
+/// A charged release: persist [`Release::state_json`] first, then send [`Release::bytes`].
+///
+/// Only [`DevicePrivacy::release`] constructs one (the fields are private), so holding a `Release`
+/// proves the bytes are a privatized update that the budget paid for and the ledger recorded.
 #[derive(Debug)]
 pub struct Release {
-    pub bytes: Vec<u8>,
-    pub state_json: String,
-    pub ledger_entry: LedgerEntry,
+    round: RoundConfig,
+    bytes: Vec<u8>,
+    state_json: String,
+    ledger_entry: LedgerEntry,
+}
+
+impl Release {
+    /// The round it was released for.
+    pub fn round(&self) -> &RoundConfig {
+        &self.round
+    }
+
+    /// The wire bytes (`FLDP`), exactly what `PreparedUpload::bytes` showed.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The privacy state to persist before sending.
+    pub fn state_json(&self) -> &str {
+        &self.state_json
+    }
+
+    /// The ledger entry recording this release.
+    pub fn ledger_entry(&self) -> &LedgerEntry {
+        &self.ledger_entry
+    }
 }
 
 /// The device's privacy state and the only way to produce bytes for the network.
@@ -295,7 +321,14 @@ impl DevicePrivacy {
             bytes: prepared.update.to_bytes(),
             state_json: self.to_json(),
             ledger_entry,
+            round: prepared.round,
         })
+    }
+
+    /// A new global model was adopted: what was contributed stays contributed (the next upload
+    /// carries only what is learned from now on, not the whole personal delta again).
+    pub fn rebase(&mut self, model_version: &str) {
+        self.state.contributed_base = model_version.to_string();
     }
 }
 
@@ -348,16 +381,17 @@ mod tests {
         let inspected = prepared.bytes();
         let release = device.release(prepared, NOW).unwrap();
         assert_eq!(
-            release.bytes, inspected,
+            release.bytes(),
+            inspected,
             "what was inspected is what is sent"
         );
         assert_eq!(
-            release.ledger_entry.payload_sha256,
-            sha256_hex(&release.bytes)
+            release.ledger_entry().payload_sha256,
+            sha256_hex(release.bytes())
         );
         let config = PrivatizerConfig::new(1.0, 0.01, 4.0).unwrap();
         let decoded = decode_update(
-            &release.bytes,
+            release.bytes(),
             &ExpectedRound {
                 config,
                 dimension: 3,
@@ -365,7 +399,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decoded.values().len(), 3);
-        let restored = DevicePrivacy::from_json(&release.state_json).unwrap();
+        let restored = DevicePrivacy::from_json(release.state_json()).unwrap();
         assert_eq!(restored.state(), device.state());
         assert!(restored.state().ledger.verify().is_empty());
         assert_eq!(restored.state().contributed_delta, vec![0.5, -0.25, 3.0]);

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::feedback::{FeedbackEvent, FeedbackWeights, RawFeedback, Signal};
-use crate::head::PairFeatures;
+use crate::head::{PairFeatures, RewardHead};
 use crate::learning::{dot, learn, Example, LearningConfig, LocalLearningState};
 use crate::model::RewardModel;
 
@@ -280,6 +280,27 @@ impl FeedbackLoop {
             state.replay.pop_front();
         }
         self.state = state;
+        Ok(())
+    }
+
+    /// The global head (what the personal delta is added to) and its version.
+    pub fn global(&self) -> (&str, &[f32]) {
+        (&self.state.learning.base_version, &self.global)
+    }
+
+    /// Adopts a new global head (a federated model version) and rebases on it: the personal head
+    /// becomes `head + delta`, so what this device learned keeps applying on top of what everyone
+    /// learned. Embeddings and remembered candidates stay valid (only the head changes).
+    pub fn set_global(&mut self, version: &str, head: &[f32]) -> Result<()> {
+        if version.is_empty() {
+            return Err(Error::InvalidInput(
+                "a model version must not be empty".into(),
+            ));
+        }
+        let parsed = RewardHead::from_vector(self.model.head().dimensions(), head)?;
+        self.model.set_head(parsed)?;
+        self.global = head.to_vec();
+        self.state.learning.base_version = version.to_string();
         Ok(())
     }
 

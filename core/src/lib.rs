@@ -22,6 +22,7 @@ pub mod head;
 pub mod learning;
 pub mod model;
 pub mod onnx_runner;
+pub mod outbox;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

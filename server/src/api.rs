@@ -1,7 +1,7 @@
 //! HTTP: routes, thin handlers, and the JSON shapes of requests and responses.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,7 +22,7 @@ pub const MODEL_VERSION_HEADER: &str = "x-feedloop-model-version";
 
 /// The API router (without the middleware stack; see [`crate::router`]).
 pub fn routes(app: App) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -46,9 +46,19 @@ pub fn routes(app: App) -> Router {
         .route("/v1/admin/rounds/{round_id}/close", post(admin_close_round))
         .route("/v1/admin/rollback", post(admin_rollback))
         .route("/v1/admin/audit", get(admin_audit))
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(app)
+        .method_not_allowed_fallback(method_not_allowed);
+    // Everything outside the API: the dashboard and demo pages when a static folder is given.
+    let router = match app.config().static_dir.clone() {
+        Some(dir) => router.fallback_service(
+            tower_http::services::ServeDir::new(dir)
+                .append_index_html_on_directories(true)
+                .not_found_service(axum::handler::HandlerWithoutStateExt::into_service(
+                    not_found,
+                )),
+        ),
+        None => router.fallback(not_found),
+    };
+    router.with_state(app)
 }
 
 /// A JSON body whose every failure (size, syntax, shape) is the server's JSON error.
@@ -245,13 +255,33 @@ async fn get_round(State(app): State<App>, Path(round_id): Path<String>) -> Resu
     )))
 }
 
+/// `navigator.sendBeacon` cannot set headers: it sends the token and model version as query
+/// parameters (RFC 6750 §2.3). Headers win when both are present.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct BeaconParams {
+    #[serde(rename = "access_token")]
+    access_token: Option<String>,
+    model_version: Option<String>,
+}
+
 async fn submit_update(
     State(app): State<App>,
     Path(round_id): Path<String>,
+    query: Result<Query<BeaconParams>, QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>)> {
-    let claims = app.verify_token(crate::auth::bearer(&headers)?)?;
+    let Query(beacon) = query.map_err(|e| Error::bad_request("invalid_query", e.body_text()))?;
+    let token = match (
+        crate::auth::bearer(&headers),
+        beacon.access_token.as_deref(),
+    ) {
+        (Ok(token), _) => token,
+        (Err(_), Some(token)) if !token.is_empty() => token,
+        (Err(e), _) => return Err(e),
+    };
+    let claims = app.verify_token(token)?;
     let round_id = id(&round_id, "round id")?;
     let body = body.map_err(body_error)?;
     let model_version = headers
@@ -260,7 +290,8 @@ async fn submit_update(
             v.to_str()
                 .map_err(|_| Error::bad_request("missing_model_version", "bad header"))
         })
-        .transpose()?;
+        .transpose()?
+        .or(beacon.model_version.as_deref());
     let accepted = app
         .submit_update(&claims, round_id, model_version, &body)
         .await?;
@@ -284,13 +315,24 @@ async fn list_models(State(app): State<App>) -> Result<Json<Value>> {
     })))
 }
 
-async fn current_model(State(app): State<App>) -> Result<Json<Value>> {
+/// The current model, with an ETag: a client polling for a new version gets `304 Not Modified`
+/// (no body) until one is published or rolled back to.
+async fn current_model(State(app): State<App>, headers: HeaderMap) -> Result<Response> {
     let current = app.store().current_version().await?;
-    Ok(Json(version_json(
-        &app.version(current).await?,
-        current,
-        true,
-    )))
+    let etag = format!("\"model-{current}\"");
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let cache = [
+        (header::ETAG, etag),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+    ];
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    let body = version_json(&app.version(current).await?, current, true);
+    Ok((cache, Json(body)).into_response())
 }
 
 async fn get_model(State(app): State<App>, Path(version): Path<String>) -> Result<Json<Value>> {

@@ -87,6 +87,11 @@ pub struct Config {
     pub deadline_poll: Duration,
     /// The base ONNX model (version 1's head and the body of every published file).
     pub base_model: std::sync::Arc<[u8]>,
+    /// Files served outside `/v1` (the dashboard and demo pages), if any.
+    pub static_dir: Option<std::path::PathBuf>,
+    /// Keep a round open at all times with this configuration (a new one, on the current version,
+    /// whenever none is open) — for demos and deployments that want continuous rounds.
+    pub auto_round: Option<crate::service::NewRound>,
 }
 
 impl Config {
@@ -106,6 +111,8 @@ impl Config {
             request_timeout: Duration::from_secs(30),
             deadline_poll: Duration::from_secs(1),
             base_model: feedloop_core::BUNDLED_MODEL.into(),
+            static_dir: None,
+            auto_round: None,
         }
     }
 }

@@ -51,7 +51,8 @@ pub fn router(app: App) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Closes rounds whose deadline passed, every `config.deadline_poll`, until dropped/aborted.
+/// Closes rounds whose deadline passed (and keeps an automatic round open when configured), every
+/// `config.deadline_poll`, until dropped/aborted.
 pub fn spawn_deadline_task(app: App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(app.config().deadline_poll);
@@ -60,6 +61,11 @@ pub fn spawn_deadline_task(app: App) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             if let Err(e) = app.close_expired().await {
                 tracing::error!(error = %e, "closing expired rounds failed");
+            }
+            match app.ensure_auto_round().await {
+                Ok(Some(round)) => tracing::info!(round = round.round_id, "opened a round"),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "opening the automatic round failed"),
             }
         }
     })

@@ -748,6 +748,22 @@ impl App {
         self.round(round_id).await
     }
 
+    /// With `config.auto_round`: opens a round on the current version when none is open.
+    pub async fn ensure_auto_round(&self) -> Result<Option<RoundRow>> {
+        let Some(template) = self.config().auto_round.clone() else {
+            return Ok(None);
+        };
+        if self.store().open_round().await?.is_some() {
+            return Ok(None);
+        }
+        match self.open_round("auto-round", template).await {
+            Ok(round) => Ok(Some(round)),
+            // Another process (or request) opened one meanwhile.
+            Err(Error::Conflict { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Closes every open round whose deadline passed (the background task).
     pub async fn close_expired(&self) -> Result<()> {
         for round_id in self.store().expired_rounds(now_ms()).await? {
