@@ -12,8 +12,9 @@ CHROMIUM    ?= /usr/bin/chromium
 WASM_BINDGEN_VERSION = $(shell sed -n '/^name = "wasm-bindgen"$$/{n;s/^version = "\(.*\)"/\1/p}' Cargo.lock)
 DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
+CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo test test-fmt \
+.PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo cli test test-fmt \
         test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare size model
 
 help:
@@ -60,9 +61,24 @@ pkg: setup-rust setup-node
 www: pkg
 	npx webpack --mode production
 
-demo: www
-	@echo "feedloop demo: http://$(DEMO_ADDR):$(DEMO_PORT)/"
-	node tools/serve-static.mjs www/dist $(DEMO_PORT) $(DEMO_ADDR)
+# The demo and the dashboard, served by the real server (embedded SQLite under data/). One round is
+# always open: it publishes a new version as soon as 2 devices contributed, or after 30 s with at
+# least 1 (so one person alone sees versions appear; two tabs share one device's IndexedDB and
+# count as one device). The keys below are for this local demo only.
+DEMO_DEPLOYMENT_KEY ?= feedloop-demo-deployment-key
+DEMO_ADMIN_KEY      ?= feedloop-demo-admin-key
+DEMO_ROUND          ?= {"clipNorm":1,"granularity":0.001,"noiseStddev":4,"minCohort":1,"targetCount":2,"durationSeconds":30}
+demo: www cli
+	@mkdir -p data
+	@echo "feedloop demo:      http://$(DEMO_ADDR):$(DEMO_PORT)/"
+	@echo "feedloop dashboard: http://$(DEMO_ADDR):$(DEMO_PORT)/dashboard.html (admin key: $(DEMO_ADMIN_KEY))"
+	$(CARGO_TARGET)/debug/feedloop serve --addr $(DEMO_ADDR):$(DEMO_PORT) \
+	  --database sqlite://data/demo.db --static-dir www/dist \
+	  --deployment-key demo=$(DEMO_DEPLOYMENT_KEY) --admin-key $(DEMO_ADMIN_KEY) \
+	  --server-lr 0.1 --auto-round '$(DEMO_ROUND)'
+
+cli: setup-rust
+	cargo build -p feedloop-cli
 
 model:
 	python3 -m venv $(VENV)

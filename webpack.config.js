@@ -1,5 +1,5 @@
-// Builds the demo (www/index.html), the in-browser benchmark (www/bench.html) and the comparison
-// with ONNX Runtime Web (www/compare.html) into www/dist/.
+// Builds the demo (www/index.html), the in-browser benchmark (www/bench.html), the comparison
+// with ONNX Runtime Web (www/compare.html) and the server's dashboard (www/dashboard.html) into www/dist/.
 // `feedloop` resolves to the built package in pkg/, imported exactly as an app would import it;
 // webpack 5 turns the package's `new URL("./x.wasm", import.meta.url)` references into emitted
 // assets, so no experiments or extra loaders are needed. www/dist is plain static files.
@@ -58,6 +58,7 @@ export default (env, argv) => ({
     index: "./www/index.js",
     bench: "./www/bench.js",
     compare: "./www/compare.js",
+    dashboard: "./www/dashboard.js",
   },
   output: {
     path: path.join(www, "dist"),
@@ -93,6 +94,13 @@ export default (env, argv) => ({
       template: path.join(www, "compare.html"),
       filename: "compare.html",
       chunks: ["compare"],
+      scriptLoading: "module",
+      templateParameters: pageParameters,
+    }),
+    new HtmlWebpackPlugin({
+      template: path.join(www, "dashboard.html"),
+      filename: "dashboard.html",
+      chunks: ["dashboard"],
       scriptLoading: "module",
       templateParameters: pageParameters,
     }),

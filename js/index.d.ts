@@ -2,11 +2,13 @@ import type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload,
 } from "./feedloop_wasm.js";
 export type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload,
 } from "./feedloop_wasm.js";
 
 /** Where a model comes from: its bytes, or a URL to fetch it from. */
@@ -23,6 +25,13 @@ export interface RankerOptions {
   learning?: LearningConfig;
   /** The device's privacy policy (ε = 8 at δ = 1e-6 per 30 days, ρ ≤ 0.5 per release by default). */
   privacy?: PrivacyPolicyOptions;
+  /**
+   * A feedloop server to sync with (needs `storage`): the device adopts newer global models and
+   * contributes privatized updates to open rounds. Nothing else leaves the device.
+   */
+  server?: ServerOptions;
+  /** How often to sync automatically (default every 60 s, ±20 %); `intervalMs: 0`: only `sync()`. */
+  sync?: { intervalMs?: number };
 }
 
 /** Benchmark helpers: exact discrete Gaussian draws; one privatization (returns its size in bytes). */
@@ -39,6 +48,7 @@ export interface RankerErrorEvent extends Event { error: Error }
 export interface RankerEventMap {
   feedback: CustomEvent<FeedbackOutcome>;
   saved: CustomEvent<{ revision: number }>;
+  sync: CustomEvent<SyncReport>;
   error: RankerErrorEvent;
 }
 
@@ -86,6 +96,14 @@ export class Ranker extends EventTarget {
   /** Charges, ledgers and durably saves, then resolves with the bytes to send (needs IndexedDB). */
   releaseNextUpload(round: RoundConfig): Promise<Uint8Array>;
   readonly storage: StorageStatus;
+  /** One sync now (the automatic schedule calls this too); resolves with what it did. */
+  sync(): Promise<SyncReport>;
+  /** Uploads waiting to be delivered. */
+  pendingUploads(): PendingUpload[];
+  /** The global model version the personal head builds on ("bundled" before the first sync). */
+  readonly modelVersion: string;
+  /** Stops the automatic sync schedule. */
+  stopSync(): void;
   /** Resolves once everything recorded so far is saved (or the failure was reported). */
   flush(): Promise<void>;
   addEventListener<K extends keyof RankerEventMap>(

@@ -99,6 +99,11 @@ export class Ranker extends EventTarget {
   #dirty = false;
   #lastError = null;
   #onHidden = null;
+  #server = null;
+  #syncing = null;
+  #syncTimer = null;
+  #syncEvery = 0;
+  #onOnline = null;
 
   /** Use `await Ranker.create()`; the constructor is not public API. */
   constructor(inner, storage = null) {
@@ -109,8 +114,12 @@ export class Ranker extends EventTarget {
     this.#inner = inner;
     this.#storage = storage;
     if (storage && typeof document !== "undefined") {
-      // Save before the page may be discarded.
-      this.#onHidden = () => document.hidden && this.#scheduleSave();
+      // Save before the page may be discarded; hand queued uploads to sendBeacon.
+      this.#onHidden = () => {
+        if (!document.hidden) return;
+        this.#scheduleSave();
+        if (this.#server) this.#beacon();
+      };
       document.addEventListener("visibilitychange", this.#onHidden);
     }
   }
@@ -124,7 +133,7 @@ export class Ranker extends EventTarget {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
-    const known = ["model", "storage", "weights", "learning", "privacy"];
+    const known = ["model", "storage", "weights", "learning", "privacy", "server", "sync"];
     for (const key of Object.keys(options)) {
       if (!known.includes(key)) {
         throw new TypeError(`feedloop: unknown option \`${key}\`; expected one of ${known.join(", ")}`);
@@ -137,6 +146,10 @@ export class Ranker extends EventTarget {
     if (options.privacy !== undefined) learning.privacy = options.privacy;
     const inner = WasmRanker.withOptions(bytes, learning);
     const storage = storageName(options.storage);
+    const sync = syncOptions(options.sync);
+    if (options.server !== undefined && !storage) {
+      throw new Error("feedloop: syncing with a server needs persistent storage (IndexedDB) for the privacy budget");
+    }
     const ranker = new Ranker(inner, storage);
     if (storage) {
       try {
@@ -145,6 +158,11 @@ export class Ranker extends EventTarget {
         // Listeners are attached after create() resolves: report on the next task.
         setTimeout(() => ranker.#report(error), 0);
       }
+    }
+    if (options.server !== undefined) {
+      inner.beacon(storage, options.server); // validates the server options now (sends nothing yet)
+      ranker.#server = options.server;
+      if (sync.intervalMs > 0) ranker.#startSync(sync.intervalMs);
     }
     return ranker;
   }
@@ -299,6 +317,81 @@ export class Ranker extends EventTarget {
     return this.#inner.releaseNextUpload(this.#storage, round);
   }
 
+  /**
+   * Syncs with the server now (see `options.server`): adopts a newer global model, contributes a
+   * privatized update to the open round when something new was learned and the budget allows it,
+   * and delivers queued uploads. Resolves with a report (also dispatched as a `sync` event); an
+   * unreachable server gives `offline: true`, and the uploads wait, with backoff, for the next sync.
+   */
+  async sync() {
+    if (!this.#server) throw new Error("feedloop: sync needs Ranker.create({ server: { url, deploymentKey } })");
+    if (this.#syncing) return this.#syncing;
+    this.#syncing = (async () => {
+      try {
+        await this.flush(); // what was learned is saved before it is contributed
+        const report = await this.#inner.sync(this.#storage, this.#server);
+        this.dispatchEvent(new CustomEvent("sync", { detail: report }));
+        return report;
+      } catch (error) {
+        this.#report(error);
+        throw error;
+      } finally {
+        this.#syncing = null;
+      }
+    })();
+    return this.#syncing;
+  }
+
+  /** Uploads waiting to be delivered (already privatized and in the ledger). */
+  pendingUploads() {
+    return this.#inner.pendingUploads();
+  }
+
+  /** The global model version the personal head builds on ("bundled" before the first sync). */
+  get modelVersion() {
+    return this.#inner.modelVersion;
+  }
+
+  /** Stops the automatic sync schedule (manual `sync()` still works). */
+  stopSync() {
+    clearTimeout(this.#syncTimer);
+    this.#syncTimer = null;
+    this.#syncEvery = 0;
+    if (this.#onOnline && typeof globalThis.removeEventListener === "function") {
+      globalThis.removeEventListener("online", this.#onOnline);
+    }
+    this.#onOnline = null;
+  }
+
+  #startSync(intervalMs) {
+    this.#syncEvery = intervalMs;
+    const tick = async () => {
+      try {
+        await this.sync();
+      } catch {
+        // reported as an `error` event by sync()
+      }
+      if (this.#syncEvery) {
+        // ±20 % jitter: devices that start together do not sync together.
+        const next = this.#syncEvery * (0.8 + 0.4 * Math.random());
+        this.#syncTimer = setTimeout(tick, next);
+      }
+    };
+    this.#syncTimer = setTimeout(tick, 0);
+    if (typeof globalThis.addEventListener === "function") {
+      this.#onOnline = () => this.sync().catch(() => {});
+      globalThis.addEventListener("online", this.#onOnline);
+    }
+  }
+
+  #beacon() {
+    try {
+      this.#inner.beacon(this.#storage, this.#server);
+    } catch (error) {
+      this.#report(error);
+    }
+  }
+
   /** Where the state is kept: `{ name, persistent, lastError }`. */
   get storage() {
     return { name: this.#storage, persistent: Boolean(this.#storage), lastError: this.#lastError };
@@ -346,6 +439,7 @@ export class Ranker extends EventTarget {
 
   /** Frees the wasm memory held by this ranker; it cannot be used afterwards. */
   free() {
+    this.stopSync();
     if (this.#onHidden) document.removeEventListener("visibilitychange", this.#onHidden);
     this.#inner.free();
   }
@@ -391,6 +485,21 @@ function typeName(value) {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   return typeof value;
+}
+
+function syncOptions(option) {
+  if (option === undefined) return { intervalMs: 60_000 };
+  if (option === null || typeof option !== "object") {
+    throw new TypeError(`feedloop: options.sync must be { intervalMs }, got ${describe(option)}`);
+  }
+  for (const key of Object.keys(option)) {
+    if (key !== "intervalMs") throw new TypeError(`feedloop: unknown sync option \`${key}\`; expected intervalMs`);
+  }
+  const intervalMs = option.intervalMs ?? 60_000;
+  if (typeof intervalMs !== "number" || !(intervalMs === 0 || intervalMs >= 1000)) {
+    throw new TypeError(`feedloop: sync.intervalMs must be 0 (manual sync only) or at least 1000, got ${describe(intervalMs)}`);
+  }
+  return { intervalMs };
 }
 
 function storageName(option) {

@@ -4,8 +4,10 @@
 //! core error into a real JS `Error`. Model logic lives in the core; package entry points (`create()`,
 //! fetching the bundled model) live in `js/index.js`.
 
+mod client;
 mod observe;
 mod storage;
+mod sync;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -139,6 +141,47 @@ export interface RoundConfig {
   roundId: string; modelVersion: string; clipNorm: number; granularity: number; noiseStddev: number;
 }
 
+/** The feedloop server to sync with. */
+export interface ServerOptions {
+  /** Base URL, e.g. "https://feedback.example.com"; "" for this page's origin. */
+  url: string;
+  /** The site's deployment key (`feedloop serve --deployment-key site=KEY`). */
+  deploymentKey: string;
+}
+
+/** The open round as the server announces it. */
+export interface OpenRound extends RoundConfig {
+  dimension: number; minCohort: number; targetCount: number | null; received: number; deadline: number | null;
+}
+
+/** An upload that left the queue: stored by the server, or refused for good / expired. */
+export interface SettledUpload { roundId: string; sha256: string; delivered: boolean; reason: string | null }
+
+/** What one `sync()` did. */
+export interface SyncReport {
+  /** The server was unreachable (or failing): queued uploads wait, with backoff. */
+  offline: boolean;
+  error: string | null;
+  clientId: string | null;
+  /** The global model in use after this sync, and whether this sync adopted it. */
+  modelVersion: string;
+  modelUpdated: boolean;
+  round: OpenRound | null;
+  /** This sync's contribution: round, payload hash (as in the ledger) and its ε. */
+  contribution: { roundId: string; sha256: string; epsilon: number } | null;
+  /** Why nothing was contributed (nothing new learned, policy, budget, already contributed, no round). */
+  skipped: string | null;
+  settled: SettledUpload[];
+  /** Uploads still waiting. */
+  queued: number;
+}
+
+/** An upload waiting to be delivered (privatized and in the ledger already). */
+export interface PendingUpload {
+  roundId: string; modelVersion: string; sha256: string; bytes: number; attempts: number;
+  nextAttemptAt: number; beaconed: boolean;
+}
+
 /** The next upload, exactly as it would leave the device, before anything is sent. */
 export interface InspectedUpload {
   round: RoundConfig;
@@ -174,6 +217,14 @@ struct Inner {
     privacy: DevicePrivacy,
     /// What `inspectNextUpload` showed: `releaseNextUpload` sends exactly these bytes.
     pending: Option<PreparedUpload>,
+    /// Sync: the upload queue as last read from or written to storage (for `sendBeacon`, which
+    /// must run synchronously while the page is being hidden).
+    outbox: feedloop_core::outbox::Outbox,
+    /// Sync: this device's client token, once registered.
+    client: Option<sync::ClientToken>,
+    /// Sync: the global model's version (what the personal delta is added to) and ETag.
+    global_version: String,
+    model_etag: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -290,6 +341,10 @@ impl Ranker {
                 saved,
                 privacy,
                 pending: None,
+                outbox: Default::default(),
+                client: None,
+                global_version: "bundled".into(),
+                model_etag: None,
             })),
             observations: RefCell::new(Vec::new()),
         })
@@ -523,6 +578,7 @@ impl Ranker {
                 privacy.set_policy(policy);
                 inner.privacy = privacy;
             }
+            client::restore_sync_state(&inner, &name).await?;
             let stored = storage::load(&name, parameters)
                 .await
                 .map_err(storage_error)?;
@@ -535,6 +591,8 @@ impl Ranker {
                 .set_state(stored.clone())
                 .map_err(|e| JsValue::from(to_js_error(e)))?;
             inner.saved = stored;
+            // What was learned applies on top of the adopted global model.
+            client::reapply_global(&mut inner).map_err(JsValue::from)?;
             Ok(JsValue::TRUE)
         })
     }
@@ -546,28 +604,7 @@ impl Ranker {
     pub fn save(&self, name: String) -> Promise {
         let inner = self.inner.clone();
         future_to_promise(async move {
-            let (base, mine) = {
-                let inner = inner.borrow();
-                (inner.saved.clone(), inner.feedback.state().clone())
-            };
-            let written = storage::save(&name, &base, &mine)
-                .await
-                .map_err(storage_error)?;
-            let mut inner = inner.borrow_mut();
-            // Feedback recorded while the save was in flight is kept: merge it onto what was written.
-            let current = inner.feedback.state().clone();
-            let mut adopted = if current == mine {
-                written.clone()
-            } else {
-                PersonalState::merge(&written, &mine, &current)
-            };
-            adopted.revision = written.revision;
-            let revision = written.revision;
-            inner
-                .feedback
-                .set_state(adopted)
-                .map_err(|e| JsValue::from(to_js_error(e)))?;
-            inner.saved = written;
+            let revision = save_personal(&inner, &name).await?;
             Ok(JsValue::from_f64(revision as f64))
         })
     }
@@ -685,10 +722,12 @@ impl Ranker {
                     .map_err(|e| JsValue::from(to_js_error(e)))?;
                 (release, inner.privacy.clone())
             };
-            let written = storage::save_privacy(&name, &mine)
+            let (written, outbox) = storage::save_privacy(&name, &mine, None, now_ms())
                 .await
                 .map_err(storage_error)?;
-            inner.borrow_mut().privacy = written;
+            let mut inner = inner.borrow_mut();
+            inner.privacy = written;
+            inner.outbox = outbox;
             Ok(Uint8Array::from(release.bytes()).into())
         })
     }
@@ -763,6 +802,33 @@ impl Ranker {
             .rank(&context, &list)
             .map_err(to_js_error)
     }
+}
+
+/// Saves the personal state (see `save`); returns the stored revision.
+async fn save_personal(inner: &Rc<RefCell<Inner>>, name: &str) -> Result<u64, JsValue> {
+    let (base, mine) = {
+        let inner = inner.borrow();
+        (inner.saved.clone(), inner.feedback.state().clone())
+    };
+    let written = storage::save(name, &base, &mine)
+        .await
+        .map_err(storage_error)?;
+    let mut inner = inner.borrow_mut();
+    // Feedback recorded while the save was in flight is kept: merge it onto what was written.
+    let current = inner.feedback.state().clone();
+    let mut adopted = if current == mine {
+        written.clone()
+    } else {
+        PersonalState::merge(&written, &mine, &current)
+    };
+    adopted.revision = written.revision;
+    let revision = written.revision;
+    inner
+        .feedback
+        .set_state(adopted)
+        .map_err(|e| JsValue::from(to_js_error(e)))?;
+    inner.saved = written;
+    Ok(revision)
 }
 
 fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<feedloop_core::FeedbackOutcome> {
@@ -884,6 +950,10 @@ fn round_config(value: JsValue) -> JsResult<RoundConfig> {
     )?;
     serde_wasm_bindgen::from_value(value)
         .map_err(|e| JsError::new(&format!("feedloop: invalid round: {e}")))
+}
+
+fn now_ms() -> u64 {
+    js_sys::Date::now() as u64
 }
 
 fn storage_error(message: String) -> JsValue {

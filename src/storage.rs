@@ -6,6 +6,7 @@
 //! and report success only when the transaction has completed, i.e. the data is durable.
 
 use feedloop_core::contribution::{DevicePrivacy, DevicePrivacyState};
+use feedloop_core::outbox::{Outbox, QueuedUpload, Settled};
 use feedloop_core::PersonalState;
 use js_sys::{Promise, Reflect, Uint8Array};
 use wasm_bindgen::prelude::*;
@@ -17,6 +18,11 @@ const STORE: &str = "state";
 const KEY: &str = "personal";
 /// The privacy state (policy, budget, ledger) as JSON, next to the personal state.
 const PRIVACY_KEY: &str = "privacy";
+/// Released uploads waiting to be sent (`Outbox` JSON), checked against the privacy ledger on read.
+const OUTBOX_KEY: &str = "outbox";
+/// Small JSON records: the client token ("client") and the adopted global model ("global").
+pub const CLIENT_KEY: &str = "client";
+pub const GLOBAL_KEY: &str = "global";
 const VERSION: u32 = 1;
 
 /// A storage error, as a message for a JS `Error`.
@@ -191,8 +197,9 @@ pub async fn clear(name: &str) -> StorageResult<()> {
         .transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite)
         .map_err(describe)?;
     let store = tx.object_store(STORE).map_err(describe)?;
-    store.delete(&KEY.into()).map_err(describe)?;
-    store.delete(&PRIVACY_KEY.into()).map_err(describe)?;
+    for key in [KEY, PRIVACY_KEY, OUTBOX_KEY, CLIENT_KEY, GLOBAL_KEY] {
+        store.delete(&key.into()).map_err(describe)?;
+    }
     committed(&tx).await?;
     db.close();
     Ok(())
@@ -216,9 +223,15 @@ pub async fn load_privacy(name: &str) -> StorageResult<Option<DevicePrivacy>> {
     }
 }
 
-/// Saves the privacy state, merged with what other tabs stored (no spend or release is lost);
-/// returns what was written, once it is durable.
-pub async fn save_privacy(name: &str, mine: &DevicePrivacy) -> StorageResult<DevicePrivacy> {
+/// Saves the privacy state, merged with what other tabs stored (no spend or release is lost), and
+/// queues `upload` in the same transaction: a release is recorded and queued together or not at
+/// all. Returns what was written (state and queue), once it is durable.
+pub async fn save_privacy(
+    name: &str,
+    mine: &DevicePrivacy,
+    upload: Option<QueuedUpload>,
+    now_ms: u64,
+) -> StorageResult<(DevicePrivacy, Outbox)> {
     let db = open(name).await?;
     let tx = db
         .transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite)
@@ -236,12 +249,94 @@ pub async fn save_privacy(name: &str, mine: &DevicePrivacy) -> StorageResult<Dev
             DevicePrivacy::from_state(merged)
         }
     };
+    let stored_outbox = request(&store.get(&OUTBOX_KEY.into()).map_err(describe)?).await?;
+    let mut outbox = read_outbox(&stored_outbox, &written);
+    if let Some(upload) = upload {
+        outbox.push(upload, now_ms);
+    }
     store
         .put_with_key(&written.to_json().into(), &PRIVACY_KEY.into())
         .map_err(|e| format!("could not save the privacy state: {}", describe(e)))?;
+    store
+        .put_with_key(&outbox.to_json().into(), &OUTBOX_KEY.into())
+        .map_err(|e| format!("could not save the upload queue: {}", describe(e)))?;
     committed(&tx)
         .await
         .map_err(|e| format!("could not save the privacy state: {e}"))?;
     db.close();
-    Ok(written)
+    Ok((written, outbox))
+}
+
+/// The stored queue, keeping only uploads the stored ledger recorded (see `Outbox::from_json`).
+fn read_outbox(value: &JsValue, privacy: &DevicePrivacy) -> Outbox {
+    value
+        .as_string()
+        .and_then(|json| Outbox::from_json(&json, &privacy.state().ledger).ok())
+        .unwrap_or_default()
+}
+
+/// Changes the stored queue in one transaction (read, `change`, write) and returns it with what
+/// `change` settled. Another tab's sends in between are not lost: the queue is re-read here.
+pub async fn update_outbox(
+    name: &str,
+    change: impl FnOnce(&mut Outbox) -> Vec<Settled>,
+) -> StorageResult<(Outbox, Vec<Settled>)> {
+    let db = open(name).await?;
+    let tx = db
+        .transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite)
+        .map_err(|e| format!("could not update the upload queue: {}", describe(e)))?;
+    let store = tx.object_store(STORE).map_err(describe)?;
+    let privacy = request(&store.get(&PRIVACY_KEY.into()).map_err(describe)?).await?;
+    let Some(privacy) = privacy
+        .as_string()
+        .and_then(|json| DevicePrivacy::from_json(&json).ok())
+    else {
+        // Nothing was ever released from this device: nothing can be queued.
+        db.close();
+        return Ok((Outbox::new(), Vec::new()));
+    };
+    let stored = request(&store.get(&OUTBOX_KEY.into()).map_err(describe)?).await?;
+    let mut outbox = read_outbox(&stored, &privacy);
+    let settled = change(&mut outbox);
+    store
+        .put_with_key(&outbox.to_json().into(), &OUTBOX_KEY.into())
+        .map_err(|e| format!("could not update the upload queue: {}", describe(e)))?;
+    committed(&tx)
+        .await
+        .map_err(|e| format!("could not update the upload queue: {e}"))?;
+    db.close();
+    Ok((outbox, settled))
+}
+
+/// A small JSON record (`CLIENT_KEY`, `GLOBAL_KEY`), if stored.
+pub async fn load_json<T: serde::de::DeserializeOwned>(
+    name: &str,
+    key: &str,
+) -> StorageResult<Option<T>> {
+    let db = open(name).await?;
+    let tx = db.transaction_with_str(STORE).map_err(describe)?;
+    let store = tx.object_store(STORE).map_err(describe)?;
+    let value = request(&store.get(&key.into()).map_err(describe)?).await?;
+    db.close();
+    Ok(value
+        .as_string()
+        .and_then(|json| serde_json::from_str(&json).ok()))
+}
+
+/// Stores a small JSON record durably.
+pub async fn save_json<T: serde::Serialize>(name: &str, key: &str, value: &T) -> StorageResult<()> {
+    let json = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    let db = open(name).await?;
+    let tx = db
+        .transaction_with_str_and_mode(STORE, IdbTransactionMode::Readwrite)
+        .map_err(describe)?;
+    let store = tx.object_store(STORE).map_err(describe)?;
+    store
+        .put_with_key(&json.into(), &key.into())
+        .map_err(|e| format!("could not save {key}: {}", describe(e)))?;
+    committed(&tx)
+        .await
+        .map_err(|e| format!("could not save {key}: {e}"))?;
+    db.close();
+    Ok(())
 }

@@ -21,8 +21,8 @@ const inspectButton = $("inspect-upload");
 const uploadBox = $("upload");
 const budgetLine = $("privacy-budget");
 
-/** The round a server would announce; the demo only previews it (issue: federated server). */
-const PREVIEW_ROUND = { roundId: "demo-preview", modelVersion: "bundled", clipNorm: 1, granularity: 0.01, noiseStddev: 4 };
+/** A round like the one a server announces, for previewing the next upload (never sent). */
+const PREVIEW_ROUND = { roundId: "demo-preview", clipNorm: 1, granularity: 0.01, noiseStddev: 4 };
 
 const RANK_DELAY_MS = 250; // debounce for ranking while typing
 
@@ -327,7 +327,7 @@ function showBudget() {
 
 function inspectUpload() {
   try {
-    const u = ranker.inspectNextUpload(PREVIEW_ROUND);
+    const u = ranker.inspectNextUpload({ ...PREVIEW_ROUND, modelVersion: ranker.modelVersion });
     const head = Array.from(u.bytes.slice(0, 16), (b) => b.toString(16).padStart(2, "0")).join(" ");
     uploadBox.textContent = [
       `${u.bytes.length} bytes, sha256 ${u.sha256}`,
@@ -344,6 +344,42 @@ function inspectUpload() {
   }
 }
 
+// `make demo` serves this page from `feedloop serve`, started with this deployment key.
+const DEMO_DEPLOYMENT_KEY = new URLSearchParams(location.search).get("key") ?? "feedloop-demo-deployment-key";
+
+/** The server this page came from, if it is a feedloop server. */
+async function detectServer() {
+  try {
+    const response = await fetch("/healthz", { cache: "no-store" });
+    const body = response.ok ? await response.json() : null;
+    return body?.status === "ok" ? { url: "", deploymentKey: DEMO_DEPLOYMENT_KEY } : null;
+  } catch {
+    return null;
+  }
+}
+
+function showSync(report) {
+  $("sync-model").textContent =
+    `version ${report.modelVersion}${report.modelUpdated ? " (just adopted: the ranking now uses it)" : ""}`;
+  const r = report.round;
+  $("sync-round").textContent = r
+    ? `round ${r.roundId} on model ${r.modelVersion}: ${r.received} update${r.received === 1 ? "" : "s"} received` +
+      (r.targetCount ? ` of ${r.targetCount}` : "") + ` (publishes with ≥ ${r.minCohort})`
+    : "no round open";
+  const c = report.contribution;
+  $("sync-last").textContent = report.offline
+    ? `server unreachable: ${report.error}`
+    : c
+      ? `contributed to round ${c.roundId} (ε = ${c.epsilon.toFixed(2)}, sha256 ${c.sha256.slice(0, 12)}…)`
+      : `nothing sent: ${report.skipped}`;
+  const pending = ranker.pendingUploads();
+  $("sync-queued").textContent = pending.length
+    ? pending.map((u) => `round ${u.roundId} (${u.attempts} attempt${u.attempts === 1 ? "" : "s"})`).join(", ")
+    : "none";
+  if (report.modelUpdated) rankNow();
+  showBudget();
+}
+
 function showStorage() {
   const { name, persistent, lastError } = ranker.storage;
   storageStatus.textContent = lastError
@@ -357,7 +393,10 @@ async function start() {
   populateSamples();
   const begin = performance.now();
   try {
-    ranker = await Ranker.create();
+    demo.server = await detectServer();
+    // ?sync=manual: only the "Sync now" button syncs (the end-to-end test uses it).
+    const intervalMs = new URLSearchParams(location.search).get("sync") === "manual" ? 0 : 5000;
+    ranker = await Ranker.create(demo.server ? { server: demo.server, sync: { intervalMs } } : {});
   } catch (error) {
     resultsList.dataset.state = "error";
     resultsList.setAttribute("aria-busy", "false");
@@ -377,6 +416,11 @@ async function start() {
     showError(describeError(e.error));
   });
   inspectButton.addEventListener("click", inspectUpload);
+  if (demo.server) {
+    $("sync-panel").hidden = false;
+    ranker.addEventListener("sync", (e) => showSync(e.detail));
+    $("sync-now").addEventListener("click", () => ranker.sync().catch(() => {}));
+  }
   showBudget();
   resetButton.addEventListener("click", () => {
     ranker.resetLearning();

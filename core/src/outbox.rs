@@ -179,11 +179,12 @@ impl Outbox {
         dropped
     }
 
-    /// Uploads whose next attempt is due.
+    /// Uploads whose next attempt is due, and those handed to a beacon (which most likely arrived:
+    /// one request confirms it and empties the queue).
     pub fn due(&self, now_ms: u64) -> Vec<QueuedUpload> {
         self.uploads
             .iter()
-            .filter(|u| u.next_attempt_ms <= now_ms)
+            .filter(|u| u.beaconed || u.next_attempt_ms <= now_ms)
             .cloned()
             .collect()
     }
@@ -306,6 +307,9 @@ mod tests {
         assert!(outbox.record(&sha, &retry, NOW, 0.0).is_none());
         assert!(outbox.due(NOW + 999).is_empty(), "waits ≥ BASE/2");
         assert_eq!(outbox.due(NOW + 1000).len(), 1);
+        let mut beaconed = outbox.clone();
+        beaconed.mark_beaconed(&sha);
+        assert_eq!(beaconed.due(NOW).len(), 1, "a beacon is confirmed at once");
         outbox.record(&sha, &retry, NOW, 0.999);
         let second = outbox.uploads()[0].next_attempt_ms() - NOW;
         assert!((2000..4000).contains(&second), "{second}");

@@ -486,3 +486,47 @@ fn ranking_more_texts_than_the_cache_holds() {
         .unwrap();
     assert!(outcome.learned);
 }
+
+#[test]
+fn adopting_a_new_global_head_keeps_what_was_learned_on_top() {
+    let samples = samples();
+    let mut fl = new_loop(11);
+    let ranked = rank_all(&mut fl, &samples);
+    let top = ranked[0][0].clone();
+    fl.record(
+        RawFeedback {
+            candidate: Some(top.clone()),
+            up: Some(false),
+            ..event("thumbs")
+        },
+        NOW,
+    )
+    .unwrap();
+    let learned = fl.explain(&top).unwrap();
+    let delta = fl.learning_state().delta.clone();
+
+    // A federated version: the global head moves (here: a bigger weight on relevance).
+    let (_, old) = fl.global();
+    let mut head = old.to_vec();
+    head[0] *= 2.0;
+    fl.set_global("7", &head).unwrap();
+    assert_eq!(fl.global().0, "7");
+    assert_eq!(fl.learning_state().base_version, "7");
+    assert_eq!(
+        fl.learning_state().delta,
+        delta,
+        "the personal delta is kept"
+    );
+    let rebased = fl.explain(&top).unwrap();
+    assert_eq!(rebased.personal_adjustment, learned.personal_adjustment);
+    assert!((rebased.relevance - 2.0 * learned.relevance).abs() < 1e-6);
+    // The model's own head follows too (plain scoring uses it).
+    assert_eq!(fl.model().head().to_vector(), head);
+    // A head of the wrong size or with NaN is refused and changes nothing.
+    assert!(fl.set_global("8", &head[..10]).is_err());
+    let mut bad = head.clone();
+    bad[3] = f32::NAN;
+    assert!(fl.set_global("8", &bad).is_err());
+    assert!(fl.set_global("", &head).is_err());
+    assert_eq!(fl.global().0, "7");
+}

@@ -583,6 +583,24 @@ impl App {
         reason: &str,
         admin_fp: Option<&str>,
     ) -> Result<RoundRow> {
+        let round = self.close_round_locked(round_id, reason, admin_fp).await?;
+        self.reopen_auto_round().await;
+        Ok(round)
+    }
+
+    /// With an automatic round configured, the next one opens at once (not at the next poll).
+    async fn reopen_auto_round(&self) {
+        if let Err(e) = self.ensure_auto_round().await {
+            tracing::error!(error = %e, "opening the automatic round failed");
+        }
+    }
+
+    async fn close_round_locked(
+        &self,
+        round_id: i64,
+        reason: &str,
+        admin_fp: Option<&str>,
+    ) -> Result<RoundRow> {
         let _guard = self.inner.lifecycle.lock().await;
         let now = now_ms();
         let mut tx = self.store().begin().await?;
@@ -775,6 +793,12 @@ impl App {
     /// Points "current" at an earlier version; aborts an open round (its updates were computed
     /// against the abandoned version) and resets the optimizer state.
     pub async fn rollback(&self, admin_fp: &str, version: i64) -> Result<VersionRow> {
+        let row = self.rollback_locked(admin_fp, version).await?;
+        self.reopen_auto_round().await;
+        Ok(row)
+    }
+
+    async fn rollback_locked(&self, admin_fp: &str, version: i64) -> Result<VersionRow> {
         let _guard = self.inner.lifecycle.lock().await;
         let target = self.store().version(version).await?.ok_or_else(|| {
             Error::not_found("version_not_found", format!("no model version {version}"))

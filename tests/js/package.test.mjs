@@ -181,3 +181,14 @@ test("diagnostics: exact discrete Gaussian draws have the right spread", async (
   assert.ok(Math.abs(sd - 10) < 0.2, `sd ${sd}`);
   assert.ok((await diagnostics.privatizeBenchmarkUpdate(1000)) > 1000);
 });
+
+test("sync options are checked up front and need persistent storage", async () => {
+  const server = { url: "http://127.0.0.1:9", deploymentKey: "site-key-0123456789" };
+  await assert.rejects(Ranker.create({ server, storage: false }), /needs persistent storage/);
+  await assert.rejects(Ranker.create({ sync: { every: 5 } }), /unknown sync option `every`/);
+  await assert.rejects(Ranker.create({ sync: { intervalMs: 10 } }), /at least 1000/);
+  const ranker = await Ranker.create({ storage: false });
+  assert.equal(ranker.modelVersion, "bundled");
+  assert.deepEqual(ranker.pendingUploads(), []);
+  await assert.rejects(ranker.sync(), /sync needs Ranker.create\(\{ server/);
+});

@@ -1,0 +1,237 @@
+// End-to-end federated sync: the real server (`feedloop serve`, embedded SQLite, serving www/dist)
+// and two Chromium contexts (two devices with their own IndexedDB) using the demo page. Both give
+// feedback and sync; the round closes at its target; version 2 is published and both adopt it. Every
+// request body the pages send is captured: the only bodies are privatized updates (FLDP), each one
+// recorded in the sending device's ledger, with no candidate text and no feedback event in them.
+// Then the upload queue: a failed upload waits in IndexedDB and leaves by sendBeacon when the page is
+// hidden. Last, the dashboard shows the rounds and versions and rolls back with the admin key.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { launchChromium } from "../../tools/chromium.mjs";
+
+const root = fileURLToPath(new URL("../../", import.meta.url));
+const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(root, "target");
+const BINARY = process.env.FEEDLOOP_BIN ?? path.join(targetDir, "debug/feedloop");
+const DEPLOYMENT_KEY = "e2e-deployment-key-0123456789";
+const ADMIN_KEY = "e2e-admin-key-0123456789";
+const TIMEOUT = 60_000;
+
+for (const [file, how] of [
+  [path.join(root, "www/dist/index.html"), "npx webpack --mode production"],
+  [BINARY, "cargo build -p feedloop-cli"],
+]) {
+  if (!existsSync(file)) throw new Error(`${file} is missing: build it first with \`${how}\``);
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function startServer(dataDir, port) {
+  const args = [
+    "serve", "--addr", `127.0.0.1:${port}`,
+    "--database", `sqlite://${path.join(dataDir, "feedloop.db")}`,
+    "--static-dir", path.join(root, "www/dist"),
+    "--deployment-key", `e2e=${DEPLOYMENT_KEY}`,
+    "--admin-key", ADMIN_KEY,
+    "--server-lr", "0.1",
+    "--auto-round", JSON.stringify({ clipNorm: 1, granularity: 0.001, noiseStddev: 4, minCohort: 2, targetCount: 2, durationSeconds: 600 }),
+  ];
+  const child = spawn(BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  child.stderr.on("data", (d) => (log += d));
+  const base = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    if (child.exitCode !== null) throw new Error(`feedloop serve exited: ${log}`);
+    try {
+      if ((await fetch(`${base}/healthz`)).ok) return { child, base, log: () => log };
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`feedloop serve did not start: ${log}`);
+}
+
+async function json(base, route) {
+  const response = await fetch(`${base}${route}`);
+  assert.ok(response.ok, `${route}: ${response.status}`);
+  return response.json();
+}
+
+describe("federated sync: two devices, the real server, Chromium", () => {
+  let dataDir;
+  let server;
+  let browser;
+  const devices = [];
+  const bodies = []; // { device, url, method, body: Buffer }
+  const problems = [];
+
+  before(async () => {
+    dataDir = mkdtempSync(path.join(tmpdir(), "feedloop-e2e-"));
+    server = await startServer(dataDir, await freePort());
+    browser = await launchChromium();
+    for (const name of ["A", "B"]) {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      page.on("pageerror", (e) => problems.push(`${name} page error: ${e.message}`));
+      context.on("request", (request) => {
+        const body = request.postDataBuffer();
+        if (body && body.length > 0) bodies.push({ device: name, url: request.url(), method: request.method(), body });
+      });
+      // ?sync=manual: only the test's syncs (the page's schedule would race the assertions).
+      await page.goto(`${server.base}/?sync=manual&key=${DEPLOYMENT_KEY}`);
+      await page.evaluate(() => window.feedloopDemo.ready);
+      devices.push({ name, context, page });
+    }
+  });
+
+  after(async () => {
+    await browser?.close();
+    server?.child.kill("SIGTERM");
+    if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  const sync = (page) => page.evaluate(() => window.feedloopDemo.ranker.sync());
+
+  test("both devices learn, contribute, the round publishes v2 and both adopt it", { timeout: TIMEOUT }, async () => {
+    for (const { page } of devices) {
+      assert.equal(await page.isVisible("#sync-panel"), true, "the page found its server");
+      await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
+      await page.click('#results li[data-rank="2"] [data-feedloop="thumbs-up"]');
+    }
+    const [a, b] = devices;
+    const first = await sync(a.page);
+    assert.equal(first.offline, false, JSON.stringify(first));
+    assert.equal(first.modelVersion, "1");
+    assert.equal(first.modelUpdated, true, "the bundled head is replaced by the server's v1");
+    assert.ok(first.contribution, `A contributed: ${JSON.stringify(first)}`);
+    assert.equal(first.settled.length, 1);
+    assert.equal(first.settled[0].delivered, true);
+    assert.equal(first.queued, 0);
+    // A second sync in the same round sends nothing more.
+    const again = await sync(a.page);
+    assert.equal(again.contribution, null);
+    assert.match(again.skipped, /nothing new was learned|already contributed/);
+    assert.equal((await json(server.base, "/v1/rounds/current")).received, 1);
+
+    const second = await sync(b.page);
+    assert.ok(second.contribution, JSON.stringify(second));
+    assert.equal(second.settled[0]?.delivered, true);
+    // B's update was the round's target: it closed and published v2; the next round is open on v2.
+    const round1 = await json(server.base, "/v1/rounds/1");
+    assert.equal(round1.status, "published");
+    assert.equal(round1.cohortSize, 2);
+    assert.equal(round1.publishedVersion, "2");
+    const models = await json(server.base, "/v1/models");
+    assert.equal(models.current, "2");
+
+    for (const { page } of devices) {
+      const before = await page.evaluate(() => window.feedloopDemo.ranker.modelVersion);
+      const report = await sync(page);
+      assert.equal(report.modelVersion, "2");
+      assert.equal(report.modelUpdated, before !== "2");
+      assert.equal(await page.evaluate(() => window.feedloopDemo.ranker.modelVersion), "2");
+      assert.match(await page.textContent("#sync-model"), /version 2/);
+    }
+    // What was learned now builds on v2.
+    assert.equal(await a.page.evaluate(() => window.feedloopDemo.ranker.learningState().baseVersion), "2");
+
+    // What left the devices: only privatized updates, each in its device's ledger.
+    const texts = await a.page.evaluate(() => window.feedloopDemo.lastRanking.map((c) => c.text));
+    assert.ok(texts.length >= 3);
+    assert.equal(bodies.length, 2, bodies.map((b) => b.url).join(", "));
+    for (const { device, url, method, body } of bodies) {
+      assert.equal(method, "POST");
+      assert.match(url, /\/v1\/rounds\/1\/updates$/);
+      assert.equal(body.subarray(0, 4).toString("latin1"), "FLDP", "the privatized wire format");
+      const asText = body.toString("utf8");
+      for (const text of texts) assert.ok(!asText.includes(text.slice(0, 20)), "no candidate text");
+      for (const word of ["thumbs", "candidate", "feedback", "dwell"]) assert.ok(!asText.includes(word));
+      const page = devices.find((d) => d.name === device).page;
+      const ledger = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger()));
+      const { createHash } = await import("node:crypto");
+      const sha = createHash("sha256").update(body).digest("hex");
+        const entries = ledger.entries;
+      assert.ok(
+        entries.some((e) => e.payload_sha256 === sha),
+        `${device}'s ledger records the exact bytes it sent`,
+      );
+    }
+    assert.deepEqual(problems, []);
+  });
+
+  test("a failed upload waits in IndexedDB and leaves by sendBeacon when the page is left", { timeout: TIMEOUT }, async () => {
+    const { page, context } = devices[0];
+    await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
+    await page.evaluate(() => window.feedloopDemo.ranker.flush());
+    await context.route("**/v1/rounds/*/updates", (route) => route.abort("connectionrefused"));
+    const failed = await sync(page);
+    assert.ok(failed.contribution, JSON.stringify(failed));
+    assert.equal(failed.offline, true);
+    assert.equal(failed.queued, 1);
+    const pending = await page.evaluate(() => window.feedloopDemo.ranker.pendingUploads());
+    assert.equal(pending.length, 1);
+    assert.equal(pending[0].attempts, 1);
+    assert.equal(pending[0].sha256, failed.contribution.sha256);
+
+    // Leaving the page (here: a reload) hides it: the queued upload goes by sendBeacon, with the
+    // token in the query (a beacon cannot set headers).
+    await context.unroute("**/v1/rounds/*/updates");
+    const round = pending[0].roundId;
+    const receivedBefore = (await json(server.base, `/v1/rounds/${round}`)).received;
+    const beacon = page.waitForRequest((r) => r.url().includes(`/v1/rounds/${round}/updates?access_token=`));
+    await page.reload();
+    const request = await beacon;
+    assert.equal(request.postDataBuffer().subarray(0, 4).toString("latin1"), "FLDP");
+    await page.evaluate(() => window.feedloopDemo.ready);
+    // The queue survived the reload (IndexedDB), marked as handed to a beacon.
+    const restored = await page.evaluate(() => window.feedloopDemo.ranker.pendingUploads());
+    assert.equal(restored.length, 1);
+    assert.equal(restored[0].sha256, failed.contribution.sha256);
+    for (let i = 0; i < 100 && (await json(server.base, `/v1/rounds/${round}`)).received === receivedBefore; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal((await json(server.base, `/v1/rounds/${round}`)).received, receivedBefore + 1);
+    // The next sync confirms it (the server answers "duplicate") and empties the queue.
+    const confirm = await sync(page);
+    assert.equal(confirm.queued, 0, JSON.stringify(confirm));
+    assert.equal(confirm.settled[0]?.delivered, true);
+    assert.equal(confirm.settled[0]?.sha256, failed.contribution.sha256);
+    assert.deepEqual(problems, []);
+  });
+
+  test("the dashboard shows rounds, versions and provenance, and rolls back with the admin key", { timeout: TIMEOUT }, async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on("pageerror", (e) => problems.push(`dashboard page error: ${e.message}`));
+    await page.goto(`${server.base}/dashboard.html`);
+    await page.waitForFunction(() => window.feedloopDashboard?.loads > 0, null, { timeout: TIMEOUT });
+    assert.equal(await page.getAttribute("body", "data-state"), "ready");
+    assert.match(await page.textContent('#versions tr[data-version="2"]'), /round 1 on v1/);
+    assert.match(await page.textContent('#rounds tr[data-round="1"]'), /published/);
+    assert.ok((await page.$$("#chart-cohort circle")).length >= 1);
+    await page.fill("#admin-key", ADMIN_KEY);
+    page.once("dialog", (d) => d.accept());
+    await page.click('#versions tr[data-version="1"] button');
+    await page.waitForFunction(() => window.feedloopDashboard.current === "1", null, { timeout: TIMEOUT });
+    assert.equal((await json(server.base, "/v1/models")).current, "1");
+    const audit = await fetch(`${server.base}/v1/admin/audit`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
+    assert.ok((await audit.json()).entries.some((e) => e.action === "model.rollback"), "the rollback is in the audit log");
+    await context.close();
+    assert.deepEqual(problems, []);
+  });
+});

@@ -1,0 +1,196 @@
+// The feedloop dashboard: rounds, cohorts, model versions with their provenance, de-biased thumbs-up
+// rates and ε per round, read from the server's public API (/v1/rounds, /v1/models, /v1/stats), with
+// rollback for an admin (POST /v1/admin/rollback). Served by `feedloop serve --static-dir www/dist`.
+
+const $ = (id) => document.getElementById(id);
+const REFRESH_MS = 5000;
+const SVG = "http://www.w3.org/2000/svg";
+
+/** What the end-to-end test reads. */
+const dashboard = { loads: 0 };
+window.feedloopDashboard = dashboard;
+
+async function api(path, init) {
+  const response = await fetch(path, { cache: "no-store", ...init });
+  const body = await response.json().catch(() => null);
+  if (!response.ok) {
+    const message = body?.error ? `${body.error.code}: ${body.error.message}` : `${response.status} ${response.statusText}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function when(ms) {
+  return ms == null ? "–" : new Date(ms).toLocaleString();
+}
+
+function fixed(x, digits = 2) {
+  return x == null || Number.isNaN(x) ? "–" : Number(x).toFixed(digits);
+}
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  row.append(td);
+  return td;
+}
+
+/** A small SVG chart: points (x index, y) with optional error bars and a dashed reference line. */
+function chart(svg, points, { yMax, reference, label }) {
+  const width = 420;
+  const height = 160;
+  const pad = { left: 40, right: 10, top: 10, bottom: 24 };
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.replaceChildren();
+  const add = (name, attrs, text) => {
+    const el = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    if (text !== undefined) el.textContent = text;
+    svg.append(el);
+    return el;
+  };
+  if (points.length === 0) {
+    add("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "chart-empty" }, "no data yet");
+    return;
+  }
+  const top = Math.max(yMax ?? 0, ...points.map((p) => p.hi ?? p.y), reference ?? 0) || 1;
+  const x = (i) => pad.left + (points.length === 1 ? 0.5 : i / (points.length - 1)) * (width - pad.left - pad.right);
+  const y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
+  add("line", { x1: pad.left, y1: y(0), x2: width - pad.right, y2: y(0), class: "chart-axis" });
+  add("text", { x: pad.left - 4, y: y(top) + 4, "text-anchor": "end", class: "chart-tick" }, fixed(top, top < 10 ? 2 : 0));
+  add("text", { x: pad.left - 4, y: y(0) + 4, "text-anchor": "end", class: "chart-tick" }, "0");
+  if (reference != null) {
+    add("line", { x1: pad.left, y1: y(reference), x2: width - pad.right, y2: y(reference), class: "chart-reference" });
+  }
+  const path = points.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(p.y).toFixed(1)}`).join(" ");
+  add("path", { d: path, class: "chart-line" });
+  points.forEach((p, i) => {
+    if (p.lo != null && p.hi != null) {
+      add("line", { x1: x(i), y1: y(Math.max(0, p.lo)), x2: x(i), y2: y(p.hi), class: "chart-error" });
+    }
+    const dot = add("circle", { cx: x(i), cy: y(p.y), r: 3.5, class: p.flagged ? "chart-dot flagged" : "chart-dot" });
+    const title = document.createElementNS(SVG, "title");
+    title.textContent = `${label} ${p.x}: ${fixed(p.y, 3)}`;
+    dot.append(title);
+    if (points.length <= 12 || i % Math.ceil(points.length / 12) === 0) {
+      add("text", { x: x(i), y: height - 6, "text-anchor": "middle", class: "chart-tick" }, p.x);
+    }
+  });
+}
+
+function renderVersions(models, stats) {
+  const rates = new Map(stats.versions.map((v) => [v.version, v]));
+  const body = $("versions").tBodies[0];
+  body.replaceChildren();
+  for (const v of [...models.versions].reverse()) {
+    const row = document.createElement("tr");
+    row.dataset.version = v.version;
+    if (v.current) row.classList.add("current");
+    if (v.flagged) row.classList.add("flagged");
+    cell(row, `v${v.version}${v.current ? " (current)" : ""}`);
+    cell(row, v.roundId ? `round ${v.roundId} on v${v.parentVersion}` : v.parentVersion ? `rollback of v${v.parentVersion}` : "base model");
+    cell(row, v.cohortSize ?? "–");
+    cell(row, v.optimizer ?? "–");
+    cell(row, v.noise.clipNorm == null ? "–" : `${v.noise.clipNorm}, ${v.noise.granularity}, ${v.noise.noiseStddev}`);
+    cell(row, fixed(v.privacy.epsilonPerParticipant));
+    const r = rates.get(v.version);
+    cell(row, r?.thumbsUpRate == null ? `– (${r?.reports ?? 0} reports)` : `${fixed(r.thumbsUpRate, 3)} [${fixed(r.ci95[0], 2)}, ${fixed(r.ci95[1], 2)}] (${r.reports})`);
+    const published = cell(row, when(v.createdAt));
+    if (v.flagged) published.textContent += ` · drift: ${v.flagReason}`;
+    const action = cell(row, "");
+    if (!v.current) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = `Roll back to v${v.version}`;
+      button.addEventListener("click", () => rollback(v.version));
+      action.append(button);
+    }
+    body.append(row);
+  }
+}
+
+function renderRounds(rounds) {
+  const body = $("rounds").tBodies[0];
+  body.replaceChildren();
+  for (const r of rounds) {
+    const row = document.createElement("tr");
+    row.dataset.round = r.roundId;
+    row.dataset.status = r.status;
+    cell(row, r.roundId);
+    cell(row, `v${r.modelVersion}`);
+    cell(row, r.status + (r.closeReason ? ` (${r.closeReason})` : ""));
+    cell(row, r.received);
+    cell(row, `${r.minCohort} / ${r.targetCount ?? "–"}`);
+    cell(row, `${fixed(r.privacy.epsilonPerParticipant)} (${r.privacy.delta})`);
+    cell(row, when(r.createdAt));
+    cell(row, when(r.closedAt));
+    cell(row, r.publishedVersion ? `v${r.publishedVersion}` : "–");
+    body.append(row);
+  }
+}
+
+function renderCharts(rounds, stats) {
+  const chronological = [...rounds].reverse();
+  const closed = chronological.filter((r) => r.status !== "open");
+  chart($("chart-cohort"), chronological.map((r) => ({ x: r.roundId, y: r.cohortSize ?? r.received })), {
+    reference: chronological.at(-1)?.minCohort,
+    label: "round",
+  });
+  chart($("chart-epsilon"), chronological.map((r) => ({ x: r.roundId, y: r.privacy.epsilonPerParticipant })), { label: "round" });
+  const rated = stats.versions.filter((v) => v.thumbsUpRate != null);
+  chart(
+    $("chart-rate"),
+    rated.map((v) => ({ x: `v${v.version}`, y: v.thumbsUpRate, lo: v.ci95[0], hi: v.ci95[1], flagged: v.flagged })),
+    { yMax: 1, label: "version" },
+  );
+  return closed.length;
+}
+
+async function rollback(version) {
+  const key = $("admin-key").value.trim();
+  if (!key) {
+    showError("Enter the admin key to roll back.");
+    $("admin-key").focus();
+    return;
+  }
+  if (!confirm(`Make v${version} the current model? The open round (if any) is aborted.`)) return;
+  try {
+    await api("/v1/admin/rollback", {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${key}` },
+      body: JSON.stringify({ version }),
+    });
+    sessionStorage.setItem("feedloop-admin-key", key);
+    await refresh();
+  } catch (error) {
+    showError(`Rollback failed: ${error.message}`);
+  }
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function refresh() {
+  try {
+    const [rounds, models, stats] = await Promise.all([api("/v1/rounds?limit=200"), api("/v1/models"), api("/v1/stats")]);
+    renderVersions(models, stats);
+    renderRounds(rounds.rounds);
+    const closed = renderCharts(rounds.rounds, stats);
+    $("status").textContent =
+      `Current model v${models.current} · ${models.versions.length} version${models.versions.length === 1 ? "" : "s"} · ` +
+      `${closed} closed round${closed === 1 ? "" : "s"} · updated ${new Date().toLocaleTimeString()}`;
+    document.body.dataset.state = "ready";
+    dashboard.loads += 1;
+    dashboard.current = models.current;
+    showError("");
+  } catch (error) {
+    document.body.dataset.state = "error";
+    showError(`Could not load: ${error.message}`);
+  }
+}
+
+$("admin-key").value = sessionStorage.getItem("feedloop-admin-key") ?? "";
+refresh();
+setInterval(refresh, REFRESH_MS);
