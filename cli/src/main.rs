@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 mod privacy_cmd;
 mod serve_cmd;
+mod simulate_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use feedloop_core::onnx_runner::{run_onnx, NamedTensor, TensorData};
@@ -42,6 +43,8 @@ enum Command {
     Audit(privacy_cmd::AuditCommand),
     /// Run the federated averaging server (feedloop-server).
     Serve(Box<serve_cmd::ServeArgs>),
+    /// Simulate federated rounds with simulated users: accuracy against privacy (ε).
+    Simulate(Box<simulate_cmd::SimulateArgs>),
 }
 
 #[derive(Args)]
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
         Command::Privacy(command) => privacy_cmd::privacy(command),
         Command::Audit(command) => privacy_cmd::audit(command),
         Command::Serve(args) => serve_cmd::serve(*args),
+        Command::Simulate(args) => simulate_cmd::simulate(*args),
     };
     match result.and_then(|value| print_json(&value)) {
         Ok(()) => ExitCode::SUCCESS,

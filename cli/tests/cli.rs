@@ -316,3 +316,58 @@ fn audit_of_randomized_response_does_not_contradict_its_claim() {
     assert!(lower > 0.5 && lower <= 1.0, "{report}");
     assert_eq!(report["consistent"], true);
 }
+
+/// A small simulation (the real learning, privatizer, wire format and FedAvg): the non-private run
+/// learns the population's taste, and the private one spends exactly the target ε per user.
+#[test]
+fn simulate_runs_the_federated_loop_and_spends_the_target_epsilon() {
+    let md = temp_file("simulate.md", b"");
+    let out = json_out(&[
+        "simulate",
+        "--users",
+        "30",
+        "--rounds",
+        "2",
+        "--choices",
+        "4",
+        "--epsilon",
+        "2,inf",
+        "--quiet",
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
+    let runs = out["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let accuracy = |run: &Value, round: usize| run["rounds"][round]["accuracy"].as_f64().unwrap();
+    let (private, plain) = (&runs[0], &runs[1]);
+    for run in runs {
+        assert_eq!(
+            run["rounds"].as_array().unwrap().len(),
+            3,
+            "round 0 and two rounds"
+        );
+        for r in 0..3 {
+            assert!((0.0..=1.0).contains(&accuracy(run, r)));
+        }
+    }
+    assert!(
+        accuracy(plain, 2) > accuracy(plain, 0) + 0.15,
+        "the federated model learns the shared taste: {plain}"
+    );
+    let spent = private["rounds"][2]["epsilon"].as_f64().unwrap();
+    assert!(spent <= 2.0 && spent > 2.0 - 1e-6, "spent ε {spent}");
+    assert!(private["noiseStddev"].as_f64().unwrap() > 1.0);
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(table.contains("| ε per user | N = 30 |"), "{table}");
+
+    for (args, message) in [
+        (vec!["simulate", "--epsilon", "0"], "not a positive number"),
+        (vec!["simulate", "--users", "0"], "at least 1"),
+        (vec!["simulate", "--held-out", "1.5"], "between 0 and 1"),
+    ] {
+        let out = feedloop(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{args:?}: {err}");
+    }
+}

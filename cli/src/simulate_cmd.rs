@@ -1,0 +1,486 @@
+//! `feedloop simulate`: a federated simulation over real text, to see what privacy costs in ranking
+//! quality.
+//!
+//! N simulated users share a population taste (a direction μ in the embedding space) with their own
+//! variation (uᵢ = normalize(μ + τ·zᵢ)). Each round every user makes `choices` "A or B" choices
+//! between real texts, drawn Bradley–Terry with noise (P(a ≻ b) = σ(β·uᵢ·(e_a − e_b))), and learns
+//! them with the real client code (`feedloop_core::learning::learn`: clipped SGD with replay on the
+//! personal delta); then contributes what it learned since its last contribution through the real
+//! privatizer and wire format (`privatize` → `to_bytes` → the server's `decode_update`), and the
+//! server's real aggregation (`fedavg_lattice` + the server optimizer) moves the global head. The
+//! non-private run (ε = ∞) clips the same updates but adds no noise.
+//!
+//! Reported per round: pairwise accuracy of the *global* head on held-out pairs, judged against the
+//! population taste μ, and the ε each user has spent (zCDP composition over the rounds → (ε, δ)).
+//! The noise is set so that all rounds together spend exactly the target ε per user.
+
+use std::path::PathBuf;
+
+use chacha20::rand_core::SeedableRng;
+use clap::Args;
+use feedloop_core::learning::{learn, Example, LearningConfig, LocalLearningState};
+use feedloop_core::RewardModel;
+use feedloop_privacy::accounting::{max_rho_for_epsilon, zcdp_to_approx_dp};
+use feedloop_privacy::{decode_update, privatize, ExpectedRound, PrivatizerConfig};
+use feedloop_server::fedavg::{OptimizerState, ServerOptimizer};
+use feedloop_server::{aggregate, fedavg_lattice};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::CliResult;
+
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// Numbers of users (comma-separated: one run per value).
+    #[arg(long, value_delimiter = ',', default_value = "100")]
+    users: Vec<usize>,
+    /// Target ε per user over all rounds, at --delta ("inf": no privacy). Comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,inf")]
+    epsilon: Vec<String>,
+    /// δ for (ε, δ).
+    #[arg(long, default_value_t = 1e-6)]
+    delta: f64,
+    /// Federated rounds.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// "A or B" choices per user per round.
+    #[arg(long, default_value_t = 5)]
+    choices: usize,
+    /// C: each contribution is clipped to this L2 norm.
+    #[arg(long, default_value_t = 1.0)]
+    clip_norm: f64,
+    /// γ: the lattice granularity.
+    #[arg(long, default_value_t = 1e-3)]
+    granularity: f64,
+    /// Server optimizer: fedavg, fedavgm or fedadam.
+    #[arg(long, default_value = "fedavg")]
+    optimizer: String,
+    /// Server learning rate (default: the optimizer's).
+    #[arg(long)]
+    server_lr: Option<f64>,
+    /// How much users differ from the population taste (τ).
+    #[arg(long, default_value_t = 1.0)]
+    heterogeneity: f32,
+    /// How decisive choices are (β; smaller = noisier choices).
+    #[arg(long, default_value_t = 10.0)]
+    decisiveness: f32,
+    /// Fraction of pairs held out for evaluation.
+    #[arg(long, default_value_t = 0.3)]
+    held_out: f64,
+    /// Texts to rank, one per line (default: the demo's 40 answers, www/samples.json).
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// At most this many texts from the corpus.
+    #[arg(long, default_value_t = 400)]
+    max_texts: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Also write the results as a Markdown table to this file.
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Deserialize)]
+struct Sample {
+    candidates: Vec<String>,
+}
+
+/// The texts, their feature vectors φ (context-free: items ranked for a feed) and embeddings.
+struct Corpus {
+    features: Vec<Vec<f32>>,
+    embeddings: Vec<Vec<f32>>,
+    head: Vec<f32>,
+}
+
+fn corpus(args: &SimulateArgs) -> CliResult<(Corpus, usize)> {
+    let texts: Vec<String> = match &args.corpus {
+        Some(path) => {
+            let bytes = crate::read_file(path)?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+            let mut seen = std::collections::HashSet::new();
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && seen.insert(l.to_string()))
+                .map(str::to_string)
+                .collect()
+        }
+        None => {
+            let samples: Vec<Sample> = serde_json::from_str(include_str!("../../www/samples.json"))
+                .map_err(|e| format!("www/samples.json: {e}"))?;
+            samples.into_iter().flat_map(|s| s.candidates).collect()
+        }
+    };
+    let texts: Vec<String> = texts.into_iter().take(args.max_texts).collect();
+    if texts.len() < 4 {
+        return Err(format!(
+            "the corpus needs at least 4 distinct texts, got {}",
+            texts.len()
+        ));
+    }
+    let model = RewardModel::bundled().map_err(|e| e.to_string())?;
+    let features = model
+        .features("", &texts)
+        .map_err(|e| e.to_string())?
+        .iter()
+        .map(|f| f.to_vector())
+        .collect();
+    let embedded = model.embed(&texts).map_err(|e| e.to_string())?;
+    let embeddings = (0..texts.len()).map(|i| embedded.row(i).to_vec()).collect();
+    let head = model.head().to_vector();
+    Ok((
+        Corpus {
+            features,
+            embeddings,
+            head,
+        },
+        texts.len(),
+    ))
+}
+
+fn normalized(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+fn gaussian(rng: &mut fastrand::Rng) -> f32 {
+    // Box–Muller: the simulated users' tastes, not privacy noise.
+    let (u1, u2) = (rng.f64().max(1e-300), rng.f64());
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+struct User {
+    taste: Vec<f32>,
+    learning: LocalLearningState,
+    contributed: Vec<f32>,
+    /// Indices into the training pairs, with the winner first.
+    choices: Vec<(usize, usize)>,
+}
+
+/// One run: N users, target ε. Returns per-round rows.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    args: &SimulateArgs,
+    corpus: &Corpus,
+    train: &[(usize, usize)],
+    held_out: &[(usize, usize)],
+    population: &[f32],
+    users: usize,
+    epsilon: Option<f64>,
+    bar: &ProgressBar,
+) -> CliResult<Value> {
+    let dimension = corpus.head.len();
+    let mut rng = fastrand::Rng::with_seed(args.seed ^ (users as u64).rotate_left(17));
+    let mut noise_rng = chacha20::ChaCha20Rng::seed_from_u64(args.seed.wrapping_add(users as u64));
+    // The noise that makes all rounds together cost exactly ε per user (zCDP adds up).
+    let privatizer = match epsilon {
+        Some(eps) => {
+            let rho_round = max_rho_for_epsilon(eps, args.delta).map_err(|e| e.to_string())?
+                / args.rounds as f64;
+            // ρ = Δ²/(2σ²) with Δ = 2C (a whole contribution can change).
+            let sigma = 2.0 * args.clip_norm / (2.0 * rho_round).sqrt();
+            Some(
+                PrivatizerConfig::new(args.clip_norm, args.granularity, sigma)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
+    let learning = LearningConfig::default();
+    let optimizer = ServerOptimizer::from_name(&args.optimizer)?;
+    let optimizer = match args.server_lr {
+        Some(lr) => optimizer.with_lr(lr),
+        None => optimizer,
+    };
+    let mut optimizer_state = OptimizerState::fresh(optimizer.name(), dimension);
+    let mut global: Vec<f64> = corpus.head.iter().map(|&x| f64::from(x)).collect();
+    let mut population_users: Vec<User> = (0..users)
+        .map(|_| {
+            let taste: Vec<f32> = population
+                .iter()
+                .map(|m| {
+                    m + args.heterogeneity * gaussian(&mut rng) / (population.len() as f32).sqrt()
+                })
+                .collect();
+            User {
+                taste: normalized(taste),
+                learning: LocalLearningState::new("0", dimension),
+                contributed: vec![0.0; dimension],
+                choices: Vec::new(),
+            }
+        })
+        .collect();
+
+    let accuracy = |head: &[f64]| -> f64 {
+        let head: Vec<f32> = head.iter().map(|&x| x as f32).collect();
+        let agree = held_out
+            .iter()
+            .filter(|&&(a, b)| {
+                let model = dot(&head, &corpus.features[a]) - dot(&head, &corpus.features[b]);
+                let truth =
+                    dot(population, &corpus.embeddings[a]) - dot(population, &corpus.embeddings[b]);
+                (model > 0.0) == (truth > 0.0)
+            })
+            .count();
+        agree as f64 / held_out.len() as f64
+    };
+    let mut rows = vec![json!({ "round": 0, "accuracy": accuracy(&global), "epsilon": 0.0 })];
+    let mut spent_rho = 0.0;
+    for round in 1..=args.rounds {
+        let head: Vec<f32> = global.iter().map(|&x| x as f32).collect();
+        let mut lattice_updates: Vec<Vec<i64>> = Vec::with_capacity(users);
+        let mut plain_updates: Vec<(Vec<f64>, u64)> = Vec::with_capacity(users);
+        for user in &mut population_users {
+            // Rebase on the new global head (the delta stays: what this user taught applies on top).
+            user.learning.base_version = round.to_string();
+            for _ in 0..args.choices {
+                let (a, b) = train[rng.usize(..train.len())];
+                let margin = dot(&user.taste, &corpus.embeddings[a])
+                    - dot(&user.taste, &corpus.embeddings[b]);
+                let p_a = 1.0 / (1.0 + (-args.decisiveness * margin).exp());
+                let pair = if rng.f32() < p_a { (a, b) } else { (b, a) };
+                user.choices.push(pair);
+                let example = |&(w, l): &(usize, usize)| Example {
+                    id: 0,
+                    x: corpus.features[w]
+                        .iter()
+                        .zip(&corpus.features[l])
+                        .map(|(x, y)| x - y)
+                        .collect(),
+                    label: 1.0,
+                    weight: 1.0,
+                };
+                let recent = &user.choices[user
+                    .choices
+                    .len()
+                    .saturating_sub(learning.replay_capacity as usize)..];
+                let replay: Vec<Example> = recent.iter().map(example).collect();
+                learn(
+                    &mut user.learning,
+                    &head,
+                    &example(&pair),
+                    &replay,
+                    &learning,
+                );
+            }
+            let update: Vec<f32> = user
+                .learning
+                .delta
+                .iter()
+                .zip(&user.contributed)
+                .map(|(d, c)| d - c)
+                .collect();
+            user.contributed = user.learning.delta.clone();
+            match &privatizer {
+                Some(config) => {
+                    // The real client path: privatize → wire bytes → the server's decoder.
+                    let private =
+                        privatize(&update, config, &mut noise_rng).map_err(|e| e.to_string())?;
+                    let bytes = private.to_bytes();
+                    let received = decode_update(
+                        &bytes,
+                        &ExpectedRound {
+                            config: config.clone(),
+                            dimension,
+                        },
+                    )
+                    .map_err(|e| format!("the server refused a simulated update: {e}"))?;
+                    lattice_updates.push(received.values().to_vec());
+                }
+                None => {
+                    let norm = update
+                        .iter()
+                        .map(|x| f64::from(*x).powi(2))
+                        .sum::<f64>()
+                        .sqrt();
+                    let scale = if norm > args.clip_norm {
+                        args.clip_norm / norm
+                    } else {
+                        1.0
+                    };
+                    plain_updates.push((update.iter().map(|&x| f64::from(x) * scale).collect(), 1));
+                }
+            }
+            bar.inc(1);
+        }
+        let mean = match &privatizer {
+            Some(config) => {
+                spent_rho += config.rho();
+                fedavg_lattice(&lattice_updates, config.granularity()).map_err(|e| e.to_string())?
+            }
+            None => aggregate(&plain_updates),
+        };
+        global = optimizer.step(&global, &mean, &mut optimizer_state);
+        let epsilon = if privatizer.is_some() {
+            zcdp_to_approx_dp(spent_rho, args.delta).map_err(|e| e.to_string())?
+        } else {
+            f64::INFINITY
+        };
+        rows.push(json!({ "round": round, "accuracy": accuracy(&global), "epsilon": epsilon }));
+    }
+    Ok(json!({
+        "users": users,
+        "targetEpsilon": epsilon,
+        "noiseStddev": privatizer.as_ref().map(PrivatizerConfig::noise_stddev),
+        "rhoPerRound": privatizer.as_ref().map(PrivatizerConfig::rho),
+        "rounds": rows,
+    }))
+}
+
+pub fn simulate(args: SimulateArgs) -> CliResult<Value> {
+    if args.rounds == 0 || args.choices == 0 || args.users.contains(&0) {
+        return Err("--rounds, --choices and --users must be at least 1".into());
+    }
+    if !(args.held_out > 0.0 && args.held_out < 1.0) {
+        return Err("--held-out must be between 0 and 1".into());
+    }
+    let epsilons: Vec<Option<f64>> = args
+        .epsilon
+        .iter()
+        .map(|e| match e.trim() {
+            "inf" | "∞" | "none" => Ok(None),
+            s => s
+                .parse::<f64>()
+                .ok()
+                .filter(|x| x.is_finite() && *x > 0.0)
+                .map(Some)
+                .ok_or_else(|| format!("--epsilon {s:?} is not a positive number or \"inf\"")),
+        })
+        .collect::<CliResult<_>>()?;
+    let (corpus, texts) = corpus(&args)?;
+    let dimensions = corpus.embeddings[0].len();
+    let mut rng = fastrand::Rng::with_seed(args.seed);
+    let population = normalized((0..dimensions).map(|_| gaussian(&mut rng)).collect());
+    let mut pairs: Vec<(usize, usize)> = (0..texts)
+        .flat_map(|a| (a + 1..texts).map(move |b| (a, b)))
+        .collect();
+    rng.shuffle(&mut pairs);
+    let held = ((pairs.len() as f64 * args.held_out).round() as usize).clamp(1, pairs.len() - 1);
+    let (held_out, train) = pairs.split_at(held);
+
+    let total: u64 = (args.users.iter().sum::<usize>() * args.rounds * epsilons.len()) as u64;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} user-rounds ({eta})")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let mut runs = Vec::new();
+    for &users in &args.users {
+        for &epsilon in &epsilons {
+            bar.set_message(format!(
+                "N = {users}, ε = {}",
+                epsilon.map_or("∞".to_string(), |e| e.to_string())
+            ));
+            runs.push(run(
+                &args,
+                &corpus,
+                train,
+                held_out,
+                &population,
+                users,
+                epsilon,
+                &bar,
+            )?);
+        }
+    }
+    bar.finish_and_clear();
+    let result = json!({
+        "texts": texts,
+        "trainPairs": train.len(),
+        "heldOutPairs": held_out.len(),
+        "rounds": args.rounds,
+        "choicesPerRound": args.choices,
+        "clipNorm": args.clip_norm,
+        "granularity": args.granularity,
+        "delta": args.delta,
+        "optimizer": args.optimizer,
+        "runs": runs,
+    });
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown(&result))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(result)
+}
+
+/// Final-round accuracy for each (N, ε), and the ratio to the non-private run of the same N.
+fn markdown(result: &Value) -> String {
+    let runs = result["runs"].as_array().cloned().unwrap_or_default();
+    let final_accuracy = |r: &Value| {
+        r["rounds"]
+            .as_array()
+            .and_then(|a| a.last())
+            .map(|l| l["accuracy"].as_f64().unwrap_or(f64::NAN))
+            .unwrap_or(f64::NAN)
+    };
+    let mut users: Vec<u64> = runs.iter().filter_map(|r| r["users"].as_u64()).collect();
+    users.dedup();
+    let mut epsilons: Vec<Option<f64>> = Vec::new();
+    for r in &runs {
+        let e = r["targetEpsilon"].as_f64();
+        if !epsilons.contains(&e) {
+            epsilons.push(e);
+        }
+    }
+    let label = |e: &Option<f64>| e.map_or("∞".to_string(), |e| format!("{e}"));
+    let mut out = String::new();
+    out.push_str("| ε per user | ");
+    out.push_str(
+        &users
+            .iter()
+            .map(|n| format!("N = {n}"))
+            .collect::<Vec<_>>()
+            .join(" | "),
+    );
+    out.push_str(" |\n|---|");
+    out.push_str(&"---|".repeat(users.len()));
+    out.push('\n');
+    for e in &epsilons {
+        out.push_str(&format!("| {} | ", label(e)));
+        let cells: Vec<String> = users
+            .iter()
+            .map(|&n| {
+                let find = |eps: Option<f64>| {
+                    runs.iter().find(|r| {
+                        r["users"].as_u64() == Some(n) && r["targetEpsilon"].as_f64() == eps
+                    })
+                };
+                match (find(*e), find(None)) {
+                    (Some(run), Some(plain)) if e.is_some() => {
+                        let (a, p) = (final_accuracy(run), final_accuracy(plain));
+                        format!("{a:.3} ({:.2}×)", a / p)
+                    }
+                    (Some(run), _) => format!("{:.3}", final_accuracy(run)),
+                    _ => "–".into(),
+                }
+            })
+            .collect();
+        out.push_str(&cells.join(" | "));
+        out.push_str(" |\n");
+    }
+    let start = runs
+        .first()
+        .and_then(|r| r["rounds"][0]["accuracy"].as_f64())
+        .unwrap_or(f64::NAN);
+    out.push_str(&format!(
+        "\nHeld-out pairwise accuracy of the global model after {} rounds (before any round: {start:.3}); in brackets the ratio to the non-private run with the same N. {} texts, {} training / {} held-out pairs, {} choices per user per round, C = {}, γ = {}, δ = {}, {}.\n",
+        result["rounds"], result["texts"], result["trainPairs"], result["heldOutPairs"], result["choicesPerRound"], result["clipNorm"], result["granularity"], result["delta"], result["optimizer"],
+    ));
+    out
+}
