@@ -15,7 +15,7 @@ DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo cli test test-fmt \
-        test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare size model
+        test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-simulate size model
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -122,14 +122,21 @@ test-wasm: setup-rust setup-browser
 test-pkg: pkg
 	node --test tests/js/
 
-test-e2e: www setup-browser
+test-e2e: www setup-browser cli
 	node --test tests/e2e/
 	node tools/bench-browser.mjs --smoke
 	node tools/bench-compare.mjs --smoke
 
 # ---- benchmarks (numbers, never assertions) -------------------------------------------------
 
-bench: bench-native bench-native-compare bench-browser bench-compare size
+bench: bench-native bench-native-compare bench-browser bench-compare bench-simulate size
+
+# The privacy–utility table in BENCHMARKS.md (about 10 minutes with the optimized CLI).
+bench-simulate:
+	cargo build --profile release-native -p feedloop-cli
+	$(CARGO_TARGET)/release-native/feedloop simulate --users 100,1000,10000 --epsilon 0.5,1,2,4,8,inf \
+	  --markdown $(CARGO_TARGET)/simulate.md > $(CARGO_TARGET)/simulate.json
+	@cat $(CARGO_TARGET)/simulate.md
 
 bench-native:
 	cargo bench -p feedloop-core --features bundled-model
