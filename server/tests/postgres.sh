@@ -6,7 +6,8 @@
 # Installs PostgreSQL with apt if initdb/pg_ctl are missing, initdb's a fresh cluster in a temp
 # dir (as the `postgres` user when run as root), starts it on 127.0.0.1 on a free port with its
 # socket in /tmp, creates a database, exports DATABASE_URL and FEEDLOOP_TEST_POSTGRES_URL, runs
-# `cargo test -p feedloop-server`, and stops and deletes the cluster on exit (pass or fail).
+# `cargo test -p feedloop-server` (after building the CLI, which tests/crash.rs runs as a process),
+# and stops and deletes the cluster on exit (pass or fail).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -60,4 +61,5 @@ export FEEDLOOP_TEST_POSTGRES_URL="$DATABASE_URL"
 echo "postgres.sh: PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($workdir)" >&2
 
 cd "$repo_root"
+cargo build -p feedloop-cli
 cargo test -p feedloop-server "$@"

@@ -1,0 +1,566 @@
+//! Crash safety (issue 5): SIGKILL the real `feedloop serve` process while privatized updates are
+//! being ingested, restart it on the same database, and check that every update it acknowledged
+//! with `202 Accepted` is stored — read back from the database itself, counted by the round, and
+//! refused as `409 duplicate_update` when its client submits again.
+//!
+//! The test runs the CLI binary, which this crate cannot build: `cargo build -p feedloop-cli`
+//! first (`make test` and server/tests/postgres.sh do). `FEEDLOOP_BIN` overrides the path. The
+//! PostgreSQL variant runs when `FEEDLOOP_TEST_POSTGRES_URL` is set (server/tests/postgres.sh) and
+//! prints SKIPPED otherwise.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use feedloop_privacy::{privatize_with_os_rng, PrivatizerConfig};
+use feedloop_server::onnx::sha256_hex;
+use serde_json::Value;
+use sqlx::Connection;
+
+const DEPLOYMENT_KEY: &str = "site-key-0123456789abcdef";
+const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+/// A round that neither fills nor expires during the test.
+const AUTO_ROUND: &str = r#"{"clipNorm":1,"granularity":0.01,"noiseStddev":4,"minCohort":100000,"durationSeconds":3600}"#;
+const CLIENTS: usize = 3000;
+const SENDERS: usize = 16;
+/// The kill comes at this time after the first submission, or earlier once half the clients
+/// were acknowledged (so that the remaining senders still have requests in flight).
+const KILL_AFTER: Duration = Duration::from_millis(750);
+
+mod sigkill_during_ingest {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite() {
+        super::sigkill_during_ingest(super::Backend::Sqlite).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        super::sigkill_during_ingest(super::Backend::Postgres).await;
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The `feedloop` binary: `FEEDLOOP_BIN`, else next to this test's profile directory
+/// (`<target>/debug/feedloop` for `cargo test`), else `$CARGO_TARGET_DIR/debug` or the
+/// workspace's `target/debug`.
+fn feedloop_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("FEEDLOOP_BIN") {
+        let path = PathBuf::from(path);
+        assert!(
+            path.is_file(),
+            "FEEDLOOP_BIN={} is not a file",
+            path.display()
+        );
+        return path;
+    }
+    let exe = format!("feedloop{}", std::env::consts::EXE_SUFFIX);
+    let mut candidates = Vec::new();
+    // <target>/debug/deps/crash-HASH → <target>/debug/feedloop
+    if let Ok(test_exe) = std::env::current_exe() {
+        if let Some(profile_dir) = test_exe.parent().and_then(Path::parent) {
+            candidates.push(profile_dir.join(&exe));
+        }
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    candidates.push(target_dir.join("debug").join(&exe));
+    let found = candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the feedloop CLI binary is missing (looked for {}): run `cargo build -p feedloop-cli` \
+                 first, or point FEEDLOOP_BIN at it",
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+    warn_if_stale(&found);
+    found
+}
+
+/// A binary older than the server's or the CLI's sources tests old code: say so (not an error:
+/// the sources may be mid-edit by someone else).
+fn warn_if_stale(bin: &Path) {
+    fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+        std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| e.metadata().ok()?.modified().ok())
+            .max()
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok();
+    let sources = [root.join("src"), root.join("../cli/src")]
+        .iter()
+        .filter_map(|d| newest(d))
+        .max();
+    if let (Some(built), Some(sources)) = (built, sources) {
+        if sources > built {
+            let _ = writeln!(
+                std::io::stderr(),
+                "WARNING: {} is older than the server/CLI sources; run `cargo build -p feedloop-cli`",
+                bin.display()
+            );
+        }
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// A fresh database URL (and a folder to delete for SQLite), or None: PostgreSQL not configured.
+async fn fresh_database(backend: Backend) -> Option<(String, Option<PathBuf>)> {
+    match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join(unique("feedloop-crash-test"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Some((format!("sqlite://{}/feedloop.db", dir.display()), Some(dir)))
+        }
+        Backend::Postgres => {
+            let admin_url = std::env::var("FEEDLOOP_TEST_POSTGRES_URL").ok()?;
+            let name = unique("feedloop_crash");
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+            let (head, query) = match admin_url.split_once('?') {
+                Some((h, q)) => (h.to_string(), format!("?{q}")),
+                None => (admin_url.clone(), String::new()),
+            };
+            let base = &head[..head.rfind('/').unwrap()];
+            Some((format!("{base}/{name}{query}"), None))
+        }
+    }
+}
+
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// A running `feedloop serve`; killed (SIGKILL) when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Starts `feedloop serve` on a free loopback port and waits until it listens.
+    fn start(bin: &Path, database: &str) -> Self {
+        let mut child = Command::new(bin)
+            .args(["serve", "--addr", "127.0.0.1:0", "--database", database])
+            .arg("--deployment-key")
+            .arg(format!("site={DEPLOYMENT_KEY}"))
+            .args(["--admin-key", ADMIN_KEY, "--auto-round", AUTO_ROUND])
+            .args(["--log", "info,sqlx=warn"])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let line = strip_ansi(&line);
+                if line.contains("feedloop server listening") {
+                    if let Some(addr) = line
+                        .split_once("addr=")
+                        .and_then(|(_, rest)| rest.split_whitespace().next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "feedloop serve did not start listening ({status:?}); its log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    fn base_url(&self) -> Arc<str> {
+        format!("http://{}", self.addr).into()
+    }
+
+    /// SIGKILL (on unix, `Child::kill` sends SIGKILL): no graceful shutdown, no drain.
+    fn kill(mut self) {
+        self.child.kill().expect("kill feedloop serve");
+        let status = self.child.wait().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(
+                status.signal(),
+                Some(9),
+                "feedloop serve should have died of SIGKILL, got {status:?}; its log:\n{}",
+                self.log.lock().unwrap().join("\n")
+            );
+        }
+        #[cfg(not(unix))]
+        let _ = status;
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A registered client with the privatized update it will send.
+struct Client {
+    id: String,
+    token: String,
+    payload: Vec<u8>,
+    sha256: String,
+}
+
+async fn register(http: &reqwest::Client, base: &str) -> (String, String) {
+    let r = http
+        .post(format!("{base}/v1/clients/register"))
+        .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    (
+        v["clientId"].as_str().unwrap().to_string(),
+        v["token"].as_str().unwrap().to_string(),
+    )
+}
+
+async fn submit(
+    http: &reqwest::Client,
+    base: &str,
+    round_id: &str,
+    client: &Client,
+) -> reqwest::Result<(u16, Value)> {
+    let r = http
+        .post(format!("{base}/v1/rounds/{round_id}/updates"))
+        .bearer_auth(&client.token)
+        .header("x-feedloop-model-version", "1")
+        .header("content-type", "application/octet-stream")
+        .body(client.payload.clone())
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    let body = r.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+async fn get_json(http: &reqwest::Client, base: &str, path: &str) -> Value {
+    let r = http.get(format!("{base}{path}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
+/// Runs `f` on every item with `SENDERS` concurrent tasks.
+async fn for_each_concurrently<T, F, Fut>(items: Vec<T>, f: F)
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let queue = Arc::new(Mutex::new(items));
+    let f = Arc::new(f);
+    let tasks: Vec<_> = (0..SENDERS)
+        .map(|_| {
+            let (queue, f) = (queue.clone(), f.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Some(item) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    f(item).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+async fn sigkill_during_ingest(backend: Backend) {
+    let Some((database, dir)) = fresh_database(backend).await else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED sigkill_during_ingest::postgres: FEEDLOOP_TEST_POSTGRES_URL is unset \
+             (run server/tests/postgres.sh)"
+        );
+        return;
+    };
+    let _dir = TempDir(dir);
+    let bin = feedloop_bin();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(SENDERS)
+        .build()
+        .unwrap();
+
+    let server = start(&bin, &database).await;
+    let base = server.base_url();
+    let round = get_json(&http, &base, "/v1/rounds/current").await;
+    let round_id = round["roundId"].as_str().unwrap().to_string();
+    assert_eq!(round["status"], "open");
+    let dimension = round["dimension"].as_u64().unwrap() as usize;
+
+    // Clients and their privatized updates, all prepared before the load starts. The last one
+    // never submits before the crash: it checks that the restarted server still ingests.
+    let registered = Arc::new(Mutex::new(Vec::with_capacity(CLIENTS + 1)));
+    {
+        let (http, base, registered) = (http.clone(), base.clone(), registered.clone());
+        for_each_concurrently((0..=CLIENTS).collect(), move |_: usize| {
+            let (http, base, registered) = (http.clone(), base.clone(), registered.clone());
+            async move {
+                let ids = register(&http, &base).await;
+                registered.lock().unwrap().push(ids);
+            }
+        })
+        .await;
+    }
+    let cfg = PrivatizerConfig::new(1.0, 0.01, 4.0).unwrap();
+    let mut clients: Vec<Client> = std::mem::take(&mut *registered.lock().unwrap())
+        .into_iter()
+        .enumerate()
+        .map(|(seed, (id, token))| {
+            let delta: Vec<f32> = (0..dimension)
+                .map(|i| ((i as f32 * 0.37 + seed as f32 * 1.3).sin()) * 0.05)
+                .collect();
+            let payload = privatize_with_os_rng(&delta, &cfg).unwrap().to_bytes();
+            let sha256 = sha256_hex(&payload);
+            Client {
+                id,
+                token,
+                payload,
+                sha256,
+            }
+        })
+        .collect();
+    let spare = clients.pop().unwrap();
+    let clients = Arc::new(clients);
+
+    // Ingest as fast as possible from SENDERS tasks; SIGKILL the server mid-stream.
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(Vec::<usize>::new()));
+    let refused = Arc::new(Mutex::new(Vec::<(usize, u16, Value)>::new()));
+    let lost_in_flight = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|_| {
+            let (http, base, round_id) = (http.clone(), base.clone(), round_id.clone());
+            let (clients, next) = (clients.clone(), next.clone());
+            let (acked, refused, lost) = (acked.clone(), refused.clone(), lost_in_flight.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(client) = clients.get(i) else { break };
+                    match submit(&http, &base, &round_id, client).await {
+                        Ok((202, _)) => acked.lock().unwrap().push(i),
+                        Ok((status, body)) => refused.lock().unwrap().push((i, status, body)),
+                        // Connection reset/closed: the request was in flight when the server
+                        // died; its outcome is unknown and either outcome is allowed. This
+                        // sender stops (the server is gone).
+                        Err(_) => {
+                            lost.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    while started.elapsed() < KILL_AFTER && acked.lock().unwrap().len() < clients.len() / 2 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let acked_at_kill = acked.lock().unwrap().len();
+    let killed_after = started.elapsed();
+    server.kill();
+    for s in senders {
+        s.await.unwrap();
+    }
+    let acked: Vec<usize> = std::mem::take(&mut *acked.lock().unwrap());
+    let refused = std::mem::take(&mut *refused.lock().unwrap());
+    let lost = lost_in_flight.load(Ordering::Relaxed);
+    let _ = writeln!(
+        std::io::stderr(),
+        "sigkill_during_ingest ({backend:?}): SIGKILL after {killed_after:.0?} with \
+         {acked_at_kill} updates acknowledged; {} acknowledged in all, {lost} requests in flight",
+        acked.len()
+    );
+    assert!(
+        refused.is_empty(),
+        "valid updates were refused before the crash: {:?}",
+        &refused[..refused.len().min(5)]
+    );
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the kill"
+    );
+    assert!(
+        lost > 0,
+        "no request was in flight at the kill: the test did not crash the server mid-ingest"
+    );
+
+    // Restart on the same database.
+    let server = start(&bin, &database).await;
+    let base = server.base_url();
+    let round = get_json(&http, &base, &format!("/v1/rounds/{round_id}")).await;
+    assert_eq!(round["status"], "open", "{round}");
+    let received = round["received"].as_u64().unwrap() as usize;
+    assert!(
+        received >= acked.len(),
+        "the round counts {received} updates, but {} were acknowledged",
+        acked.len()
+    );
+    assert!(
+        received <= acked.len() + lost,
+        "the round counts {received} updates, more than the {} acknowledged + {lost} in flight",
+        acked.len()
+    );
+
+    // The rows themselves, read straight from the database (SQLite: read-only).
+    sqlx::any::install_default_drivers();
+    let read_url = match backend {
+        Backend::Sqlite => format!("{database}?mode=ro"),
+        Backend::Postgres => database.clone(),
+    };
+    let mut db = sqlx::AnyConnection::connect(&read_url).await.unwrap();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT client_id, payload_sha256, payload FROM updates WHERE round_id = $1",
+    )
+    .bind(round_id.parse::<i64>().unwrap())
+    .fetch_all(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    assert_eq!(
+        rows.len(),
+        received,
+        "the round's count and its rows differ"
+    );
+    let stored: HashMap<&str, (&str, &str)> = rows
+        .iter()
+        .map(|(c, s, p)| (c.as_str(), (s.as_str(), p.as_str())))
+        .collect();
+    for &i in &acked {
+        let c = &clients[i];
+        let (sha, payload) = stored.get(c.id.as_str()).unwrap_or_else(|| {
+            panic!(
+                "the acknowledged update of client {} is missing after the crash",
+                c.id
+            )
+        });
+        assert_eq!(*sha, c.sha256, "client {}: another digest stored", c.id);
+        assert_eq!(
+            STANDARD.decode(payload).unwrap(),
+            c.payload,
+            "client {}: other payload bytes stored",
+            c.id
+        );
+    }
+
+    // Through the API: every acknowledged client submitting again is a duplicate.
+    let duplicates = Arc::new(AtomicUsize::new(0));
+    {
+        let (http, base, round_id) = (http.clone(), base.clone(), round_id.clone());
+        let (clients, duplicates) = (clients.clone(), duplicates.clone());
+        for_each_concurrently(acked.clone(), move |i| {
+            let (http, base, round_id) = (http.clone(), base.clone(), round_id.clone());
+            let (clients, duplicates) = (clients.clone(), duplicates.clone());
+            async move {
+                let (status, body) = submit(&http, &base, &round_id, &clients[i]).await.unwrap();
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (409, Some("duplicate_update")),
+                    "acknowledged client {} resubmitting: {body}",
+                    clients[i].id
+                );
+                duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .await;
+    }
+    assert_eq!(duplicates.load(Ordering::Relaxed), acked.len());
+
+    // The restarted server still ingests, and nothing else went in meanwhile.
+    let (status, body) = submit(&http, &base, &round_id, &spare).await.unwrap();
+    assert_eq!(status, 202, "{body}; server log:\n{}", server.log_text());
+    assert_eq!(body["received"].as_u64(), Some(received as u64 + 1));
+}
+
+async fn start(bin: &Path, database: &str) -> Server {
+    let (bin, database) = (bin.to_path_buf(), database.to_string());
+    tokio::task::spawn_blocking(move || Server::start(&bin, &database))
+        .await
+        .unwrap()
+}
