@@ -135,6 +135,22 @@ impl RewardModel {
         Ok(())
     }
 
+    /// The dequantized token table, row-major [vocab_size × dimensions], read from the body's plan
+    /// (the constant folded at load), for runtimes that gather the rows themselves (the WebGPU path).
+    /// `None` when the body holds no such constant (a model whose body is not an embedding bag).
+    pub fn token_table(&self) -> Option<Vec<f32>> {
+        use tract_onnx::tract_core::ops::konst::Const;
+        let shape = [self.info.vocab_size, self.info.dimensions];
+        self.body.model().nodes().iter().find_map(|node| {
+            let table = node.op_as::<Const>()?.val();
+            if table.datum_type() != f32::datum_type() || table.shape() != shape {
+                return None;
+            }
+            let view = table.to_plain_array_view::<f32>().ok()?;
+            Some(view.iter().copied().collect())
+        })
+    }
+
     /// Token ids the model sees for `text` (truncated at `max_tokens`).
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
         self.tokenizer.encode_truncated(text, self.info.max_tokens)

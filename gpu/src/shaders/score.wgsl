@@ -1,0 +1,48 @@
+// The reward head over N candidates, one invocation per candidate. The additions run in the order
+// of `RewardHead::score` on the CPU (sequential over d), so the f32 rounding matches.
+
+struct Params {
+    count: u32,
+    dims: u32,
+    width: u32,
+    groups_x: u32,
+    clip_norm: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+// θ = [cosine, interaction (D), candidate (D), length, bias]
+@group(0) @binding(1) var<storage, read> head: array<f32>;
+@group(0) @binding(2) var<storage, read> context: array<f32>;
+// N × D, row-major
+@group(0) @binding(3) var<storage, read> candidates: array<f32>;
+// ℓ(n) per candidate, computed on the host with the CPU's formula
+@group(0) @binding(4) var<storage, read> lengths: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(
+    @builtin(workgroup_id) group: vec3<u32>,
+    @builtin(local_invocation_index) lane: u32,
+) {
+    let i = (group.y * params.groups_x + group.x) * 64u + lane;
+    if i >= params.count {
+        return;
+    }
+    let d = params.dims;
+    let row = i * d;
+    var cosine = 0.0;
+    var interaction = 0.0;
+    var candidate = 0.0;
+    for (var k = 0u; k < d; k++) {
+        let r = candidates[row + k];
+        let product = context[k] * r;
+        cosine += product;
+        interaction += product * head[1u + k];
+        candidate += r * head[1u + d + k];
+    }
+    scores[i] = head[0] * cosine + interaction + candidate + head[1u + 2u * d] * lengths[i]
+        + head[2u + 2u * d];
+}
