@@ -112,6 +112,12 @@ impl GpuBackend {
         &self.adapter
     }
 
+    /// Whether the adapter is a CPU emulating a GPU (lavapipe/llvmpipe natively), where
+    /// [`crate::use_gpu`] keeps to the CPU path.
+    pub fn is_software(&self) -> bool {
+        self.adapter.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Whether the device was lost (or hit an error outside a call). Every call then fails with
     /// [`GpuError::DeviceLost`]; open a new backend or use the CPU.
     pub fn is_lost(&self) -> bool {
@@ -162,8 +168,20 @@ impl GpuBackend {
             .iter()
             .map(|&n| length_feature(n, max_tokens))
             .collect();
+        // Column-major (D × N): neighbouring invocations read neighbouring floats (coalesced on a
+        // GPU, vector loads on lavapipe). Each invocation still adds in the CPU's order.
+        let mut columns = vec![0f32; candidates.values.len()];
+        for (i, row) in candidates
+            .values
+            .chunks_exact(dimensions.max(1))
+            .enumerate()
+        {
+            for (k, &v) in row.iter().enumerate() {
+                columns[k * count + i] = v;
+            }
+        }
         let scope = ErrorScope::push(&self.device);
-        let embeddings = self.storage("candidates", bytemuck::cast_slice(&candidates.values))?;
+        let embeddings = self.storage("candidates", bytemuck::cast_slice(&columns))?;
         let lengths = self.storage("lengths", bytemuck::cast_slice(&lengths))?;
         scope.pop().await.map_err(|e| self.lost_or(e))?;
         Ok(ResidentCandidates {

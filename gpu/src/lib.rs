@@ -23,6 +23,7 @@
 
 pub mod cpu;
 mod device;
+pub mod fallback;
 mod kernels;
 
 pub use device::{GpuBackend, GpuTokenTable, ResidentCandidates};
@@ -46,16 +47,18 @@ pub enum GpuError {
 
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
 
-/// Below this many candidates one scoring call is faster on the CPU: the GPU's fixed cost (upload,
-/// submit, readback) outweighs 2·D multiply-adds per candidate. Measured with `benches/scoring.rs`
-/// on lavapipe (see the crate README); on real GPUs the crossover is similar or lower, never higher
-/// than where the GPU's fixed cost is paid back, so this errs towards the CPU.
-pub const GPU_MIN_CANDIDATES: usize = 20_000;
+/// Below this many candidates one scoring call is faster on the CPU even on a hardware GPU: the
+/// GPU's fixed cost per call (upload, submit, readback; ~105 µs for one candidate on lavapipe)
+/// outweighs the CPU's ~0.17 µs per candidate (native, D = 64) below ~620 candidates, rounded up
+/// to leave room for the per-candidate cost a GPU still has. Measured with `benches/scoring.rs`
+/// (numbers in gpu/README.md); no hardware GPU was available to refine it.
+pub const GPU_MIN_CANDIDATES: usize = 1024;
 
-/// Whether to score `candidates` candidates on the GPU (when there is one). Pure, so tests and the
-/// wasm layer use the same rule.
-pub fn use_gpu(candidates: usize) -> bool {
-    candidates >= GPU_MIN_CANDIDATES
+/// Whether to score `candidates` candidates on the GPU. Never on a software adapter (lavapipe,
+/// llvmpipe: it runs on the same CPU cores and measured ~5× slower than the CPU path at every batch
+/// size); on hardware from [`GPU_MIN_CANDIDATES`] on. Pure, so tests and the wasm layer share it.
+pub fn use_gpu(candidates: usize, software_adapter: bool) -> bool {
+    !software_adapter && candidates >= GPU_MIN_CANDIDATES
 }
 
 /// The name of the backend that computes a result: `"webgpu"` (browser), `"vulkan"` (native) or

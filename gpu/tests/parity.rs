@@ -6,7 +6,7 @@ mod common;
 use common::{assert_close, backend, own_backend, Rng};
 use feedloop_core::learning::Example;
 use feedloop_core::{Embeddings, RewardModel};
-use feedloop_gpu::{cpu, GpuError};
+use feedloop_gpu::{cpu, fallback, GpuError};
 use pollster::block_on;
 use proptest::prelude::*;
 
@@ -275,4 +275,93 @@ fn a_lost_device_gives_an_error_not_a_panic() {
         gradient.is_ok(),
         "nothing to compute, nothing sent to the GPU"
     );
+}
+
+#[test]
+fn the_fallback_uses_the_gpu_for_large_batches_and_the_cpu_otherwise() {
+    let Some(gpu) = own_backend() else { return };
+    let mut rng = Rng::new(8);
+    let (context, head) = (rng.unit_vector(D), rng.head(D));
+    let small = rng.embeddings(10, D, MAX_TOKENS);
+    let large = rng.embeddings(feedloop_gpu::GPU_MIN_CANDIDATES, D, MAX_TOKENS);
+
+    let scored = block_on(fallback::score(
+        Some(&gpu),
+        false,
+        &context,
+        &small,
+        &head,
+        MAX_TOKENS,
+    ));
+    assert_eq!((scored.backend, &scored.gpu_error), ("cpu", &None));
+    assert_eq!(
+        scored.value,
+        cpu::score(&context, &small, &head, MAX_TOKENS)
+    );
+    let scored = block_on(fallback::score(
+        Some(&gpu),
+        false,
+        &context,
+        &large,
+        &head,
+        MAX_TOKENS,
+    ));
+    let expected = if feedloop_gpu::use_gpu(large.len(), gpu.is_software()) {
+        gpu.backend_name()
+    } else {
+        "cpu"
+    };
+    assert_eq!((scored.backend, &scored.gpu_error), (expected, &None));
+    assert_close(
+        "scores",
+        &scored.value,
+        &cpu::score(&context, &large, &head, MAX_TOKENS),
+    );
+    let scored = block_on(fallback::score(
+        Some(&gpu),
+        true,
+        &context,
+        &large,
+        &head,
+        MAX_TOKENS,
+    ));
+    assert_eq!(
+        (scored.backend, &scored.gpu_error),
+        (gpu.backend_name(), &None)
+    );
+    assert_close(
+        "scores",
+        &scored.value,
+        &cpu::score(&context, &large, &head, MAX_TOKENS),
+    );
+
+    // A lost device: the CPU answers, and says why.
+    gpu.destroy();
+    let scored = block_on(fallback::score(
+        Some(&gpu),
+        true,
+        &context,
+        &small,
+        &head,
+        MAX_TOKENS,
+    ));
+    assert_eq!(scored.backend, "cpu");
+    assert_eq!(
+        scored.value,
+        cpu::score(&context, &small, &head, MAX_TOKENS)
+    );
+    let examples = examples(&mut rng, 10);
+    let theta = head.to_vector();
+    let computed = block_on(fallback::gradient(Some(&gpu), &theta, &examples, 1.0));
+    assert_eq!(computed.backend, "cpu");
+    assert_eq!(computed.value, cpu::gradient(&theta, &examples, 1.0));
+    assert_eq!(feedloop_gpu::backend_name(None), "cpu");
+}
+
+#[test]
+fn the_choice_is_by_batch_size_and_never_on_a_software_adapter() {
+    use feedloop_gpu::{use_gpu, GPU_MIN_CANDIDATES};
+    assert!(!use_gpu(GPU_MIN_CANDIDATES - 1, false));
+    assert!(use_gpu(GPU_MIN_CANDIDATES, false));
+    assert!(!use_gpu(1_000_000, true));
 }

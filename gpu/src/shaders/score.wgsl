@@ -16,7 +16,7 @@ struct Params {
 // θ = [cosine, interaction (D), candidate (D), length, bias]
 @group(0) @binding(1) var<storage, read> head: array<f32>;
 @group(0) @binding(2) var<storage, read> context: array<f32>;
-// N × D, row-major
+// D × N, column-major: dimension k of candidate i at k·N + i
 @group(0) @binding(3) var<storage, read> candidates: array<f32>;
 // ℓ(n) per candidate, computed on the host with the CPU's formula
 @group(0) @binding(4) var<storage, read> lengths: array<f32>;
@@ -32,12 +32,12 @@ fn main(
         return;
     }
     let d = params.dims;
-    let row = i * d;
+    let n = params.count;
     var cosine = 0.0;
     var interaction = 0.0;
     var candidate = 0.0;
     for (var k = 0u; k < d; k++) {
-        let r = candidates[row + k];
+        let r = candidates[k * n + i];
         let product = context[k] * r;
         cosine += product;
         interaction += product * head[1u + k];
