@@ -95,7 +95,10 @@ async fn adapter() -> Option<GpuBackend> {
 fn assert_close(what: &str, gpu: &[f32], cpu: &[f32]) {
     assert_eq!(gpu.len(), cpu.len(), "{what}: lengths differ");
     for (i, (a, b)) in gpu.iter().zip(cpu).enumerate() {
-        assert!(close_to(*a, *b, TOLERANCE), "{what}[{i}]: GPU {a} vs CPU {b}");
+        assert!(
+            close_to(*a, *b, TOLERANCE),
+            "{what}[{i}]: GPU {a} vs CPU {b}"
+        );
     }
 }
 
