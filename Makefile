@@ -14,8 +14,8 @@ DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help setup setup-rust setup-browser setup-node setup-python pkg www demo cli test test-fmt \
-        test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-simulate size model
+.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli test test-fmt \
+        test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -26,7 +26,7 @@ help:
 
 # ---- set-up ---------------------------------------------------------------------------------
 
-setup: setup-rust setup-browser setup-node setup-python
+setup: setup-rust setup-browser setup-gpu setup-node setup-python
 
 setup-rust:
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
@@ -38,6 +38,12 @@ setup-rust:
 setup-browser:
 	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+# lavapipe: a software Vulkan driver, so the WGSL kernels run natively on a machine without a GPU.
+setup-gpu:
+	@if ! ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers; \
 	fi
 
 setup-node: node_modules/.package-lock.json
@@ -97,7 +103,9 @@ test-fmt:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p feedloop --target wasm32-unknown-unknown --all-targets -- -D warnings
 
-test-native:
+# The CLI binary first: the server's crash test and the CLI tests run it.
+test-native: setup-gpu
+	cargo build -p feedloop-cli
 	cargo test --workspace
 	# criterion benches, run once each as a smoke test (numbers come from `make bench`)
 	cargo test -p feedloop-core --features bundled-model --benches
@@ -114,10 +122,17 @@ test-python: setup-python
 	$(PYTHON) tools/make_fixtures.py --check
 	$(PYTHON) tools/privacy_reference.py --check
 
-test-wasm: setup-rust setup-browser
-	CHROMEDRIVER=$(CHROMEDRIVER) WASM_BINDGEN_TEST_TIMEOUT=120 \
+WASM_TEST = CHROMEDRIVER=$(CHROMEDRIVER) WASM_BINDGEN_TEST_TIMEOUT=120 \
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
-	  cargo test -p feedloop --target wasm32-unknown-unknown --test web
+	cargo test -p feedloop --target wasm32-unknown-unknown
+
+# The WebGPU tests run twice: on SwiftShader (a real WebGPU adapter in software; an adapter is
+# required) and in plain headless Chromium (navigator.gpu but no adapter: the CPU fallback).
+test-wasm: setup-rust setup-browser
+	$(WASM_TEST) --test web
+	FEEDLOOP_WEBGPU=required WASM_BINDGEN_TEST_WEBDRIVER_JSON=$(CURDIR)/tests/webdriver-webgpu.json \
+	  $(WASM_TEST) --test webgpu
+	FEEDLOOP_WEBGPU=absent $(WASM_TEST) --test webgpu
 
 test-pkg: pkg
 	node --test tests/js/
@@ -126,10 +141,17 @@ test-e2e: www setup-browser cli
 	node --test tests/e2e/
 	node tools/bench-browser.mjs --smoke
 	node tools/bench-compare.mjs --smoke
+	node tools/bench-gpu-browser.mjs --smoke
 
 # ---- benchmarks (numbers, never assertions) -------------------------------------------------
 
-bench: bench-native bench-native-compare bench-browser bench-compare bench-simulate size
+bench: bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size
+
+# CPU vs GPU scoring: natively on the first Vulkan adapter (lavapipe without a GPU) and in Chromium on
+# SwiftShader.
+bench-gpu: www setup-browser setup-gpu
+	cargo bench -p feedloop-gpu --bench scoring
+	node tools/bench-gpu-browser.mjs
 
 # The privacy–utility table in BENCHMARKS.md (about 10 minutes with the optimized CLI).
 bench-simulate:

@@ -1,5 +1,6 @@
 // Builds the demo (www/index.html), the in-browser benchmark (www/bench.html), the comparison
-// with ONNX Runtime Web (www/compare.html) and the server's dashboard (www/dashboard.html) into www/dist/.
+// with ONNX Runtime Web (www/compare.html), the server's dashboard (www/dashboard.html) and the
+// CPU-vs-WebGPU scoring benchmark (www/gpu-bench.html) into www/dist/.
 // `feedloop` resolves to the built package in pkg/, imported exactly as an app would import it;
 // webpack 5 turns the package's `new URL("./x.wasm", import.meta.url)` references into emitted
 // assets, so no experiments or extra loaders are needed. www/dist is plain static files.
@@ -59,6 +60,7 @@ export default (env, argv) => ({
     bench: "./www/bench.js",
     compare: "./www/compare.js",
     dashboard: "./www/dashboard.js",
+    "gpu-bench": "./www/gpu-bench.js",
   },
   output: {
     path: path.join(www, "dist"),
@@ -101,6 +103,13 @@ export default (env, argv) => ({
       template: path.join(www, "dashboard.html"),
       filename: "dashboard.html",
       chunks: ["dashboard"],
+      scriptLoading: "module",
+      templateParameters: pageParameters,
+    }),
+    new HtmlWebpackPlugin({
+      template: path.join(www, "gpu-bench.html"),
+      filename: "gpu-bench.html",
+      chunks: ["gpu-bench"],
       scriptLoading: "module",
       templateParameters: pageParameters,
     }),

@@ -2,13 +2,13 @@ import type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
-  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload, EmbeddedCatalog,
 } from "./feedloop_wasm.js";
 export type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
-  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload, EmbeddedCatalog,
 } from "./feedloop_wasm.js";
 
 /** Where a model comes from: its bytes, or a URL to fetch it from. */
@@ -32,7 +32,14 @@ export interface RankerOptions {
   server?: ServerOptions;
   /** How often to sync automatically (default every 60 s, ±20 %); `intervalMs: 0`: only `sync()`. */
   sync?: { intervalMs?: number };
+  /**
+   * When `scoreCatalog` may use WebGPU: "auto" (default: a hardware adapter and at least 1024
+   * entries), "always" (any adapter, any batch) or "off"/false (CPU only).
+   */
+  gpu?: GpuMode | false;
 }
+
+export type GpuMode = "auto" | "always" | "off";
 
 /** Benchmark helpers: exact discrete Gaussian draws; one privatization (returns its size in bytes). */
 export const diagnostics: {
@@ -63,6 +70,16 @@ export class Ranker extends EventTarget {
   score(context: string, candidates: (string | CandidateInput)[]): Float32Array;
   /** Global-head scores straight from token ids (no tokenizer, no cache), for benchmarks. */
   scoreTokenIds(contextIds: Uint32Array, candidateIds: Uint32Array[]): Float32Array;
+  /** Embeds texts once into a flat catalog to score many times with `scoreCatalog`. */
+  embedCatalog(texts: string[]): EmbeddedCatalog;
+  /** Personal scores of every catalog entry, on WebGPU when allowed and worth it, else the CPU. */
+  scoreCatalog(context: string, catalog: EmbeddedCatalog): Promise<Float32Array>;
+  /** The backend of the most recent `scoreCatalog`. */
+  readonly backend: "webgpu" | "cpu";
+  /** The WebGPU adapter in use, or null. */
+  readonly gpuAdapter: string | null;
+  /** Changes the GPU mode; resolves to the adapter's description or null. */
+  setGpu(mode: GpuMode | false): Promise<string | null>;
   /** One L2-normalized Float32Array of `info.dimensions` values per text. */
   embed(texts: string[]): Float32Array[];
   /** Token ids the model sees for a text (truncated at `info.maxTokens`). */

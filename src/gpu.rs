@@ -1,76 +1,145 @@
-//! WebGPU for the wasm layer, without wasm-bindgen types: find the browser's adapter once, score
-//! through it when the batch is large enough, and fall back to the CPU on any GPU error (a lost
-//! device included) — the caller always gets scores, plus the name of the backend that made them.
-//!
-//! Not wired yet: needs `mod gpu;` in lib.rs and `feedloop-gpu = { path = "gpu" }` in the root
-//! crate's `[dependencies]`.
+//! WebGPU for the wasm layer: find the browser's adapter once, score large catalogs through it, and
+//! fall back to the CPU on any GPU error (a lost device included) — the caller always gets scores,
+//! and `backend` says which path made them. The kernels and the CPU reference live in `feedloop-gpu`.
+
+use std::cell::RefCell;
+use std::rc::Rc;
 
 use feedloop_core::head::RewardHead;
-use feedloop_core::learning::Example;
 use feedloop_core::Embeddings;
-pub use feedloop_gpu::fallback::Computed;
-pub use feedloop_gpu::{backend_name, use_gpu, GpuBackend, GpuError, GPU_MIN_CANDIDATES};
+use feedloop_gpu::{fallback, GpuBackend};
+use wasm_bindgen::JsValue;
 
-/// The browser's WebGPU device, or `None`: no `navigator.gpu`, `requestAdapter()` gave null, or
-/// the device could not be opened. Never panics; await it once at start-up and keep the result.
-pub async fn detect() -> Option<GpuBackend> {
-    GpuBackend::new().await.ok().flatten()
+/// When catalog scoring may use the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuMode {
+    /// On a hardware adapter from `GPU_MIN_CANDIDATES` candidates on (never on a software adapter
+    /// such as SwiftShader, which is slower than the CPU path); the CPU otherwise.
+    Auto,
+    /// On any adapter, whatever the batch size (benchmarks, tests, or an app that knows better).
+    Always,
+    /// Never: the CPU path only, and no adapter is requested.
+    Off,
 }
 
-/// The GPU this page scores with, dropped for good once it is lost (the page then stays on the CPU).
-#[derive(Debug, Default)]
-pub struct WebGpu {
-    gpu: Option<GpuBackend>,
-}
-
-impl WebGpu {
-    /// Detects the adapter ([`detect`]).
-    pub async fn detect() -> Self {
-        Self { gpu: detect().await }
-    }
-
-    /// `"webgpu"` while a device is held, else `"cpu"`.
-    pub fn backend(&self) -> &'static str {
-        backend_name(self.gpu.as_ref())
-    }
-
-    /// Scores on the GPU when the batch is large enough ([`use_gpu`]), else or on error on the CPU.
-    pub async fn score(
-        &mut self,
-        context: &[f32],
-        candidates: &Embeddings,
-        head: &RewardHead,
-        max_tokens: usize,
-    ) -> Computed<Vec<f32>> {
-        let scored = feedloop_gpu::fallback::score(
-            self.gpu.as_ref(),
-            false,
-            context,
-            candidates,
-            head,
-            max_tokens,
-        )
-        .await;
-        self.forget_if_lost();
-        scored
-    }
-
-    /// The batched learning gradient, on the GPU when there is one, else or on error on the CPU.
-    pub async fn gradient(
-        &mut self,
-        theta: &[f32],
-        examples: &[Example],
-        clip_norm: f32,
-    ) -> Computed<Vec<f32>> {
-        let computed =
-            feedloop_gpu::fallback::gradient(self.gpu.as_ref(), theta, examples, clip_norm).await;
-        self.forget_if_lost();
-        computed
-    }
-
-    fn forget_if_lost(&mut self) {
-        if self.gpu.as_ref().is_some_and(GpuBackend::is_lost) {
-            self.gpu = None;
+impl GpuMode {
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "auto" => Some(Self::Auto),
+            "always" => Some(Self::Always),
+            "off" => Some(Self::Off),
+            _ => None,
         }
     }
+}
+
+/// The page's GPU, shared by the ranker's async calls. The device sits behind an `Rc` so no
+/// `RefCell` borrow is held across an await; once lost it is dropped and the page stays on the CPU.
+#[derive(Debug)]
+pub struct GpuState {
+    mode: GpuMode,
+    detected: bool,
+    gpu: Option<Rc<GpuBackend>>,
+    /// The backend of the most recent catalog scoring (`"cpu"` before any).
+    last_backend: &'static str,
+    /// Why the GPU was tried and not used last time, if it was.
+    last_error: Option<String>,
+}
+
+impl Default for GpuState {
+    fn default() -> Self {
+        Self {
+            mode: GpuMode::Off,
+            detected: false,
+            gpu: None,
+            last_backend: "cpu",
+            last_error: None,
+        }
+    }
+}
+
+impl GpuState {
+    pub fn last_backend(&self) -> &'static str {
+        self.last_backend
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.clone()
+    }
+
+    /// What the adapter says about itself, while one is held.
+    pub fn adapter(&self) -> Option<String> {
+        self.gpu.as_ref().map(|gpu| {
+            let info = gpu.adapter_info();
+            let kind = if gpu.is_software() {
+                "software"
+            } else {
+                "hardware"
+            };
+            let name = if info.name.is_empty() {
+                info.vendor.to_string()
+            } else {
+                info.name.clone()
+            };
+            format!("{name} ({kind}, {})", gpu.backend_name())
+        })
+    }
+}
+
+/// Sets the mode and, the first time the GPU may be used, asks the browser for an adapter. Never
+/// fails: no `navigator.gpu`, no adapter or a device that cannot be opened all mean the CPU.
+pub async fn configure(state: Rc<RefCell<GpuState>>, mode: GpuMode) {
+    let needs_detection = {
+        let mut s = state.borrow_mut();
+        s.mode = mode;
+        mode != GpuMode::Off && !s.detected
+    };
+    if needs_detection {
+        let gpu = if browser_has_webgpu() {
+            GpuBackend::new().await.ok().flatten().map(Rc::new)
+        } else {
+            None
+        };
+        let mut s = state.borrow_mut();
+        s.detected = true;
+        s.gpu = gpu;
+    }
+}
+
+/// `navigator.gpu` exists (checked before wgpu is asked, so hosts without WebGPU — Node, old
+/// browsers — never reach it).
+fn browser_has_webgpu() -> bool {
+    let global = js_sys::global();
+    js_sys::Reflect::get(&global, &JsValue::from_str("navigator"))
+        .ok()
+        .filter(|navigator| navigator.is_object())
+        .and_then(|navigator| js_sys::Reflect::get(&navigator, &JsValue::from_str("gpu")).ok())
+        .is_some_and(|gpu| gpu.is_object())
+}
+
+/// Scores a catalog with `head` on the GPU when the mode and batch allow it, else (or on any GPU
+/// error) on the CPU; records which backend ran.
+pub async fn score(
+    state: Rc<RefCell<GpuState>>,
+    context: Vec<f32>,
+    catalog: Embeddings,
+    head: RewardHead,
+    max_tokens: usize,
+) -> Vec<f32> {
+    let (gpu, force) = {
+        let s = state.borrow();
+        match s.mode {
+            GpuMode::Off => (None, false),
+            mode => (s.gpu.clone(), mode == GpuMode::Always),
+        }
+    };
+    let scored =
+        fallback::score(gpu.as_deref(), force, &context, &catalog, &head, max_tokens).await;
+    let mut s = state.borrow_mut();
+    s.last_backend = scored.backend;
+    s.last_error = scored.gpu_error.map(|e| e.to_string());
+    if s.gpu.as_ref().is_some_and(|g| g.is_lost()) {
+        s.gpu = None;
+    }
+    scored.value
 }

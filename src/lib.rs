@@ -5,6 +5,7 @@
 //! fetching the bundled model) live in `js/index.js`.
 
 mod client;
+mod gpu;
 mod observe;
 mod storage;
 mod sync;
@@ -36,6 +37,9 @@ const TS_TYPES: &'static str = r#"
 /** One candidate in a ranking: the id (yours, or the text for plain strings), its position in the
  *  input array and its personal score. */
 export interface RankedCandidate { id: string; index: number; score: number }
+
+/** Texts embedded once (`embedCatalog`), row-major, to score many times with `scoreCatalog`. */
+export interface EmbeddedCatalog { dimensions: number; vectors: Float32Array; tokenCounts: Uint32Array }
 
 /** A candidate with an id of yours, so feedback can name it. */
 export interface CandidateInput { id: string; text: string }
@@ -295,6 +299,7 @@ struct CandidateObject {
 pub struct Ranker {
     inner: Rc<RefCell<Inner>>,
     observations: RefCell<Vec<Observation>>,
+    gpu: Rc<RefCell<gpu::GpuState>>,
 }
 
 #[wasm_bindgen(js_class = WasmRanker)]
@@ -347,6 +352,7 @@ impl Ranker {
                 model_etag: None,
             })),
             observations: RefCell::new(Vec::new()),
+            gpu: Rc::default(),
         })
     }
 
@@ -456,6 +462,128 @@ impl Ranker {
             })
             .collect();
         Ok(Float32Array::from(scores.as_slice()))
+    }
+
+    /// Chooses when catalog scoring may use WebGPU — `"auto"` (a hardware adapter and a large
+    /// batch), `"always"` (any adapter, any batch) or `"off"` — and, the first time, asks the browser
+    /// for an adapter. Resolves to the adapter's description, or `null` when scoring stays on the CPU
+    /// (no `navigator.gpu`, no adapter, or `"off"`). Never rejects for a missing GPU.
+    #[wasm_bindgen(js_name = setGpu, unchecked_return_type = "Promise<string | null>")]
+    pub fn set_gpu(&self, mode: JsValue) -> JsResult<Promise> {
+        let mode = mode
+            .as_string()
+            .and_then(|m| gpu::GpuMode::parse(&m))
+            .ok_or_else(|| {
+                JsError::new(&format!(
+                    "feedloop: gpu must be \"auto\", \"always\" or \"off\", got {}",
+                    type_name(&mode)
+                ))
+            })?;
+        let state = self.gpu.clone();
+        Ok(future_to_promise(async move {
+            gpu::configure(state.clone(), mode).await;
+            let adapter = match mode {
+                gpu::GpuMode::Off => None,
+                _ => state.borrow().adapter(),
+            };
+            Ok(adapter.map_or(JsValue::NULL, |a| JsValue::from_str(&a)))
+        }))
+    }
+
+    /// The backend that computed the most recent `scoreCatalog`: `"webgpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        self.gpu.borrow().last_backend().to_string()
+    }
+
+    /// Why the GPU was tried and not used in the most recent `scoreCatalog` (its CPU result
+    /// stands), or `undefined`.
+    #[wasm_bindgen(getter, js_name = gpuError)]
+    pub fn gpu_error(&self) -> Option<String> {
+        self.gpu.borrow().last_error()
+    }
+
+    /// The WebGPU adapter in use (name, hardware or software), or `undefined`.
+    #[wasm_bindgen(getter, js_name = gpuAdapter)]
+    pub fn gpu_adapter(&self) -> Option<String> {
+        self.gpu.borrow().adapter()
+    }
+
+    /// Embeds texts into one flat catalog — `{ dimensions, vectors, tokenCounts }`, row-major — to
+    /// keep and score many times with `scoreCatalog` (the embedding is the expensive part).
+    #[wasm_bindgen(js_name = embedCatalog, unchecked_return_type = "EmbeddedCatalog")]
+    pub fn embed_catalog(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string[]")] texts: JsValue,
+    ) -> JsResult<JsValue> {
+        let texts = strings(&texts, "texts")?;
+        let inner = self.inner.borrow();
+        let embedded = inner.feedback.model().embed(&texts).map_err(to_js_error)?;
+        let counts: Vec<u32> = embedded.token_counts.iter().map(|&n| n as u32).collect();
+        let catalog = js_sys::Object::new();
+        let set = |key: &str, value: JsValue| {
+            js_sys::Reflect::set(&catalog, &JsValue::from_str(key), &value).map(|_| ())
+        };
+        set("dimensions", JsValue::from(embedded.dimensions as u32))
+            .and_then(|_| {
+                set(
+                    "vectors",
+                    Float32Array::from(embedded.values.as_slice()).into(),
+                )
+            })
+            .and_then(|_| set("tokenCounts", Uint32Array::from(counts.as_slice()).into()))
+            .map_err(|_| JsError::new("feedloop: could not build the catalog object"))?;
+        Ok(catalog.into())
+    }
+
+    /// Personal scores of every catalog entry for `context`, in catalog order — on WebGPU when
+    /// `setGpu` allows it for this batch, else on the CPU, with the same numbers to 1e-5 relative
+    /// (`backend` says which ran). Never blocks the main thread on the GPU. Rejects with an `Error`
+    /// for a malformed catalog.
+    #[wasm_bindgen(js_name = scoreCatalog, unchecked_return_type = "Promise<Float32Array>")]
+    pub fn score_catalog(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
+        vectors: &[f32],
+        token_counts: &[u32],
+    ) -> JsResult<Promise> {
+        let context = string(&context, "context")?;
+        let inner = self.inner.borrow();
+        let model = inner.feedback.model();
+        let (dimensions, max_tokens) = (model.info().dimensions, model.info().max_tokens);
+        if vectors.len() != token_counts.len() * dimensions {
+            return Err(JsError::new(&format!(
+                "feedloop: a catalog of {} entries needs {} vector values ({dimensions} per entry), got {}",
+                token_counts.len(),
+                token_counts.len() * dimensions,
+                vectors.len()
+            )));
+        }
+        if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+            return Err(JsError::new(&format!(
+                "feedloop: catalog vector value {i} (entry {}) is not a finite number",
+                i / dimensions
+            )));
+        }
+        if let Some(i) = token_counts.iter().position(|&n| n as usize > max_tokens) {
+            return Err(JsError::new(&format!(
+                "feedloop: catalog tokenCounts[{i}] is {}, more than the model's {max_tokens} tokens",
+                token_counts[i]
+            )));
+        }
+        let context = model.embed(&[context]).map_err(to_js_error)?;
+        let catalog = feedloop_core::Embeddings {
+            dimensions,
+            values: vectors.to_vec(),
+            token_counts: token_counts.iter().map(|&n| n as usize).collect(),
+        };
+        let head = inner.feedback.personal_head();
+        let state = self.gpu.clone();
+        let context = context.row(0).to_vec();
+        Ok(future_to_promise(async move {
+            let scores = gpu::score(state, context, catalog, head, max_tokens).await;
+            Ok(Float32Array::from(scores.as_slice()).into())
+        }))
     }
 
     /// L2-normalized embeddings, one `Float32Array` of `info.dimensions` values per text.

@@ -14,6 +14,9 @@ use feedloop_core::head::{PairFeatures, RewardHead};
 use feedloop_core::learning::Example;
 use feedloop_core::Embeddings;
 use feedloop_gpu::{close_to, cpu, fallback, GpuBackend};
+use js_sys::{Array, Float32Array, Reflect, Uint32Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
@@ -21,6 +24,7 @@ wasm_bindgen_test_configure!(run_in_browser);
 const D: usize = 64;
 const MAX_TOKENS: usize = 512;
 const TOLERANCE: f32 = 1e-5;
+const MODEL: &[u8] = include_bytes!("../models/feedloop-default.onnx");
 
 /// SplitMix64 in [-1, 1): seeded inputs without a dependency.
 struct Rng(u64);
@@ -160,4 +164,127 @@ async fn a_lost_webgpu_device_falls_back_to_the_cpu() {
         cpu::score(&context, &candidates, &head, MAX_TOKENS)
     );
     console_log!("after destroy(): {:?}", scored.gpu_error);
+}
+
+fn field<T: JsCast>(object: &JsValue, key: &str) -> T {
+    Reflect::get(object, &JsValue::from_str(key))
+        .unwrap()
+        .dyn_into()
+        .unwrap()
+}
+
+fn error_message(error: wasm_bindgen::JsError) -> String {
+    let value = JsValue::from(error);
+    Reflect::get(&value, &JsValue::from_str("message"))
+        .unwrap()
+        .as_string()
+        .unwrap()
+}
+
+async fn score_catalog(
+    ranker: &feedloop::Ranker,
+    context: &str,
+    vectors: &[f32],
+    counts: &[u32],
+) -> Vec<f32> {
+    let promise = ranker
+        .score_catalog(context.into(), vectors, counts)
+        .map_err(error_message)
+        .unwrap();
+    let scores: Float32Array = JsFuture::from(promise).await.unwrap().dyn_into().unwrap();
+    scores.to_vec()
+}
+
+/// The package's path: `setGpu`, `embedCatalog`, `scoreCatalog`, `backend` — the catalog's scores
+/// equal the ranker's own (CPU) personal scores, on whichever backend ran, before and after learning.
+#[wasm_bindgen_test]
+async fn the_ranker_scores_a_catalog_on_the_backend_it_reports() {
+    let has_adapter = adapter().await.is_some();
+    let ranker = feedloop::Ranker::from_bytes(MODEL)
+        .map_err(JsValue::from)
+        .unwrap();
+    let described = JsFuture::from(ranker.set_gpu("always".into()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(described.is_string(), has_adapter, "adapter: {described:?}");
+    console_log!("setGpu(\"always\") → {:?}", described.as_string());
+
+    let subjects = [
+        "the password",
+        "a refund",
+        "the invoice",
+        "two-factor login",
+        "an export",
+    ];
+    let verbs = ["reset", "request", "download", "turn on", "cancel", "find"];
+    let texts: Vec<String> = subjects
+        .iter()
+        .flat_map(|s| {
+            verbs
+                .iter()
+                .map(move |v| format!("How to {v} {s} from the account page."))
+        })
+        .collect();
+    let array: Array = texts.iter().map(|t| JsValue::from_str(t)).collect();
+    let catalog = ranker.embed_catalog(array.clone().into()).unwrap();
+    let vectors = field::<Float32Array>(&catalog, "vectors").to_vec();
+    let counts = field::<Uint32Array>(&catalog, "tokenCounts").to_vec();
+    assert_eq!(counts.len(), texts.len());
+    let context = "I forgot my password";
+
+    for round in 0..2 {
+        let scored = score_catalog(&ranker, context, &vectors, &counts).await;
+        let expected_backend = if has_adapter { "webgpu" } else { "cpu" };
+        assert_eq!(
+            ranker.backend(),
+            expected_backend,
+            "round {round}: {:?}",
+            ranker.gpu_error()
+        );
+        let reference = ranker
+            .score(context.into(), array.clone().into())
+            .unwrap()
+            .to_vec();
+        assert_close(
+            &format!("catalog scores, round {round}"),
+            &scored,
+            &reference,
+        );
+        // Learn something; the next round's catalog scores must follow the personal head.
+        let event = js_sys::Object::new();
+        Reflect::set(&event, &"kind".into(), &"thumbs".into()).unwrap();
+        Reflect::set(&event, &"candidate".into(), &texts[7].as_str().into()).unwrap();
+        Reflect::set(&event, &"up".into(), &JsValue::TRUE).unwrap();
+        ranker
+            .record_feedback(event.into())
+            .map_err(error_message)
+            .unwrap();
+    }
+
+    // "auto" keeps small batches (and any software adapter) on the CPU; "off" never uses the GPU.
+    for mode in ["auto", "off"] {
+        JsFuture::from(ranker.set_gpu(mode.into()).unwrap())
+            .await
+            .unwrap();
+        let scored = score_catalog(&ranker, context, &vectors, &counts).await;
+        assert_eq!(ranker.backend(), "cpu", "mode {mode}");
+        let reference = ranker
+            .score(context.into(), array.clone().into())
+            .unwrap()
+            .to_vec();
+        assert_close(&format!("catalog scores, {mode}"), &scored, &reference);
+    }
+
+    // A malformed catalog is an Error that says what is wrong.
+    let message = error_message(
+        ranker
+            .score_catalog(context.into(), &vectors[1..], &counts)
+            .unwrap_err(),
+    );
+    assert!(message.contains("vector values"), "{message}");
+    let message = error_message(ranker.set_gpu("fast".into()).unwrap_err());
+    assert!(
+        message.contains("\"auto\", \"always\" or \"off\""),
+        "{message}"
+    );
 }

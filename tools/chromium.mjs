@@ -14,9 +14,17 @@ export const CHROMIUM_ARGS = [
   "--no-first-run",
 ];
 
-export function launchChromium() {
+// A real WebGPU adapter without a GPU: Chromium's SwiftShader (Vulkan in software). `--disable-gpu`
+// stays off here, or WebGPU goes with it.
+export const WEBGPU_ARGS = [
+  ...CHROMIUM_ARGS.filter((arg) => arg !== "--disable-gpu"),
+  "--enable-unsafe-webgpu",
+  "--use-webgpu-adapter=swiftshader",
+];
+
+export function launchChromium({ webgpu = false } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM}; set CHROMIUM_PATH to a Chromium/Chrome binary.`);
   }
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS });
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: webgpu ? WEBGPU_ARGS : CHROMIUM_ARGS });
 }

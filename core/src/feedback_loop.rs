@@ -288,6 +288,14 @@ impl FeedbackLoop {
         (&self.state.learning.base_version, &self.global)
     }
 
+    /// The personal head (global + what this device learned): what [`FeedbackLoop::rank`] scores
+    /// with, as a [`RewardHead`] for batch scorers (the GPU path) that take one.
+    pub fn personal_head(&self) -> RewardHead {
+        let theta = self.state.learning.personal_parameters(&self.global);
+        RewardHead::from_vector(self.model.head().dimensions(), &theta)
+            .expect("the personal parameters have the head's length (checked by set_state)")
+    }
+
     /// Adopts a new global head (a federated model version) and rebases on it: the personal head
     /// becomes `head + delta`, so what this device learned keeps applying on top of what everyone
     /// learned. Embeddings and remembered candidates stay valid (only the head changes).

@@ -530,3 +530,47 @@ fn adopting_a_new_global_head_keeps_what_was_learned_on_top() {
     assert!(fl.set_global("", &head).is_err());
     assert_eq!(fl.global().0, "7");
 }
+
+/// The personal head a batch scorer (the GPU path) receives gives the scores `rank` gives, before
+/// and after learning.
+#[test]
+fn the_personal_head_scores_what_rank_scores() {
+    let samples = samples();
+    let mut fl = new_loop(5);
+    for round in 0..2 {
+        for s in &samples {
+            let ranked = rank_sample(&mut fl, s);
+            let model = fl.model();
+            let context = model.embed(&[s.question.as_str()]).unwrap();
+            let texts: Vec<&str> = s.candidates.iter().map(String::as_str).collect();
+            let embedded = model.embed(&texts).unwrap();
+            let head = fl.personal_head();
+            for r in &ranked {
+                let features = feedloop_core::PairFeatures::new(
+                    context.row(0),
+                    embedded.row(r.index),
+                    embedded.token_counts[r.index],
+                    model.info().max_tokens,
+                );
+                let score = head.score(&features);
+                assert!(
+                    (score - r.score).abs() <= 1e-5 * r.score.abs().max(1.0),
+                    "round {round}, {}: head {score} vs rank {}",
+                    r.id,
+                    r.score
+                );
+            }
+        }
+        let top = rank_sample(&mut fl, &samples[0])[0].id.clone();
+        fl.record(
+            RawFeedback {
+                candidate: Some(top),
+                up: Some(false),
+                ..event("thumbs")
+            },
+            NOW,
+        )
+        .unwrap();
+        assert!(fl.learning_state().delta.iter().any(|d| *d != 0.0));
+    }
+}

@@ -192,3 +192,34 @@ test("sync options are checked up front and need persistent storage", async () =
   assert.deepEqual(ranker.pendingUploads(), []);
   await assert.rejects(ranker.sync(), /sync needs Ranker.create\(\{ server/);
 });
+
+test("catalog scoring: no WebGPU in Node → the CPU path, the ranker's own scores, clear errors", async () => {
+  const ranker = await Ranker.create({ storage: false });
+  assert.equal(ranker.gpuAdapter, null);
+  const texts = parity.groups.flatMap((g) => g.candidates);
+  const context = parity.groups[0].context;
+  const catalog = ranker.embedCatalog(texts);
+  assert.equal(catalog.dimensions, 64);
+  assert.equal(catalog.vectors.length, texts.length * 64);
+  assert.equal(catalog.tokenCounts.length, texts.length);
+  // Plain `score` runs through the same personal head, so the catalog scores equal it.
+  const scores = await ranker.scoreCatalog(context, catalog);
+  const reference = ranker.score(context, texts);
+  scores.forEach((s, i) => assert.ok(Math.abs(s - reference[i]) <= 1e-5 * Math.max(1, Math.abs(reference[i])), `${i}: ${s} vs ${reference[i]}`));
+  assert.equal(ranker.backend, "cpu");
+  // "always" without an adapter is still the CPU, never an error.
+  assert.equal(await ranker.setGpu("always"), null);
+  assert.deepEqual(await ranker.scoreCatalog(context, catalog), scores);
+  assert.equal(ranker.backend, "cpu");
+
+  await assert.rejects(() => ranker.scoreCatalog(context, { vectors: [1, 2], tokenCounts: new Uint32Array(1) }), /scoreCatalog needs a catalog/);
+  await assert.rejects(
+    () => ranker.scoreCatalog(context, { vectors: catalog.vectors.subarray(1), tokenCounts: catalog.tokenCounts }),
+    (e) => e instanceof Error && /needs \d+ vector values/.test(e.message),
+  );
+  const nan = { vectors: catalog.vectors.slice(), tokenCounts: catalog.tokenCounts };
+  nan.vectors[70] = Number.NaN;
+  await assert.rejects(() => ranker.scoreCatalog(context, nan), /value 70 \(entry 1\) is not a finite number/);
+  await assert.rejects(() => ranker.setGpu("fast"), /gpu must be "auto", "always" or "off"/);
+  await assert.rejects(() => Ranker.create({ storage: false, gpu: "yes" }), /options.gpu must be/);
+});
