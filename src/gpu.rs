@@ -76,8 +76,9 @@ impl GpuState {
             } else {
                 "hardware"
             };
+            // Browsers may withhold the name (Chromium gives none for SwiftShader).
             let name = if info.name.is_empty() {
-                info.vendor.to_string()
+                "unnamed adapter".to_string()
             } else {
                 info.name.clone()
             };
