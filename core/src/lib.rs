@@ -15,6 +15,7 @@
 
 pub mod contract;
 pub mod contribution;
+mod dequantize;
 pub mod error;
 pub mod feedback;
 pub mod feedback_loop;

@@ -71,10 +71,11 @@ impl RewardModel {
             return Err(Error::MalformedModel("the model is empty (0 bytes)".into()));
         }
         let onnx = tract_onnx::onnx();
-        let proto = onnx
+        let mut proto = onnx
             .proto_model_for_read(&mut &*bytes)
             .map_err(|e| Error::MalformedModel(format!("not an ONNX protobuf ({e:#})")))?;
         let contract = ModelContract::from_proto(&proto)?;
+        crate::dequantize::fold_constant_dequantize(&mut proto);
         let tokenizer =
             WordPieceTokenizer::new(contract.vocab.iter().cloned(), contract.tokenizer.clone())?;
         let body = plan_body(&onnx, &proto)?;
