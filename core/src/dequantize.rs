@@ -84,11 +84,11 @@ fn dequantize(node: &NodeProto, initializers: &[TensorProto]) -> Option<TensorPr
         let inner: i64 = x.dims[axis as usize + 1..].iter().product();
         (inner as usize, scales.len())
     };
-    let mut raw = Vec::with_capacity(values.len() * 4);
-    for (i, &q) in values.iter().enumerate() {
+    let mut raw = vec![0u8; values.len() * 4];
+    for (i, (bytes, &q)) in raw.chunks_exact_mut(4).zip(&values).enumerate() {
         let channel = (i / outer_stride) % channels;
         let value = (q - zero_points[channel]) as f32 * scales[channel];
-        raw.extend_from_slice(&value.to_le_bytes());
+        bytes.copy_from_slice(&value.to_le_bytes());
     }
     Some(TensorProto {
         name: output.clone(),
