@@ -34,7 +34,8 @@ export interface RankerOptions {
   sync?: { intervalMs?: number };
   /**
    * When `scoreCatalog` may use WebGPU: "auto" (default: a hardware adapter and at least 1024
-   * entries), "always" (any adapter, any batch) or "off"/false (CPU only).
+   * entries; the adapter is requested at the first such catalog), "always" (any adapter, any batch;
+   * requested at create) or "off"/false (CPU only).
    */
   gpu?: GpuMode | false;
 }
@@ -76,7 +77,7 @@ export class Ranker extends EventTarget {
   scoreCatalog(context: string, catalog: EmbeddedCatalog): Promise<Float32Array>;
   /** The backend of the most recent `scoreCatalog`. */
   readonly backend: "webgpu" | "cpu";
-  /** The WebGPU adapter in use, or null. */
+  /** The WebGPU adapter in use, or null (none, or not requested yet). */
   readonly gpuAdapter: string | null;
   /** Changes the GPU mode; resolves to the adapter's description or null. */
   setGpu(mode: GpuMode | false): Promise<string | null>;

@@ -155,7 +155,8 @@ export class Ranker extends EventTarget {
       throw new TypeError(`feedloop: options.gpu must be "auto", "always", "off" or false, got ${describe(options.gpu)}`);
     }
     const ranker = new Ranker(inner, storage);
-    // Finds a WebGPU adapter where there is one; the CPU path otherwise (never an error).
+    // "always" requests a WebGPU adapter now, "auto" at the first catalog large enough to use one;
+    // without one, the CPU path (never an error).
     await inner.setGpu(gpu);
     if (storage) {
       try {
@@ -232,7 +233,10 @@ export class Ranker extends EventTarget {
     return this.#inner.backend;
   }
 
-  /** The WebGPU adapter catalog scoring may use (name, hardware or software), or null. */
+  /**
+   * The WebGPU adapter catalog scoring may use (name, hardware or software), or null (none, or not
+   * requested yet: "auto" requests one at the first catalog of 1024 entries or more).
+   */
   get gpuAdapter() {
     return this.#inner.gpuAdapter ?? null;
   }

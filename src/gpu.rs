@@ -7,14 +7,15 @@ use std::rc::Rc;
 
 use feedloop_core::head::RewardHead;
 use feedloop_core::Embeddings;
-use feedloop_gpu::{fallback, GpuBackend};
+use feedloop_gpu::{fallback, GpuBackend, GPU_MIN_CANDIDATES};
 use wasm_bindgen::JsValue;
 
 /// When catalog scoring may use the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GpuMode {
     /// On a hardware adapter from `GPU_MIN_CANDIDATES` candidates on (never on a software adapter
-    /// such as SwiftShader, which is slower than the CPU path); the CPU otherwise.
+    /// such as SwiftShader, which is slower than the CPU path); the CPU otherwise. The adapter is
+    /// requested at the first catalog of that size.
     Auto,
     /// On any adapter, whatever the batch size (benchmarks, tests, or an app that knows better).
     Always,
@@ -87,24 +88,29 @@ impl GpuState {
     }
 }
 
-/// Sets the mode and, the first time the GPU may be used, asks the browser for an adapter. Never
-/// fails: no `navigator.gpu`, no adapter or a device that cannot be opened all mean the CPU.
+/// Sets the mode. `"always"` asks the browser for an adapter now (once); `"auto"` waits for the first
+/// catalog large enough to use one, so pages that never score one never request an adapter (Chromium
+/// logs "No available adapters." for every request on a machine without one). Never fails: no
+/// `navigator.gpu`, no adapter or a device that cannot be opened all mean the CPU.
 pub async fn configure(state: Rc<RefCell<GpuState>>, mode: GpuMode) {
-    let needs_detection = {
-        let mut s = state.borrow_mut();
-        s.mode = mode;
-        mode != GpuMode::Off && !s.detected
-    };
-    if needs_detection {
-        let gpu = if browser_has_webgpu() {
-            GpuBackend::new().await.ok().flatten().map(Rc::new)
-        } else {
-            None
-        };
-        let mut s = state.borrow_mut();
-        s.detected = true;
-        s.gpu = gpu;
+    state.borrow_mut().mode = mode;
+    if mode == GpuMode::Always {
+        detect(&state).await;
     }
+}
+
+async fn detect(state: &Rc<RefCell<GpuState>>) {
+    if state.borrow().detected {
+        return;
+    }
+    let gpu = if browser_has_webgpu() {
+        GpuBackend::new().await.ok().flatten().map(Rc::new)
+    } else {
+        None
+    };
+    let mut s = state.borrow_mut();
+    s.detected = true;
+    s.gpu = gpu;
 }
 
 /// `navigator.gpu` exists (checked before wgpu is asked, so hosts without WebGPU — Node, old
@@ -127,6 +133,13 @@ pub async fn score(
     head: RewardHead,
     max_tokens: usize,
 ) -> Vec<f32> {
+    let wants_detection = {
+        let s = state.borrow();
+        s.mode == GpuMode::Auto && !s.detected && catalog.len() >= GPU_MIN_CANDIDATES
+    };
+    if wants_detection {
+        detect(&state).await;
+    }
     let (gpu, force) = {
         let s = state.borrow();
         match s.mode {

@@ -465,9 +465,9 @@ impl Ranker {
     }
 
     /// Chooses when catalog scoring may use WebGPU — `"auto"` (a hardware adapter and a large
-    /// batch), `"always"` (any adapter, any batch) or `"off"` — and, the first time, asks the browser
-    /// for an adapter. Resolves to the adapter's description, or `null` when scoring stays on the CPU
-    /// (no `navigator.gpu`, no adapter, or `"off"`). Never rejects for a missing GPU.
+    /// batch; the adapter is requested at the first such batch), `"always"` (any adapter, any batch;
+    /// requested now) or `"off"`. Resolves to the adapter's description, or `null` when none is held
+    /// (not requested yet, no `navigator.gpu`, no adapter, or `"off"`). Never rejects for a missing GPU.
     #[wasm_bindgen(js_name = setGpu, unchecked_return_type = "Promise<string | null>")]
     pub fn set_gpu(&self, mode: JsValue) -> JsResult<Promise> {
         let mode = mode

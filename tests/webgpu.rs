@@ -288,3 +288,35 @@ async fn the_ranker_scores_a_catalog_on_the_backend_it_reports() {
         "{message}"
     );
 }
+
+/// `"auto"` requests no adapter until a catalog is large enough to use one, and then keeps a
+/// software adapter (SwiftShader here) off the scoring path.
+#[wasm_bindgen_test]
+async fn auto_requests_an_adapter_only_for_a_large_catalog_and_never_scores_on_software() {
+    let has_adapter = adapter().await.is_some();
+    let ranker = feedloop::Ranker::from_bytes(MODEL)
+        .map_err(JsValue::from)
+        .unwrap();
+    let described = JsFuture::from(ranker.set_gpu("auto".into()).unwrap())
+        .await
+        .unwrap();
+    assert!(described.is_null(), "auto requested an adapter up front");
+    let mut rng = Rng(14);
+    let small = rng.embeddings(10);
+    let counts = |e: &Embeddings| e.token_counts.iter().map(|&n| n as u32).collect::<Vec<_>>();
+    score_catalog(&ranker, "a question", &small.values, &counts(&small)).await;
+    assert_eq!(
+        ranker.gpu_adapter(),
+        None,
+        "a small catalog requested an adapter"
+    );
+    let large = rng.embeddings(feedloop_gpu::GPU_MIN_CANDIDATES);
+    let scored = score_catalog(&ranker, "a question", &large.values, &counts(&large)).await;
+    assert_eq!(scored.len(), large.len());
+    assert_eq!(ranker.gpu_adapter().is_some(), has_adapter);
+    if let Some(adapter) = ranker.gpu_adapter() {
+        console_log!("auto found {adapter}");
+        assert!(adapter.contains("software"), "{adapter}");
+    }
+    assert_eq!(ranker.backend(), "cpu");
+}
