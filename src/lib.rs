@@ -544,8 +544,10 @@ impl Ranker {
     pub fn score_catalog(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
-        vectors: &[f32],
-        token_counts: &[u32],
+        // Owned: wasm-bindgen copies the typed arrays into wasm memory once, and the catalog keeps
+        // that copy (a slice would be copied again).
+        vectors: Vec<f32>,
+        token_counts: Vec<u32>,
     ) -> JsResult<Promise> {
         let context = string(&context, "context")?;
         let inner = self.inner.borrow();
@@ -574,7 +576,7 @@ impl Ranker {
         let context = model.embed(&[context]).map_err(to_js_error)?;
         let catalog = feedloop_core::Embeddings {
             dimensions,
-            values: vectors.to_vec(),
+            values: vectors,
             token_counts: token_counts.iter().map(|&n| n as usize).collect(),
         };
         let head = inner.feedback.personal_head();

@@ -188,7 +188,7 @@ async fn score_catalog(
     counts: &[u32],
 ) -> Vec<f32> {
     let promise = ranker
-        .score_catalog(context.into(), vectors, counts)
+        .score_catalog(context.into(), vectors.to_vec(), counts.to_vec())
         .map_err(error_message)
         .unwrap();
     let scores: Float32Array = JsFuture::from(promise).await.unwrap().dyn_into().unwrap();
@@ -278,7 +278,7 @@ async fn the_ranker_scores_a_catalog_on_the_backend_it_reports() {
     // A malformed catalog is an Error that says what is wrong.
     let message = error_message(
         ranker
-            .score_catalog(context.into(), &vectors[1..], &counts)
+            .score_catalog(context.into(), vectors[1..].to_vec(), counts.clone())
             .unwrap_err(),
     );
     assert!(message.contains("vector values"), "{message}");
