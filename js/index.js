@@ -202,7 +202,29 @@ export class Ranker extends EventTarget {
    * runtime does with this model, for like-for-like benchmarks.
    */
   scoreTokenIds(contextIds, candidateIds) {
-    return this.#inner.scoreTokenIds(contextIds, candidateIds);
+    if (!(contextIds instanceof Uint32Array)) {
+      throw new TypeError(`feedloop: contextIds must be a Uint32Array, got ${describe(contextIds)}`);
+    }
+    if (!Array.isArray(candidateIds)) {
+      throw new TypeError(`feedloop: candidateIds must be an array of Uint32Array, got ${describe(candidateIds)}`);
+    }
+    // One flat buffer and the lengths: two copies into wasm memory instead of one per candidate.
+    const lengths = new Uint32Array(candidateIds.length);
+    let total = 0;
+    candidateIds.forEach((ids, i) => {
+      if (!(ids instanceof Uint32Array)) {
+        throw new TypeError(`feedloop: candidateIds[${i}] must be a Uint32Array, got ${describe(ids)}`);
+      }
+      lengths[i] = ids.length;
+      total += ids.length;
+    });
+    const flat = new Uint32Array(total);
+    let offset = 0;
+    for (const ids of candidateIds) {
+      flat.set(ids, offset);
+      offset += ids.length;
+    }
+    return this.#inner.scoreTokenIds(contextIds, flat, lengths);
   }
 
   /**

@@ -425,30 +425,25 @@ impl Ranker {
     }
 
     /// Global-head scores from token ids (no tokenizer, no cache): the work an ONNX runtime does with
-    /// the same model, for like-for-like benchmarks against it.
+    /// the same model, for like-for-like benchmarks against it. The candidates arrive as one flat
+    /// buffer and their lengths (the JS wrapper flattens `Uint32Array[]`): two copies into wasm
+    /// memory instead of one boundary crossing per candidate.
     #[wasm_bindgen(js_name = scoreTokenIds)]
     pub fn score_token_ids(
         &self,
         context_ids: &[u32],
-        #[wasm_bindgen(unchecked_param_type = "Uint32Array[]")] candidate_ids: JsValue,
+        candidate_ids: &[u32],
+        candidate_lengths: &[u32],
     ) -> JsResult<Float32Array> {
-        if !Array::is_array(&candidate_ids) {
-            return Err(JsError::new(
-                "feedloop: candidateIds must be an array of Uint32Array",
-            ));
-        }
-        let mut ids = vec![context_ids.to_vec()];
-        for (i, item) in Array::from(&candidate_ids).iter().enumerate() {
-            let array = item.dyn_into::<Uint32Array>().map_err(|_| {
-                JsError::new(&format!(
-                    "feedloop: candidateIds[{i}] must be a Uint32Array"
-                ))
-            })?;
-            ids.push(array.to_vec());
-        }
+        let mut ids = Vec::with_capacity(context_ids.len() + candidate_ids.len());
+        ids.extend_from_slice(context_ids);
+        ids.extend_from_slice(candidate_ids);
+        let mut lengths = Vec::with_capacity(candidate_lengths.len() + 1);
+        lengths.push(context_ids.len() as u32);
+        lengths.extend_from_slice(candidate_lengths);
         let inner = self.inner.borrow();
         let model = inner.feedback.model();
-        let embeddings = model.embed_ids(&ids).map_err(to_js_error)?;
+        let embeddings = model.embed_flat(&ids, &lengths).map_err(to_js_error)?;
         let max_tokens = model.info().max_tokens;
         let scores: Vec<f32> = (1..embeddings.len())
             .map(|i| {

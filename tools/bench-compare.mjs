@@ -70,6 +70,12 @@ for (const size of [1, 32, 100]) {
   const o = median(results.map((r) => r.sizes[size].ortMedianMs));
   sizes[size] = { feedloopMs: round(f), ortMs: round(o), ratio: round(f / o) };
 }
+const callsPerSample = [1, 32, 100]
+  .map((size) => {
+    const reps = results.map((r) => r.sizes[size].callsPerSample);
+    return `${Math.min(...reps)}–${Math.max(...reps)} (${size} candidates)`;
+  })
+  .join(", ");
 const cold = {
   feedloopMs: round(median(results.filter((r) => r.cold === "feedloop").map((r) => r.coldStartMs.feedloop))),
   ortMs: round(median(results.filter((r) => r.cold === "ort").map((r) => r.coldStartMs.ort))),
@@ -122,8 +128,9 @@ if (!args.smoke) {
 ${summary.date.slice(0, 10)}, ${summary.machine}; headless ${summary.browser.match(/Chrome\/[\d.]+/)?.[0] ?? "Chromium"};
 onnxruntime-web ${summary.ortWeb} (wasm execution provider, 1 thread, no proxy, no COOP/COEP).
 The same ONNX file and the same token ids (feedloop's tokenizer) for both; embed + score, timed
-alternately in one page; medians of ${pages} fresh pages × ${runs} runs (\`node tools/bench-compare.mjs\`).
-Scores agree to 1e-4 (checked on every run).
+alternately in one page; medians of ${pages} fresh pages × ${runs} samples, each sample the mean of
+${callsPerSample} back-to-back calls (≥ ~3 ms, since \`performance.now()\` ticks in 0.1 ms here)
+(\`node tools/bench-compare.mjs\`). Scores agree to 1e-4 (checked on every run).
 
 | work | feedloop (tract) | ONNX Runtime Web | feedloop / ORT | target |
 |---|---|---|---|---|

@@ -166,6 +166,31 @@ impl RewardModel {
 
     /// Embeds already-tokenized texts (each at most `max_tokens` ids, each id inside the vocabulary).
     pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Embeddings> {
+        let rows: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        self.embed_rows(&rows)
+    }
+
+    /// [`Self::embed_ids`] for a batch given as one flat buffer of ids and the length of each text:
+    /// the shape typed arrays cross the wasm boundary in with one copy instead of one per text.
+    pub fn embed_flat(&self, ids: &[u32], lengths: &[u32]) -> Result<Embeddings> {
+        let total: u64 = lengths.iter().map(|&n| u64::from(n)).sum();
+        if total != ids.len() as u64 {
+            return Err(Error::InvalidInput(format!(
+                "the lengths add up to {total} token ids, but {} were given",
+                ids.len()
+            )));
+        }
+        let mut rows = Vec::with_capacity(lengths.len());
+        let mut start = 0usize;
+        for &n in lengths {
+            let end = start + n as usize;
+            rows.push(&ids[start..end]);
+            start = end;
+        }
+        self.embed_rows(&rows)
+    }
+
+    fn embed_rows(&self, ids: &[&[u32]]) -> Result<Embeddings> {
         let dimensions = self.info.dimensions;
         if ids.is_empty() {
             return Ok(Embeddings {
@@ -190,7 +215,7 @@ impl RewardModel {
             }
         }
         // At least one column so an all-empty batch still has a valid shape; padding is masked out.
-        let width = ids.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let width = ids.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
         let n = ids.len();
         let mut token_ids = vec![0i64; n * width];
         let mut mask = vec![0i64; n * width];
@@ -217,15 +242,13 @@ impl RewardModel {
             )));
         }
         let values: Vec<f32> = output
-            .to_plain_array_view::<f32>()
-            .map_err(inference)?
-            .iter()
-            .copied()
-            .collect();
+            .try_as_plain_ram()
+            .and_then(|plain| plain.as_slice::<f32>().map(<[f32]>::to_vec))
+            .map_err(inference)?;
         Ok(Embeddings {
             dimensions,
             values,
-            token_counts: ids.iter().map(Vec::len).collect(),
+            token_counts: ids.iter().map(|r| r.len()).collect(),
         })
     }
 

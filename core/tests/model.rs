@@ -286,3 +286,29 @@ fn default_ranking_is_by_relevance() {
         );
     }
 }
+
+#[test]
+fn flat_batches_embed_exactly_like_nested_ones() {
+    let model = model();
+    let texts = [
+        "How do I reset my password?",
+        "",
+        "Boil dried spaghetti for 8 to 12 minutes.",
+    ];
+    let nested: Vec<Vec<u32>> = texts.iter().map(|t| model.token_ids(t)).collect();
+    let flat: Vec<u32> = nested.concat();
+    let lengths: Vec<u32> = nested.iter().map(|r| r.len() as u32).collect();
+    assert_eq!(lengths[1], 0, "the empty text stays an empty row");
+    let a = model.embed_ids(&nested).unwrap();
+    let b = model.embed_flat(&flat, &lengths).unwrap();
+    assert_eq!(a, b);
+
+    let short = model
+        .embed_flat(&flat[1..], &lengths)
+        .unwrap_err()
+        .to_string();
+    assert!(short.contains("add up to"), "{short}");
+    let vocab = model.info().vocab_size as u32;
+    let outside = model.embed_flat(&[vocab], &[1]).unwrap_err().to_string();
+    assert!(outside.contains("outside the vocabulary"), "{outside}");
+}

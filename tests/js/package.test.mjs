@@ -223,3 +223,24 @@ test("catalog scoring: no WebGPU in Node → the CPU path, the ranker's own scor
   await assert.rejects(() => ranker.setGpu("fast"), /gpu must be "auto", "always" or "off"/);
   await assert.rejects(() => Ranker.create({ storage: false, gpu: "yes" }), /options.gpu must be/);
 });
+
+test("scoreTokenIds: the global head's scores from token ids, clear errors", async () => {
+  const ranker = await Ranker.create({ storage: false });
+  const texts = parity.groups.flatMap((g) => g.candidates);
+  const context = parity.groups[0].context;
+  const contextIds = ranker.tokenize(context);
+  const candidateIds = texts.map((t) => ranker.tokenize(t));
+  candidateIds.push(new Uint32Array(0)); // an empty text is a valid row
+  const scores = ranker.scoreTokenIds(contextIds, candidateIds);
+  // Before any feedback the personal head is the global head, so `score` must agree.
+  const reference = ranker.score(context, [...texts, ""]);
+  assert.equal(scores.length, texts.length + 1);
+  scores.forEach((s, i) => assert.ok(Math.abs(s - reference[i]) <= 1e-6 * Math.max(1, Math.abs(reference[i])), `${i}: ${s} vs ${reference[i]}`));
+  assert.equal(ranker.scoreTokenIds(contextIds, []).length, 0);
+
+  assert.throws(() => ranker.scoreTokenIds([1, 2], candidateIds), (e) => e instanceof Error && /contextIds must be a Uint32Array, got an array/.test(e.message));
+  assert.throws(() => ranker.scoreTokenIds(contextIds, "ids"), /candidateIds must be an array of Uint32Array, got string/);
+  assert.throws(() => ranker.scoreTokenIds(contextIds, [candidateIds[0], [5]]), /candidateIds\[1\] must be a Uint32Array/);
+  const outside = Uint32Array.of(ranker.info.vocabSize);
+  assert.throws(() => ranker.scoreTokenIds(contextIds, [outside]), (e) => e instanceof Error && /outside the vocabulary/.test(e.message));
+});
