@@ -73,7 +73,8 @@ for (const size of [1, 32, 100]) {
 const callsPerSample = [1, 32, 100]
   .map((size) => {
     const reps = results.map((r) => r.sizes[size].callsPerSample);
-    return `${Math.min(...reps)}–${Math.max(...reps)} (${size} candidates)`;
+    const [low, high] = [Math.min(...reps), Math.max(...reps)];
+    return `${low === high ? low : `${low}–${high}`} (${size} candidate${size === 1 ? "" : "s"})`;
   })
   .join(", ");
 const cold = {

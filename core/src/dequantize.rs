@@ -57,7 +57,7 @@ fn dequantize(node: &NodeProto, initializers: &[TensorProto]) -> Option<TensorPr
     if zero_points.len() != scales.len() {
         return None;
     }
-    if values.len() as i64 != x.dims.iter().product::<i64>() {
+    if values.is_empty() || values.len() as i64 != x.dims.iter().product::<i64>() {
         return None;
     }
     // Per tensor (one scale), or per axis (one scale per index along `axis`, default 1).
@@ -85,10 +85,18 @@ fn dequantize(node: &NodeProto, initializers: &[TensorProto]) -> Option<TensorPr
         (inner as usize, scales.len())
     };
     let mut raw = vec![0u8; values.len() * 4];
-    for (i, (bytes, &q)) in raw.chunks_exact_mut(4).zip(&values).enumerate() {
-        let channel = (i / outer_stride) % channels;
-        let value = (q - zero_points[channel]) as f32 * scales[channel];
-        bytes.copy_from_slice(&value.to_le_bytes());
+    // Block by block (one scale each), writing whole 4-byte arrays: a per-element `copy_from_slice`
+    // and index division stayed calls under the size-optimized wasm build (6 ms of every load).
+    let blocks = raw
+        .chunks_mut(outer_stride * 4)
+        .zip(values.chunks(outer_stride));
+    for (index, (out, block)) in blocks.enumerate() {
+        let channel = index % channels;
+        let (zero_point, scale) = (zero_points[channel], scales[channel]);
+        for (bytes, &q) in out.chunks_exact_mut(4).zip(block) {
+            let bytes: &mut [u8; 4] = bytes.try_into().expect("chunks of exactly 4 bytes");
+            *bytes = ((q - zero_point) as f32 * scale).to_le_bytes();
+        }
     }
     Some(TensorProto {
         name: output.clone(),
@@ -261,6 +269,12 @@ mod tests {
             data_type: DataType::Uint8 as i32,
             ..int8("z", &[2], &[0, 0])
         };
-        assert_eq!(folded(model(&["x", "s", "z"], None, vec![x, s, z])), None);
+        assert_eq!(
+            folded(model(&["x", "s", "z"], None, vec![x, s.clone(), z])),
+            None
+        );
+        // An empty table (a zero dimension).
+        let empty = int8("x", &[0, 2], &[]);
+        assert_eq!(folded(model(&["x", "s"], Some(1), vec![empty, s])), None);
     }
 }

@@ -74,10 +74,12 @@ impl RewardModel {
         let mut proto = onnx
             .proto_model_for_read(&mut &*bytes)
             .map_err(|e| Error::MalformedModel(format!("not an ONNX protobuf ({e:#})")))?;
-        let contract = ModelContract::from_proto(&proto)?;
+        let mut contract = ModelContract::from_proto(&proto)?;
         crate::dequantize::fold_constant_dequantize(&mut proto);
-        let tokenizer =
-            WordPieceTokenizer::new(contract.vocab.iter().cloned(), contract.tokenizer.clone())?;
+        let tokenizer = WordPieceTokenizer::new(
+            std::mem::take(&mut contract.vocab),
+            contract.tokenizer.clone(),
+        )?;
         let body = plan_body(&onnx, &proto)?;
         let info = ModelInfo {
             contract_version: contract.contract_version.clone(),
