@@ -179,8 +179,8 @@ export class Ranker extends EventTarget {
    * text) or `{ id, text }` objects; feedback names them by id.
    */
   rank(context, candidates) {
-    const { ids } = splitCandidates(candidates);
-    const scores = this.score(context, candidates);
+    const { ids, texts } = splitCandidates(candidates);
+    const scores = this.#score(context, ids, texts);
     // Best first; ties keep input order; NaN (which finite inputs cannot produce) last.
     const order = Array.from(scores.keys()).sort((a, b) => {
       const sa = scores[a];
@@ -194,7 +194,13 @@ export class Ranker extends EventTarget {
   /** One personal score per candidate, in input order. */
   score(context, candidates) {
     const { ids, texts } = splitCandidates(candidates);
-    return this.#inner.scoreCandidates(context, ids, texts);
+    return this.#score(context, ids, texts);
+  }
+
+  // Each list crosses into wasm as one joined string and the JS length of every piece.
+  #score(context, ids, texts) {
+    const lengths = (list) => Uint32Array.from(list, (s) => s.length);
+    return this.#inner.scoreCandidates(context, ids.join(""), lengths(ids), texts.join(""), lengths(texts));
   }
 
   /**

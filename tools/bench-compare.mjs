@@ -4,7 +4,7 @@
 // sizes, and writes BENCHMARKS.md (the browser section) with the date and machine.
 // Builds nothing: run `make www` (or `npx webpack --mode production`) first.
 //
-//   node tools/bench-compare.mjs            # 3 pages per cold-start order, 50 runs → BENCHMARKS.md
+//   node tools/bench-compare.mjs            # 5 pages per cold-start order, 50 runs → BENCHMARKS.md
 //   node tools/bench-compare.mjs --smoke    # 1 page per order, 3 runs → target/bench/compare-smoke.json
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -24,7 +24,7 @@ const { values: args } = parseArgs({
     dist: { type: "string", default: path.join(root, "www/dist") },
   },
 });
-const pages = Number(args.pages ?? (args.smoke ? 1 : 3));
+const pages = Number(args.pages ?? (args.smoke ? 1 : 5));
 const runs = args.runs ?? (args.smoke ? "3" : "50");
 
 function fail(message) {

@@ -279,7 +279,13 @@ fn is_control(c: char) -> bool {
 }
 
 fn is_bert_punctuation(c: char) -> bool {
-    c.is_ascii_punctuation() || c.is_punctuation()
+    // Every ASCII character in a Unicode P* category is ASCII punctuation, so ASCII text never needs
+    // the Unicode tables (their binary search was a fifth of ranking new texts).
+    if c.is_ascii() {
+        c.is_ascii_punctuation()
+    } else {
+        c.is_punctuation()
+    }
 }
 
 fn is_chinese_char(c: char) -> bool {
@@ -305,6 +311,17 @@ mod tests {
             "[PAD]", "[UNK]", "hello", "world", "un", "##aff", "##able", ",", "!", "cafe", "中",
         ];
         WordPieceTokenizer::new(vocab, TokenizerConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn ascii_punctuation_shortcut_agrees_with_the_unicode_tables() {
+        for c in (0u8..=127).map(char::from) {
+            assert_eq!(
+                is_bert_punctuation(c),
+                c.is_ascii_punctuation() || c.is_punctuation(),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

@@ -244,3 +244,16 @@ test("scoreTokenIds: the global head's scores from token ids, clear errors", asy
   const outside = Uint32Array.of(ranker.info.vocabSize);
   assert.throws(() => ranker.scoreTokenIds(contextIds, [outside]), (e) => e instanceof Error && /outside the vocabulary/.test(e.message));
 });
+
+test("candidate lists cross as joined strings: emoji, accents and empty texts score as they do alone", async () => {
+  const ranker = await Ranker.create({ storage: false });
+  const context = "How do I reset my password?";
+  const texts = ["", "😀 reset it 👍🏽 now", "naïve café: mot de passe oublié", "Forgot password? Click the link.", "中文 密码", "\uD83D lone surrogate"];
+  const together = ranker.score(context, texts);
+  texts.forEach((t, i) => assert.equal(together[i], ranker.score(context, [t])[0], `text ${i}`));
+  const ranked = ranker.rank(context, texts.map((text, i) => ({ id: `id-${i}-ü😀`, text })));
+  assert.deepEqual(new Set(ranked.map((r) => r.id)), new Set(texts.map((_, i) => `id-${i}-ü😀`)));
+  // Two lone halves of one surrogate pair on either side of a boundary cannot be told apart from a
+  // real pair once joined: refused with a message rather than mis-split.
+  assert.throws(() => ranker.score(context, ["a\uD83D", "\uDE00b"]), (e) => e instanceof Error && /lone UTF-16 surrogate/.test(e.message));
+});
