@@ -153,10 +153,10 @@ bench-gpu: www setup-browser setup-gpu
 	cargo bench -p feedloop-gpu --bench scoring
 	node tools/bench-gpu-browser.mjs
 
-# The privacy–utility table in BENCHMARKS.md (about 10 minutes with the optimized CLI).
+# The privacy–utility table in BENCHMARKS.md (about a minute with the optimized CLI, after its build).
 bench-simulate:
 	cargo build --profile release-native -p feedloop-cli
-	$(CARGO_TARGET)/release-native/feedloop simulate --users 100,1000,10000 --epsilon 0.5,1,2,4,8,inf \
+	$(CARGO_TARGET)/release-native/feedloop simulate --users 100,1000,10000 --epsilon 0.5,1,2,4,8,inf --seeds 5 \
 	  --markdown $(CARGO_TARGET)/simulate.md > $(CARGO_TARGET)/simulate.json
 	@cat $(CARGO_TARGET)/simulate.md
 

@@ -76,6 +76,10 @@ pub struct SimulateArgs {
     max_texts: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Repeat every run with this many seeds (--seed, --seed + 1, …): each seed draws its own
+    /// population taste, train/held-out split, users and noise; the table shows mean ± sd.
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
     /// Also write the results as a Markdown table to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -178,11 +182,12 @@ fn run(
     population: &[f32],
     users: usize,
     epsilon: Option<f64>,
+    seed: u64,
     bar: &ProgressBar,
 ) -> CliResult<Value> {
     let dimension = corpus.head.len();
-    let mut rng = fastrand::Rng::with_seed(args.seed ^ (users as u64).rotate_left(17));
-    let mut noise_rng = chacha20::ChaCha20Rng::seed_from_u64(args.seed.wrapping_add(users as u64));
+    let mut rng = fastrand::Rng::with_seed(seed ^ (users as u64).rotate_left(17));
+    let mut noise_rng = chacha20::ChaCha20Rng::seed_from_u64(seed.wrapping_add(users as u64));
     // The noise that makes all rounds together cost exactly ε per user (zCDP adds up).
     let privatizer = match epsilon {
         Some(eps) => {
@@ -331,6 +336,7 @@ fn run(
     }
     Ok(json!({
         "users": users,
+        "seed": seed,
         "targetEpsilon": epsilon,
         "noiseStddev": privatizer.as_ref().map(PrivatizerConfig::noise_stddev),
         "rhoPerRound": privatizer.as_ref().map(PrivatizerConfig::rho),
@@ -358,18 +364,13 @@ pub fn simulate(args: SimulateArgs) -> CliResult<Value> {
                 .ok_or_else(|| format!("--epsilon {s:?} is not a positive number or \"inf\"")),
         })
         .collect::<CliResult<_>>()?;
+    if args.seeds == 0 {
+        return Err("--seeds must be at least 1".into());
+    }
     let (corpus, texts) = corpus(&args)?;
     let dimensions = corpus.embeddings[0].len();
-    let mut rng = fastrand::Rng::with_seed(args.seed);
-    let population = normalized((0..dimensions).map(|_| gaussian(&mut rng)).collect());
-    let mut pairs: Vec<(usize, usize)> = (0..texts)
-        .flat_map(|a| (a + 1..texts).map(move |b| (a, b)))
-        .collect();
-    rng.shuffle(&mut pairs);
-    let held = ((pairs.len() as f64 * args.held_out).round() as usize).clamp(1, pairs.len() - 1);
-    let (held_out, train) = pairs.split_at(held);
-
-    let total: u64 = (args.users.iter().sum::<usize>() * args.rounds * epsilons.len()) as u64;
+    let total: u64 =
+        (args.users.iter().sum::<usize>() * args.rounds * epsilons.len()) as u64 * args.seeds;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -381,29 +382,44 @@ pub fn simulate(args: SimulateArgs) -> CliResult<Value> {
             .progress_chars("=> "),
     );
     let mut runs = Vec::new();
-    for &users in &args.users {
-        for &epsilon in &epsilons {
-            bar.set_message(format!(
-                "N = {users}, ε = {}",
-                epsilon.map_or("∞".to_string(), |e| e.to_string())
-            ));
-            runs.push(run(
-                &args,
-                &corpus,
-                train,
-                held_out,
-                &population,
-                users,
-                epsilon,
-                &bar,
-            )?);
+    let (mut train_pairs, mut held_out_pairs) = (0, 0);
+    for seed in (0..args.seeds).map(|k| args.seed.wrapping_add(k)) {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let population = normalized((0..dimensions).map(|_| gaussian(&mut rng)).collect());
+        let mut pairs: Vec<(usize, usize)> = (0..texts)
+            .flat_map(|a| (a + 1..texts).map(move |b| (a, b)))
+            .collect();
+        rng.shuffle(&mut pairs);
+        let held =
+            ((pairs.len() as f64 * args.held_out).round() as usize).clamp(1, pairs.len() - 1);
+        let (held_out, train) = pairs.split_at(held);
+        (train_pairs, held_out_pairs) = (train.len(), held_out.len());
+        for &users in &args.users {
+            for &epsilon in &epsilons {
+                bar.set_message(format!(
+                    "seed {seed}, N = {users}, ε = {}",
+                    epsilon.map_or("∞".to_string(), |e| e.to_string())
+                ));
+                runs.push(run(
+                    &args,
+                    &corpus,
+                    train,
+                    held_out,
+                    &population,
+                    users,
+                    epsilon,
+                    seed,
+                    &bar,
+                )?);
+            }
         }
     }
     bar.finish_and_clear();
     let result = json!({
         "texts": texts,
-        "trainPairs": train.len(),
-        "heldOutPairs": held_out.len(),
+        "seeds": args.seeds,
+        "trainPairs": train_pairs,
+        "heldOutPairs": held_out_pairs,
         "rounds": args.rounds,
         "choicesPerRound": args.choices,
         "clipNorm": args.clip_norm,
@@ -429,8 +445,28 @@ fn markdown(result: &Value) -> String {
             .map(|l| l["accuracy"].as_f64().unwrap_or(f64::NAN))
             .unwrap_or(f64::NAN)
     };
-    let mut users: Vec<u64> = runs.iter().filter_map(|r| r["users"].as_u64()).collect();
-    users.dedup();
+    let mut users: Vec<u64> = Vec::new();
+    for n in runs.iter().filter_map(|r| r["users"].as_u64()) {
+        if !users.contains(&n) {
+            users.push(n);
+        }
+    }
+    // Final accuracies of every seed's run for (N, ε).
+    let finals = |n: u64, eps: Option<f64>| -> Vec<f64> {
+        runs.iter()
+            .filter(|r| r["users"].as_u64() == Some(n) && r["targetEpsilon"].as_f64() == eps)
+            .map(final_accuracy)
+            .collect()
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let mean_sd = |v: &[f64]| {
+        let m = mean(v);
+        if v.len() < 2 {
+            return format!("{m:.3}");
+        }
+        let var = v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        format!("{m:.3} ± {:.3}", var.sqrt())
+    };
     let mut epsilons: Vec<Option<f64>> = Vec::new();
     for r in &runs {
         let e = r["targetEpsilon"].as_f64();
@@ -456,17 +492,14 @@ fn markdown(result: &Value) -> String {
         let cells: Vec<String> = users
             .iter()
             .map(|&n| {
-                let find = |eps: Option<f64>| {
-                    runs.iter().find(|r| {
-                        r["users"].as_u64() == Some(n) && r["targetEpsilon"].as_f64() == eps
-                    })
-                };
-                match (find(*e), find(None)) {
-                    (Some(run), Some(plain)) if e.is_some() => {
-                        let (a, p) = (final_accuracy(run), final_accuracy(plain));
-                        format!("{a:.3} ({:.2}×)", a / p)
-                    }
-                    (Some(run), _) => format!("{:.3}", final_accuracy(run)),
+                let (private, plain) = (finals(n, *e), finals(n, None));
+                match (private.is_empty(), plain.is_empty()) {
+                    (false, false) if e.is_some() => format!(
+                        "{} ({:.2}×)",
+                        mean_sd(&private),
+                        mean(&private) / mean(&plain)
+                    ),
+                    (false, _) => mean_sd(&private),
                     _ => "–".into(),
                 }
             })
@@ -479,8 +512,13 @@ fn markdown(result: &Value) -> String {
         .and_then(|r| r["rounds"][0]["accuracy"].as_f64())
         .unwrap_or(f64::NAN);
     out.push_str(&format!(
-        "\nHeld-out pairwise accuracy of the global model after {} rounds (before any round: {start:.3}); in brackets the ratio to the non-private run with the same N. {} texts, {} training / {} held-out pairs, {} choices per user per round, C = {}, γ = {}, δ = {}, {}.\n",
-        result["rounds"], result["texts"], result["trainPairs"], result["heldOutPairs"], result["choicesPerRound"], result["clipNorm"], result["granularity"], result["delta"], result["optimizer"],
+        "\nHeld-out pairwise accuracy of the global model after {} rounds (before any round, first seed: {start:.3}); {}in brackets the ratio to the non-private run with the same N. {} texts, {} training / {} held-out pairs, {} choices per user per round, C = {}, γ = {}, δ = {}, {}.\n",
+        result["rounds"],
+        match result["seeds"].as_u64() {
+            Some(k) if k > 1 => format!("mean ± sd over {k} seeds (each its own taste, split, users and noise); "),
+            _ => String::new(),
+        },
+        result["texts"], result["trainPairs"], result["heldOutPairs"], result["choicesPerRound"], result["clipNorm"], result["granularity"], result["delta"], result["optimizer"],
     ));
     out
 }

@@ -364,10 +364,54 @@ fn simulate_runs_the_federated_loop_and_spends_the_target_epsilon() {
         (vec!["simulate", "--epsilon", "0"], "not a positive number"),
         (vec!["simulate", "--users", "0"], "at least 1"),
         (vec!["simulate", "--held-out", "1.5"], "between 0 and 1"),
+        (
+            vec!["simulate", "--seeds", "0"],
+            "--seeds must be at least 1",
+        ),
     ] {
         let out = feedloop(&args);
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(message), "{args:?}: {err}");
     }
+}
+
+/// `--seeds K` repeats every run with K seeds and reports mean ± sd; the first seed's runs are the
+/// same as a single-seed run's.
+#[test]
+fn simulate_repeats_runs_over_seeds() {
+    let md = temp_file("simulate-seeds.md", b"");
+    let args = |seeds: &str, md: Option<&str>| {
+        let mut a = vec![
+            "simulate",
+            "--users",
+            "20",
+            "--rounds",
+            "1",
+            "--choices",
+            "3",
+            "--epsilon",
+            "4,inf",
+            "--quiet",
+            "--seeds",
+            seeds,
+        ];
+        if let Some(md) = md {
+            a.extend(["--markdown", md]);
+        }
+        a.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let many: Vec<String> = args("3", Some(md.to_str().unwrap()));
+    let many = json_out(&many.iter().map(String::as_str).collect::<Vec<_>>());
+    let runs = many["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6, "3 seeds × 2 ε");
+    let seeds: Vec<u64> = runs.iter().map(|r| r["seed"].as_u64().unwrap()).collect();
+    assert_eq!(seeds, [1, 1, 2, 2, 3, 3]);
+    let one: Vec<String> = args("1", None);
+    let one = json_out(&one.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(one["runs"][0], runs[0], "seed 1 is reproducible");
+    assert_eq!(one["runs"][1], runs[1]);
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(table.contains(" ± "), "{table}");
+    assert!(table.contains("mean ± sd over 3 seeds"), "{table}");
 }
