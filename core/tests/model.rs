@@ -312,3 +312,41 @@ fn flat_batches_embed_exactly_like_nested_ones() {
     let outside = model.embed_flat(&[vocab], &[1]).unwrap_err().to_string();
     assert!(outside.contains("outside the vocabulary"), "{outside}");
 }
+
+#[test]
+fn large_batches_are_chunked_by_length_and_keep_their_order() {
+    let model = model();
+    // 600 texts (more than one body run) of very different lengths, in no particular order.
+    let words = [
+        "reset",
+        "password",
+        "refund",
+        "invoice",
+        "café",
+        "two-factor",
+        "export",
+    ];
+    let texts: Vec<String> = (0..600)
+        .map(|i| {
+            let n = (i * 37) % 61;
+            (0..n)
+                .map(|k| words[(i + k) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    let all = model.embed(&texts).unwrap();
+    assert_eq!(all.len(), texts.len());
+    let mut worst = 0f32;
+    for (i, text) in texts.iter().enumerate().step_by(7) {
+        let alone = model.embed(&[text]).unwrap();
+        assert_eq!(all.token_counts[i], alone.token_counts[0], "text {i}");
+        for (a, b) in all.row(i).iter().zip(alone.row(0)) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    assert!(
+        worst <= 1e-6,
+        "chunked rows differ from single rows by {worst}"
+    );
+}
