@@ -1100,12 +1100,14 @@ fn to_js<T: Serialize + ?Sized>(value: &T) -> JsResult<JsValue> {
 }
 
 fn string(value: &JsValue, what: &str) -> JsResult<String> {
-    value.as_string().ok_or_else(|| {
-        JsError::new(&format!(
-            "feedloop: {what} must be a string, got {}",
-            type_name(value)
-        ))
-    })
+    value.as_string().ok_or_else(|| not_a_string(what, value))
+}
+
+fn not_a_string(what: impl std::fmt::Display, value: &JsValue) -> JsError {
+    JsError::new(&format!(
+        "feedloop: {what} must be a string, got {}",
+        type_name(value)
+    ))
 }
 
 fn strings(value: &JsValue, what: &str) -> JsResult<Vec<String>> {
@@ -1120,12 +1122,8 @@ fn strings(value: &JsValue, what: &str) -> JsResult<Vec<String>> {
         .enumerate()
         .map(|(i, item)| {
             // The label is formatted only for the error, not for every element.
-            item.as_string().ok_or_else(|| {
-                JsError::new(&format!(
-                    "feedloop: {what}[{i}] must be a string, got {}",
-                    type_name(&item)
-                ))
-            })
+            item.as_string()
+                .ok_or_else(|| not_a_string(format_args!("{what}[{i}]"), &item))
         })
         .collect()
 }
