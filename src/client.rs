@@ -22,9 +22,6 @@ use crate::{
     JsResult, Ranker,
 };
 
-/// A token this close to expiry is refreshed.
-const REFRESH_BEFORE_S: i64 = 24 * 3600;
-
 /// The adopted global model, as stored.
 #[derive(Serialize, Deserialize)]
 struct StoredGlobal {
@@ -306,14 +303,15 @@ async fn client_token(
     name: &str,
     server: &ServerConfig,
 ) -> Result<Result<ClientToken, NetError>, JsValue> {
-    let now_s = (now_ms() / 1000) as i64;
+    // Unix milliseconds, as the server's `expiresAt`.
+    let now = now_ms() as i64;
     let current = inner
         .borrow()
         .client
         .clone()
-        .filter(|t| t.server == server.url && t.expires_at > now_s);
+        .filter(|t| t.server == server.url && t.expires_at > now);
     let fresh = match current {
-        Some(token) if token.expires_at - now_s > REFRESH_BEFORE_S => return Ok(Ok(token)),
+        Some(token) if !token.needs_refresh(now) => return Ok(Ok(token)),
         Some(token) => match sync::refresh(server, &token).await {
             Ok(t) => t,
             Err(e) if e.retry() => return Ok(Ok(token)),

@@ -32,6 +32,20 @@ pub struct ServerConfig {
     pub deployment_key: String,
 }
 
+impl ClientToken {
+    /// Whether the token should be refreshed at `now_ms`: within a day of its expiry, or past half
+    /// of its lifetime when that is shorter (a deployment with short-lived tokens).
+    pub fn needs_refresh(&self, now_ms: i64) -> bool {
+        const DAY_MS: i64 = 24 * 3600 * 1000;
+        let margin = if self.issued_at > 0 && self.expires_at > self.issued_at {
+            DAY_MS.min((self.expires_at - self.issued_at) / 2)
+        } else {
+            DAY_MS
+        };
+        self.expires_at - now_ms <= margin
+    }
+}
+
 impl ServerConfig {
     pub fn check(&self) -> Result<(), String> {
         if self.deployment_key.trim().is_empty() {
@@ -58,8 +72,11 @@ impl ServerConfig {
 pub struct ClientToken {
     pub client_id: String,
     pub token: String,
-    /// Unix seconds.
+    /// Unix milliseconds (as the server sends it).
     pub expires_at: i64,
+    /// Unix milliseconds; 0 for tokens stored before the server sent it.
+    #[serde(default)]
+    pub issued_at: i64,
     /// The server it belongs to.
     pub server: String,
 }
@@ -203,6 +220,7 @@ fn token_from(value: &serde_json::Value, server: &ServerConfig) -> Result<Client
             client_id,
             token,
             expires_at,
+            issued_at: value["issuedAt"].as_i64().unwrap_or(0),
             server: server.url.clone(),
         }),
         _ => Err(NetError::offline(format!(

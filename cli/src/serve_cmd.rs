@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Client token lifetime in hours.
     #[arg(long, env = "FEEDLOOP_TOKEN_TTL_HOURS", default_value_t = 168)]
     token_ttl_hours: u64,
+    /// Client token lifetime in seconds (overrides --token-ttl-hours; short lifetimes are for tests).
+    #[arg(long, env = "FEEDLOOP_TOKEN_TTL_SECONDS")]
+    token_ttl_seconds: Option<u64>,
     /// δ for the reported ε per participant.
     #[arg(long, env = "FEEDLOOP_DELTA", default_value_t = 1e-6)]
     delta: f64,
@@ -93,7 +96,11 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
     config.deployment_keys = args.deployment_keys;
     config.admin_keys = args.admin_keys;
     config.token_secret = args.token_secret.map(String::into_bytes);
-    config.token_ttl = Duration::from_secs(args.token_ttl_hours * 3600);
+    config.token_ttl = Duration::from_secs(
+        args.token_ttl_seconds
+            .unwrap_or(args.token_ttl_hours * 3600)
+            .max(1),
+    );
     config.delta = args.delta;
     let optimizer = ServerOptimizer::from_name(&args.optimizer)?;
     config.optimizer = match args.server_lr {

@@ -174,9 +174,11 @@ fn audit_json(a: &AuditRow) -> Value {
             "details": serde_json::from_str::<Value>(&a.details).unwrap_or(Value::Null) })
 }
 
-fn token_json(claims: &crate::auth::Claims, token: String) -> Value {
+/// `expiresAt` and `issuedAt` are unix milliseconds.
+fn token_json(app: &App, claims: &crate::auth::Claims, token: String) -> Value {
+    let issued_at = claims.expires_at - app.config().token_ttl.as_millis() as i64;
     json!({ "clientId": claims.client_id, "deployment": claims.deployment, "token": token,
-            "expiresAt": claims.expires_at })
+            "expiresAt": claims.expires_at, "issuedAt": issued_at })
 }
 
 // ----- handlers -----
@@ -221,13 +223,13 @@ async fn register(State(app): State<App>, headers: HeaderMap) -> Result<(StatusC
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Error::Unauthorized(format!("missing {DEPLOYMENT_KEY_HEADER} header")))?;
     let (claims, token) = app.register(key).await?;
-    Ok((StatusCode::CREATED, Json(token_json(&claims, token))))
+    Ok((StatusCode::CREATED, Json(token_json(&app, &claims, token))))
 }
 
 async fn refresh(State(app): State<App>, headers: HeaderMap) -> Result<Json<Value>> {
     let claims = app.verify_token(crate::auth::bearer(&headers)?)?;
     let (claims, token) = app.refresh(&claims);
-    Ok(Json(token_json(&claims, token)))
+    Ok(Json(token_json(&app, &claims, token)))
 }
 
 #[derive(Deserialize)]

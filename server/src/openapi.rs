@@ -119,7 +119,8 @@ pub fn document() -> Value {
               "required": ["code", "message"], "properties": { "code": { "type": "string" }, "message": { "type": "string" } } } } },
           "Health": { "type": "object", "properties": { "status": { "type": "string" } } },
           "Token": { "type": "object", "properties": { "clientId": { "type": "string" }, "deployment": { "type": "string" },
-              "token": { "type": "string" }, "expiresAt": { "type": "integer", "description": "unix ms" } } },
+              "token": { "type": "string" }, "expiresAt": { "type": "integer", "description": "unix ms" },
+              "issuedAt": { "type": "integer", "description": "unix ms" } } },
           "Accepted": { "type": "object", "properties": { "accepted": { "type": "boolean" }, "roundId": { "type": "string" },
               "received": { "type": "integer" }, "roundClosed": { "nullable": true, "allOf": [{ "$ref": "#/components/schemas/Round" }] } } },
           "Round": { "type": "object", "properties": {

@@ -7,64 +7,15 @@
 // hidden. Last, the dashboard shows the rounds and versions and rolls back with the admin key.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { launchChromium } from "../../tools/chromium.mjs";
+import { freePort, startServer } from "./server.mjs";
 
-const root = fileURLToPath(new URL("../../", import.meta.url));
-const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(root, "target");
-const BINARY = process.env.FEEDLOOP_BIN ?? path.join(targetDir, "debug/feedloop");
 const DEPLOYMENT_KEY = "e2e-deployment-key-0123456789";
 const ADMIN_KEY = "e2e-admin-key-0123456789";
 const TIMEOUT = 60_000;
-
-for (const [file, how] of [
-  [path.join(root, "www/dist/index.html"), "npx webpack --mode production"],
-  [BINARY, "cargo build -p feedloop-cli"],
-]) {
-  if (!existsSync(file)) throw new Error(`${file} is missing: build it first with \`${how}\``);
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
-
-async function startServer(dataDir, port) {
-  const args = [
-    "serve", "--addr", `127.0.0.1:${port}`,
-    "--database", `sqlite://${path.join(dataDir, "feedloop.db")}`,
-    "--static-dir", path.join(root, "www/dist"),
-    "--deployment-key", `e2e=${DEPLOYMENT_KEY}`,
-    "--admin-key", ADMIN_KEY,
-    "--server-lr", "0.1",
-    "--auto-round", JSON.stringify({ clipNorm: 1, granularity: 0.001, noiseStddev: 4, minCohort: 2, targetCount: 2, durationSeconds: 600 }),
-  ];
-  const child = spawn(BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
-  let log = "";
-  child.stderr.on("data", (d) => (log += d));
-  const base = `http://127.0.0.1:${port}`;
-  for (let i = 0; i < 200; i++) {
-    if (child.exitCode !== null) throw new Error(`feedloop serve exited: ${log}`);
-    try {
-      if ((await fetch(`${base}/healthz`)).ok) return { child, base, log: () => log };
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`feedloop serve did not start: ${log}`);
-}
 
 async function json(base, route) {
   const response = await fetch(`${base}${route}`);
@@ -82,7 +33,13 @@ describe("federated sync: two devices, the real server, Chromium", () => {
 
   before(async () => {
     dataDir = mkdtempSync(path.join(tmpdir(), "feedloop-e2e-"));
-    server = await startServer(dataDir, await freePort());
+    server = await startServer({
+      dataDir,
+      port: await freePort(),
+      deploymentKey: DEPLOYMENT_KEY,
+      adminKey: ADMIN_KEY,
+      autoRound: { clipNorm: 1, granularity: 0.001, noiseStddev: 4, minCohort: 2, targetCount: 2, durationSeconds: 600 },
+    });
     browser = await launchChromium();
     for (const name of ["A", "B"]) {
       const context = await browser.newContext();
