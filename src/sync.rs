@@ -1,375 +1,484 @@
-//! The network layer: talking to the feedloop server (`feedloop serve`).
+//! Sync with the feedloop server: pull the global model, contribute a privatized update to the open
+//! round, and deliver queued uploads (with backoff, and by `sendBeacon` when the page is hidden).
 //!
-//! Privacy boundary: the only request that carries a body is an upload, and its functions
-//! ([`send`], [`beacon`]) take a [`QueuedUpload`], which is made only from a `Release` (privatized,
-//! charged to the budget, written to the ledger; see `feedloop_core::outbox`). Everything else here
-//! is a GET or a body-less POST (registration). No candidate text, feedback event or learning
-//! state can reach this module: it has no function that accepts them.
+//! The order of a sync is the privacy order: an upload is privatized and charged (`DevicePrivacy`),
+//! recorded and queued in one IndexedDB transaction, and only then handed to the network layer
+//! (`network.rs`), which accepts nothing but queued uploads. Whether to contribute is the core's
+//! decision (`DevicePrivacy::eligibility`).
 
-use feedloop_core::contribution::RoundConfig;
-use feedloop_core::outbox::{QueuedUpload, SendOutcome};
-use js_sys::{Promise, Reflect, Uint8Array};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use feedloop_core::outbox::{QueuedUpload, SendOutcome, Settled};
+use feedloop_core::protocol::UnixMillis;
+use feedloop_privacy::accounting::zcdp_to_approx_dp;
+use js_sys::Promise;
 use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::JsFuture;
-use web_sys::{Request, RequestInit, Response};
+use wasm_bindgen_futures::future_to_promise;
 
-#[wasm_bindgen]
-extern "C" {
-    /// `globalThis.fetch` (a window, a worker or Node ≥ 18).
-    #[wasm_bindgen(js_name = fetch)]
-    fn global_fetch(request: &Request) -> Promise;
+use crate::convert::{check_fields, now_ms, to_js};
+use crate::error::{invalid, Error, JsResult};
+use crate::network::{self, ClientToken, GlobalModel, NetError, OpenRound, ServerConfig};
+use crate::persistence::save_personal;
+use crate::privacy::secure_rng;
+use crate::{indexeddb, Inner, Ranker};
+
+/// The adopted global model, as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredGlobal {
+    version: String,
+    head: Vec<f32>,
 }
 
-/// Where and as which site to sync.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct ServerConfig {
-    /// The server's base URL, e.g. `https://feedback.example.com` (or "" for this page's origin).
-    pub url: String,
-    /// The site's deployment key (`feedloop serve --deployment-key site=KEY`).
-    pub deployment_key: String,
-}
-
-impl ClientToken {
-    /// Whether the token should be refreshed at `now_ms`: within a day of its expiry, or past half
-    /// of its lifetime when that is shorter (a deployment with short-lived tokens).
-    pub fn needs_refresh(&self, now_ms: i64) -> bool {
-        const DAY_MS: i64 = 24 * 3600 * 1000;
-        let margin = if self.issued_at > 0 && self.expires_at > self.issued_at {
-            DAY_MS.min((self.expires_at - self.issued_at) / 2)
-        } else {
-            DAY_MS
-        };
-        self.expires_at - now_ms <= margin
-    }
-}
-
-impl ServerConfig {
-    pub fn check(&self) -> Result<(), String> {
-        if self.deployment_key.trim().is_empty() {
-            return Err("server.deploymentKey is empty".into());
-        }
-        let http = self.url.starts_with("http://") || self.url.starts_with("https://");
-        if !(self.url.is_empty() || http) {
-            return Err(format!(
-                "server.url {:?} must start with http:// or https:// (or be \"\" for this origin)",
-                self.url
-            ));
-        }
-        Ok(())
-    }
-
-    fn endpoint(&self, path: &str) -> String {
-        format!("{}{path}", self.url.trim_end_matches('/'))
-    }
-}
-
-/// This device's client token (from registration), kept in IndexedDB.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What one `sync` did, for the page (and the `sync` event).
+#[derive(Serialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct ClientToken {
-    pub client_id: String,
-    pub token: String,
-    /// Unix milliseconds (as the server sends it).
-    pub expires_at: i64,
-    /// Unix milliseconds; 0 for tokens stored before the server sent it.
-    #[serde(default)]
-    pub issued_at: i64,
-    /// The server it belongs to.
-    pub server: String,
+struct SyncReport {
+    /// The server could not be reached (or answered 5xx): queued uploads wait for the next sync.
+    offline: bool,
+    /// Why the sync stopped early, if it did.
+    error: Option<String>,
+    client_id: Option<String>,
+    /// The global model version in use after this sync, and whether this sync adopted it.
+    model_version: String,
+    model_updated: bool,
+    /// The open round, if any.
+    round: Option<OpenRound>,
+    /// This sync's contribution to the round: its id, payload hash and ε at the policy's δ.
+    contribution: Option<Contribution>,
+    /// Why no contribution was made (nothing learned, budget, policy, already contributed, ...).
+    skipped: Option<String>,
+    /// Uploads the server stored, or refused for good, during this sync.
+    settled: Vec<Settled>,
+    /// Uploads still waiting (with backoff).
+    queued: usize,
 }
 
-/// A published model version, as the device uses it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GlobalModel {
-    pub version: String,
-    pub head: Vec<f32>,
-    pub etag: Option<String>,
-}
-
-/// The open round: what the device needs to contribute, and progress for the page.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One queued upload, for `pendingUploads()`.
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct OpenRound {
-    #[serde(flatten)]
-    pub config: RoundConfig,
-    pub dimension: usize,
-    pub min_cohort: i64,
-    pub target_count: Option<i64>,
-    pub received: i64,
-    pub deadline: Option<i64>,
+struct PendingUpload<'a> {
+    round_id: &'a str,
+    model_version: &'a str,
+    sha256: &'a str,
+    bytes: usize,
+    attempts: u32,
+    next_attempt_at: u64,
+    beaconed: bool,
 }
 
-/// A failed request: `retry` when the server was unreachable or overloaded.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NetError {
-    pub status: Option<u16>,
-    pub code: Option<String>,
-    pub message: String,
-}
-
-impl NetError {
-    fn offline(message: String) -> Self {
+impl<'a> PendingUpload<'a> {
+    fn of(u: &'a QueuedUpload) -> Self {
         Self {
-            status: None,
-            code: None,
-            message,
-        }
-    }
-
-    pub fn retry(&self) -> bool {
-        match self.status {
-            None => true,
-            Some(s) => s == 408 || s == 429 || s >= 500,
+            round_id: u.round_id(),
+            model_version: u.model_version(),
+            sha256: u.sha256(),
+            bytes: u.bytes().len(),
+            attempts: u.attempts(),
+            next_attempt_at: u.next_attempt_ms(),
+            beaconed: u.beaconed(),
         }
     }
 }
 
-impl std::fmt::Display for NetError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.status, &self.code) {
-            (Some(s), Some(code)) => write!(f, "{s} {code}: {}", self.message),
-            (Some(s), None) => write!(f, "{s}: {}", self.message),
-            _ => write!(f, "{}", self.message),
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Contribution {
+    round_id: String,
+    sha256: String,
+    epsilon: f64,
+}
+
+fn server_config(value: JsValue) -> JsResult<ServerConfig> {
+    check_fields(&value, &["url", "deploymentKey"], "server")?;
+    let config: ServerConfig = serde_wasm_bindgen::from_value(value)
+        .map_err(|e| invalid(format!("server must be {{ url, deploymentKey }}: {e}")))?;
+    config.check().map_err(invalid)?;
+    Ok(config)
+}
+
+#[wasm_bindgen(js_class = WasmRanker)]
+impl Ranker {
+    /// One sync with the server, using IndexedDB database `name` for the budget, ledger and upload
+    /// queue: register (once), adopt a newer global model (rebasing what was learned on it),
+    /// contribute a privatized update to the open round if something new was learned and the
+    /// policy and budget allow it, and deliver queued uploads. Resolves with a report; an
+    /// unreachable server is not an error (`offline: true`, uploads stay queued). Rejects with an
+    /// `Error` for a bad configuration, a refused deployment key, or a storage failure.
+    #[wasm_bindgen(unchecked_return_type = "Promise<SyncReport>")]
+    pub fn sync(
+        &self,
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "ServerOptions")] server: JsValue,
+    ) -> Promise {
+        let server = server_config(server);
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let server = server?;
+            if !indexeddb::available() {
+                return Err(
+                    invalid("sync needs IndexedDB (the budget and ledger must persist)").into(),
+                );
+            }
+            let report = run_sync(&inner, &name, &server).await?;
+            Ok(to_js(&report)?)
+        })
+    }
+
+    /// Hands every queued upload to `navigator.sendBeacon` (call it when the page is hidden: a fetch
+    /// might not finish), once each. Synchronous, from the queue as last read; returns how many were handed
+    /// over. The next `sync` confirms them (a repeat is acknowledged as a duplicate).
+    pub fn beacon(
+        &self,
+        name: String,
+        #[wasm_bindgen(unchecked_param_type = "ServerOptions")] server: JsValue,
+    ) -> JsResult<u32> {
+        let server = server_config(server)?;
+        let (token, due) = {
+            let inner = self.inner.borrow();
+            let Some(token) = inner.client.clone() else {
+                return Ok(0);
+            };
+            // Not only the due ones: the page is going away, this is the last chance to send.
+            (token, inner.outbox.uploads().to_vec())
+        };
+        let mut sent = Vec::new();
+        for upload in due.iter().filter(|u| !u.beaconed()) {
+            if network::beacon(&server, &token, upload) {
+                sent.push(upload.sha256().to_string());
+            }
         }
+        for sha in &sent {
+            self.inner.borrow_mut().outbox.mark_beaconed(sha);
+        }
+        if !sent.is_empty() {
+            // Best effort: the page may be frozen before this completes (then the next sync
+            // simply sends them again and the server answers "duplicate").
+            let marked = sent.clone();
+            wasm_bindgen_futures::spawn_local(async move {
+                let _ = indexeddb::update_outbox(&name, move |outbox| {
+                    for sha in &marked {
+                        outbox.mark_beaconed(sha);
+                    }
+                    Vec::new()
+                })
+                .await;
+            });
+        }
+        Ok(sent.len() as u32)
+    }
+
+    /// The uploads waiting to be sent (privatized and ledgered already): round, payload hash,
+    /// attempts and next attempt time.
+    #[wasm_bindgen(js_name = pendingUploads, unchecked_return_type = "PendingUpload[]")]
+    pub fn pending_uploads(&self) -> JsResult<JsValue> {
+        let inner = self.inner.borrow();
+        let list: Vec<PendingUpload> = inner
+            .outbox
+            .uploads()
+            .iter()
+            .map(PendingUpload::of)
+            .collect();
+        to_js(&list)
+    }
+
+    /// The global model version the personal head is built on ("bundled" before the first sync).
+    #[wasm_bindgen(getter, js_name = modelVersion)]
+    pub fn model_version(&self) -> String {
+        self.inner.borrow().global_version.clone()
     }
 }
 
-fn describe(value: &JsValue) -> String {
-    value
-        .dyn_ref::<js_sys::Error>()
-        .map(|e| String::from(e.message()))
-        .or_else(|| value.as_string())
-        .unwrap_or_else(|| format!("{value:?}"))
-}
-
-/// One request; `Ok` for any HTTP answer (the caller reads the status).
-async fn request(
-    method: &str,
-    url: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Result<Response, NetError> {
-    let init = RequestInit::new();
-    init.set_method(method);
-    let h = web_sys::Headers::new().map_err(|e| NetError::offline(describe(&e)))?;
-    for (k, v) in headers {
-        h.set(k, v).map_err(|e| NetError::offline(describe(&e)))?;
-    }
-    init.set_headers(&h);
-    if let Some(body) = body {
-        init.set_body(&Uint8Array::from(body));
-    }
-    let req = Request::new_with_str_and_init(url, &init)
-        .map_err(|e| NetError::offline(format!("bad request to {url}: {}", describe(&e))))?;
-    let resp = JsFuture::from(global_fetch(&req))
+/// Reads the adopted global model, the upload queue and the client token (part of `restore`).
+pub(crate) async fn restore_sync_state(inner: &Rc<RefCell<Inner>>, name: &str) -> JsResult<()> {
+    let global: Option<StoredGlobal> = indexeddb::load_json(name, indexeddb::GLOBAL_KEY)
         .await
-        .map_err(|e| NetError::offline(format!("{url} unreachable: {}", describe(&e))))?;
-    resp.dyn_into::<Response>()
-        .map_err(|_| NetError::offline("fetch did not return a Response".into()))
-}
-
-async fn json(resp: &Response) -> Result<serde_json::Value, NetError> {
-    let promise = resp.text().map_err(|e| NetError::offline(describe(&e)))?;
-    let text = JsFuture::from(promise)
+        .map_err(Error::Storage)?;
+    let client: Option<ClientToken> = indexeddb::load_json(name, indexeddb::CLIENT_KEY)
         .await
-        .map_err(|e| NetError::offline(describe(&e)))?
-        .as_string()
-        .unwrap_or_default();
-    serde_json::from_str(&text).map_err(|e| NetError {
-        status: Some(resp.status()),
-        code: None,
-        message: format!("the server's answer is not JSON: {e}"),
-    })
-}
-
-/// A non-2xx answer as an error, with the server's JSON `{error: {code, message}}` when present.
-async fn failure(resp: &Response) -> NetError {
-    let status = resp.status();
-    let body = json(resp).await.ok();
-    let field = |k: &str| {
-        body.as_ref()
-            .and_then(|b| b["error"][k].as_str())
-            .map(str::to_string)
-    };
-    NetError {
-        status: Some(status),
-        code: field("code"),
-        message: field("message").unwrap_or_else(|| resp.status_text()),
+        .map_err(Error::Storage)?;
+    let (outbox, _) = indexeddb::update_outbox(name, |_| Vec::new())
+        .await
+        .map_err(Error::Storage)?;
+    let mut inner = inner.borrow_mut();
+    if let Some(global) = global {
+        inner.feedback.set_global(&global.version, &global.head)?;
+        inner.global_version = global.version;
     }
+    inner.client = client;
+    inner.outbox = outbox;
+    Ok(())
 }
 
-async fn checked(resp: Response) -> Result<serde_json::Value, NetError> {
-    if resp.ok() {
-        json(&resp).await
-    } else {
-        Err(failure(&resp).await)
+/// After a restored personal state replaced the in-memory one: its delta applies to the adopted
+/// global model (a tab may have saved the state before the model it adopted).
+pub(crate) fn reapply_global(inner: &mut Inner) -> JsResult<()> {
+    if inner.global_version == "bundled" {
+        return Ok(());
     }
+    let version = inner.global_version.clone();
+    let head = inner.feedback.global().1.to_vec();
+    inner.feedback.set_global(&version, &head)?;
+    inner.privacy.rebase(&version);
+    Ok(())
 }
 
-fn token_from(value: &serde_json::Value, server: &ServerConfig) -> Result<ClientToken, NetError> {
-    let field = |k: &str| value[k].as_str().map(str::to_string);
-    match (
-        field("clientId"),
-        field("token"),
-        value["expiresAt"].as_i64(),
-    ) {
-        (Some(client_id), Some(token), Some(expires_at)) => Ok(ClientToken {
-            client_id,
-            token,
-            expires_at,
-            issued_at: value["issuedAt"].as_i64().unwrap_or(0),
-            server: server.url.clone(),
-        }),
-        _ => Err(NetError::offline(format!(
-            "unexpected registration answer: {value}"
-        ))),
-    }
-}
-
-/// First contact: a new client id and token for this site.
-pub async fn register(server: &ServerConfig) -> Result<ClientToken, NetError> {
-    let resp = request(
-        "POST",
-        &server.endpoint("/v1/clients/register"),
-        &[("x-feedloop-deployment-key", &server.deployment_key)],
-        None,
-    )
-    .await?;
-    token_from(&checked(resp).await?, server)
-}
-
-/// A fresh expiry for a still-valid token.
-pub async fn refresh(server: &ServerConfig, token: &ClientToken) -> Result<ClientToken, NetError> {
-    let bearer = format!("Bearer {}", token.token);
-    let resp = request(
-        "POST",
-        &server.endpoint("/v1/clients/refresh"),
-        &[("authorization", &bearer)],
-        None,
-    )
-    .await?;
-    token_from(&checked(resp).await?, server)
-}
-
-/// The current model; `None` when it is still the one tagged `etag` (304).
-pub async fn current_model(
+async fn run_sync(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
     server: &ServerConfig,
-    etag: Option<&str>,
-) -> Result<Option<GlobalModel>, NetError> {
-    let mut headers = vec![];
-    if let Some(tag) = etag {
-        headers.push(("if-none-match", tag));
+) -> Result<SyncReport, JsValue> {
+    let mut report = SyncReport {
+        model_version: inner.borrow().global_version.clone(),
+        ..Default::default()
+    };
+    if network::offline() {
+        report.offline = true;
+        report.error = Some("the browser is offline".into());
+        return finish(inner, report);
     }
-    let resp = request(
-        "GET",
-        &server.endpoint("/v1/models/current"),
-        &headers,
-        None,
-    )
-    .await?;
-    if resp.status() == 304 {
-        return Ok(None);
+    let token = match client_token(inner, name, server).await? {
+        Ok(token) => token,
+        Err(e) => return stop(inner, report, e),
+    };
+    report.client_id = Some(token.grant.client_id.clone());
+
+    // 1. The global model.
+    let etag = {
+        let inner = inner.borrow();
+        inner.model_etag.clone()
+    };
+    match network::current_model(server, etag.as_deref()).await {
+        Ok(Some(model)) => {
+            if adopt(inner, name, model).await? {
+                report.model_updated = true;
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return stop(inner, report, e),
     }
-    let etag = resp.headers().get("etag").ok().flatten();
-    let value = checked(resp).await?;
-    let version = value["version"].as_str().map(str::to_string);
-    let head: Option<Vec<f32>> = serde_json::from_value(value["head"].clone()).ok();
-    match (version, head) {
-        (Some(version), Some(head)) => Ok(Some(GlobalModel {
-            version,
-            head,
-            etag,
-        })),
-        _ => Err(NetError::offline(
-            "the server's current model has no version or head".into(),
-        )),
+    report.model_version = inner.borrow().global_version.clone();
+
+    // 2. The open round: contribute if something new was learned.
+    match network::open_round(server).await {
+        Ok(Some(round)) => {
+            match contribute(inner, name, &round).await? {
+                Ok(contribution) => report.contribution = Some(contribution),
+                Err(why) => report.skipped = Some(why),
+            }
+            report.round = Some(round);
+        }
+        Ok(None) => report.skipped = Some("no round is open".into()),
+        Err(e) => return stop(inner, report, e),
+    }
+
+    // 3. Deliver what is queued (this contribution and any earlier ones).
+    let (settled, offline) = deliver(inner, name, server, &token).await?;
+    if let Some(round) = report.round.as_mut() {
+        // The round as fetched did not count what this sync delivered to it.
+        let delivered = settled
+            .iter()
+            .filter(|s| s.delivered && s.round_id == round.config.round_id)
+            .count();
+        round.received += delivered as i64;
+    }
+    report.settled = settled;
+    report.offline = offline;
+    finish(inner, report)
+}
+
+fn stop(
+    inner: &Rc<RefCell<Inner>>,
+    mut report: SyncReport,
+    error: NetError,
+) -> Result<SyncReport, JsValue> {
+    report.offline = error.retry();
+    report.error = Some(error.to_string());
+    finish(inner, report)
+}
+
+fn finish(inner: &Rc<RefCell<Inner>>, mut report: SyncReport) -> Result<SyncReport, JsValue> {
+    report.queued = inner.borrow().outbox.len();
+    Ok(report)
+}
+
+/// The stored or a new client token. A refused deployment key is the developer's error (rejects);
+/// an unreachable server is not (`Ok(Err(..))`).
+async fn client_token(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
+    server: &ServerConfig,
+) -> Result<Result<ClientToken, NetError>, JsValue> {
+    // Unix milliseconds, as the server's `expiresAt`.
+    let now = UnixMillis(now_ms() as i64);
+    let current = inner
+        .borrow()
+        .client
+        .clone()
+        .filter(|t| t.valid_for(server, now));
+    let fresh = match current {
+        Some(token) if !token.grant.needs_refresh(now) => return Ok(Ok(token)),
+        Some(token) => match network::refresh(server, &token).await {
+            Ok(t) => t,
+            Err(e) if e.retry() => return Ok(Ok(token)),
+            Err(_) => match network::register(server).await {
+                Ok(t) => t,
+                Err(e) => return registration_failed(e),
+            },
+        },
+        None => match network::register(server).await {
+            Ok(t) => t,
+            Err(e) => return registration_failed(e),
+        },
+    };
+    indexeddb::save_json(name, indexeddb::CLIENT_KEY, &fresh)
+        .await
+        .map_err(Error::Storage)?;
+    inner.borrow_mut().client = Some(fresh.clone());
+    Ok(Ok(fresh))
+}
+
+fn registration_failed(e: NetError) -> Result<Result<ClientToken, NetError>, JsValue> {
+    if e.retry() {
+        Ok(Err(e))
+    } else {
+        Err(invalid(format!("the server refused to register this device: {e}")).into())
     }
 }
 
-/// The open round, or `None` when no round is open.
-pub async fn open_round(server: &ServerConfig) -> Result<Option<OpenRound>, NetError> {
-    let resp = request("GET", &server.endpoint("/v1/rounds/current"), &[], None).await?;
-    if resp.status() == 404 {
-        return Ok(None);
+/// Adopts a newer global model: the personal head becomes new head + delta, the budget's
+/// "contributed" mark moves with it. Stored global first, then the personal and privacy state.
+async fn adopt(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
+    model: GlobalModel,
+) -> Result<bool, JsValue> {
+    if inner.borrow().global_version == model.version {
+        inner.borrow_mut().model_etag = model.etag;
+        return Ok(false);
     }
-    let value = checked(resp).await?;
-    if value["status"] != "open" {
-        return Ok(None);
-    }
-    serde_json::from_value(value)
-        .map(Some)
-        .map_err(|e| NetError::offline(format!("unexpected round: {e}")))
+    let privacy = {
+        let mut guard = inner.borrow_mut();
+        let inner = &mut *guard;
+        inner
+            .feedback
+            .set_global(&model.version, &model.head)
+            .map_err(Error::from)?;
+        inner.global_version = model.version.clone();
+        inner.model_etag = model.etag.clone();
+        inner.privacy.rebase(&model.version);
+        inner.pending = None;
+        inner.privacy.clone()
+    };
+    let stored = StoredGlobal {
+        version: model.version,
+        head: model.head,
+    };
+    indexeddb::save_json(name, indexeddb::GLOBAL_KEY, &stored)
+        .await
+        .map_err(Error::Storage)?;
+    save_personal(inner, name).await?;
+    let (written, outbox) = indexeddb::save_privacy(name, &privacy, None, now_ms())
+        .await
+        .map_err(Error::Storage)?;
+    let mut inner = inner.borrow_mut();
+    inner.privacy = written;
+    inner.outbox = outbox;
+    Ok(true)
 }
 
-fn upload_path(upload: &QueuedUpload) -> String {
-    format!("/v1/rounds/{}/updates", upload.round_id())
+/// Privatizes, charges, records and queues this device's update for `round` (one transaction);
+/// `Ok(Err(why))` when it should not or may not contribute.
+async fn contribute(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
+    round: &OpenRound,
+) -> Result<Result<Contribution, String>, JsValue> {
+    let now = now_ms();
+    let (release, privacy) = {
+        let mut guard = inner.borrow_mut();
+        let inner = &mut *guard;
+        let learning = inner.feedback.learning_state().clone();
+        if let Err(why) = inner.privacy.eligibility(
+            &learning,
+            &round.config,
+            &inner.global_version,
+            round.dimension,
+        ) {
+            return Ok(Err(why.to_string()));
+        }
+        let mut rng = secure_rng()?;
+        let prepared = match inner
+            .privacy
+            .prepare(&learning, &round.config, now, &mut rng)
+        {
+            Ok(p) => p,
+            // The policy refuses the round, or the budget cannot pay for it.
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let release = match inner.privacy.release(prepared, now) {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        inner.pending = None;
+        (release, inner.privacy.clone())
+    };
+    let upload = QueuedUpload::from_release(&release, now);
+    let (written, outbox) = indexeddb::save_privacy(name, &privacy, Some(upload), now)
+        .await
+        .map_err(Error::Storage)?;
+    let epsilon = zcdp_to_approx_dp(release.ledger_entry().rho, privacy.state().policy.delta())
+        .unwrap_or(f64::NAN);
+    let mut inner = inner.borrow_mut();
+    inner.privacy = written;
+    inner.outbox = outbox;
+    Ok(Ok(Contribution {
+        round_id: release.round().round_id.clone(),
+        sha256: release.ledger_entry().payload_sha256.clone(),
+        epsilon,
+    }))
 }
 
-/// Sends one queued (privatized) upload and says what became of it.
-pub async fn send(
+/// Sends every due upload; records outcomes in storage. Returns what settled and whether the
+/// server was unreachable.
+async fn deliver(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
     server: &ServerConfig,
     token: &ClientToken,
-    upload: &QueuedUpload,
-) -> SendOutcome {
-    let bearer = format!("Bearer {}", token.token);
-    let result = request(
-        "POST",
-        &server.endpoint(&upload_path(upload)),
-        &[
-            ("authorization", &bearer),
-            ("x-feedloop-model-version", upload.model_version()),
-            ("content-type", "application/octet-stream"),
-        ],
-        Some(upload.bytes()),
-    )
-    .await;
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(e) => return SendOutcome::RetryLater(e.to_string()),
-    };
-    if resp.ok() {
-        return SendOutcome::Delivered;
+) -> Result<(Vec<Settled>, bool), JsValue> {
+    // The stored queue (another tab may have queued or sent since).
+    let (outbox, _) = indexeddb::update_outbox(name, |o| o.expire(now_ms()))
+        .await
+        .map_err(Error::Storage)?;
+    let mut outcomes = Vec::new();
+    let mut offline = false;
+    for upload in outbox.due(now_ms()) {
+        let outcome = network::send(server, token, &upload).await;
+        if let SendOutcome::RetryLater(why) = &outcome {
+            offline = true;
+            if why.starts_with("401") {
+                // Expired or unknown token: register again at the next sync.
+                inner.borrow_mut().client = None;
+            }
+        }
+        outcomes.push((upload.sha256().to_string(), outcome));
+        if offline {
+            break; // the rest would fail the same way; they keep their schedule
+        }
     }
-    let error = failure(&resp).await;
-    match (error.status, error.code.as_deref()) {
-        // Stored earlier (e.g. by a beacon whose answer nobody saw).
-        (_, Some("duplicate_update")) => SendOutcome::Delivered,
-        // The token expired or the server's secret changed: re-register, then retry.
-        (Some(401), _) => SendOutcome::RetryLater(error.to_string()),
-        _ if error.retry() => SendOutcome::RetryLater(error.to_string()),
-        _ => SendOutcome::Refused(error.to_string()),
-    }
-}
-
-/// Hands one queued upload to `navigator.sendBeacon` (the page is being hidden or closed, so a
-/// `fetch` might not finish). `sendBeacon` cannot set headers, so the token and model version go
-/// in the query (`access_token`, RFC 6750 §2.3). Returns whether the browser accepted it.
-pub fn beacon(server: &ServerConfig, token: &ClientToken, upload: &QueuedUpload) -> bool {
-    let Some(window) = web_sys::window() else {
-        return false;
-    };
-    let url = format!(
-        "{}?access_token={}&modelVersion={}",
-        server.endpoint(&upload_path(upload)),
-        String::from(js_sys::encode_uri_component(&token.token)),
-        String::from(js_sys::encode_uri_component(upload.model_version())),
-    );
-    // A plain byte body has no Content-Type, so a cross-origin beacon needs no preflight.
-    let body = Uint8Array::from(upload.bytes());
-    window
-        .navigator()
-        .send_beacon_with_opt_js_u8_array(&url, Some(&body))
-        .unwrap_or(false)
-}
-
-/// Whether `navigator.onLine` says the browser is offline (then syncing is skipped quietly).
-pub fn offline() -> bool {
-    let navigator = Reflect::get(&js_sys::global(), &"navigator".into()).unwrap_or_default();
-    Reflect::get(&navigator, &"onLine".into())
-        .ok()
-        .and_then(|v| v.as_bool())
-        .is_some_and(|online| !online)
+    let now = now_ms();
+    let (outbox, settled) = indexeddb::update_outbox(name, move |o| {
+        let jitter = js_sys::Math::random();
+        let mut settled = Vec::new();
+        for (sha, outcome) in &outcomes {
+            settled.extend(o.record(sha, outcome, now, jitter));
+        }
+        settled
+    })
+    .await
+    .map_err(Error::Storage)?;
+    inner.borrow_mut().outbox = outbox;
+    Ok((settled, offline))
 }

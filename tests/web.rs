@@ -59,10 +59,10 @@ fn embeddings_and_scores_match_onnxruntime_in_the_browser() {
     );
 }
 
-fn error_message(result: Result<impl Sized, JsError>) -> String {
+fn error_message(result: Result<impl Sized, impl Into<JsValue>>) -> String {
     let value = match result {
         Ok(_) => panic!("expected an error"),
-        Err(e) => JsValue::from(e),
+        Err(e) => e.into(),
     };
     assert!(
         value.is_instance_of::<js_sys::Error>(),

@@ -173,8 +173,8 @@ fn field<T: JsCast>(object: &JsValue, key: &str) -> T {
         .unwrap()
 }
 
-fn error_message(error: wasm_bindgen::JsError) -> String {
-    let value = JsValue::from(error);
+fn error_message(error: impl Into<JsValue>) -> String {
+    let value: JsValue = error.into();
     Reflect::get(&value, &JsValue::from_str("message"))
         .unwrap()
         .as_string()

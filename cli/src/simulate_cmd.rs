@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use chacha20::rand_core::SeedableRng;
 use clap::Args;
+use feedloop_core::contribution::unreleased_delta;
 use feedloop_core::learning::{learn, Example, LearningConfig, LocalLearningState};
 use feedloop_core::RewardModel;
 use feedloop_privacy::accounting::{max_rho_for_epsilon, zcdp_to_approx_dp};
@@ -279,13 +280,9 @@ fn run(
                     &learning,
                 );
             }
-            let update: Vec<f32> = user
-                .learning
-                .delta
-                .iter()
-                .zip(&user.contributed)
-                .map(|(d, c)| d - c)
-                .collect();
+            // What is new since this user's last contribution: the device's rule (core).
+            let update = unreleased_delta(&user.learning.delta, &user.contributed)
+                .map_err(|e| e.to_string())?;
             user.contributed = user.learning.delta.clone();
             match &privatizer {
                 Some(config) => {

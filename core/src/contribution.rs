@@ -7,9 +7,13 @@
 //! - a [`PreparedUpload`] can be inspected (its exact bytes and decoded form) but carries no way to
 //!   send it;
 //! - the bytes for the network come only from [`DevicePrivacy::release`], which first charges the
-//!   budget and appends the ledger entry and returns the state to persist; the caller must persist
-//!   [`Release::state_json`] before sending [`Release::bytes`] (spending recorded first can only
-//!   over-count, never under-count).
+//!   budget and appends the ledger entry; the caller persists the new [`DevicePrivacyState`] (and
+//!   queues the upload, `crate::outbox`) before sending [`Release::bytes`] (spending recorded first
+//!   can only over-count, never under-count).
+//!
+//! Whether to contribute at all ([`DevicePrivacy::eligibility`]) and what is new since the last
+//! contribution ([`unreleased_delta`]) are decided here, once, for the browser, the CLI's
+//! simulation and the tests.
 //!
 //! A network layer that accepts only `Release` (or `PrivatizedUpdate`) cannot be handed anything
 //! unprivatized.
@@ -150,7 +154,7 @@ impl PreparedUpload {
     }
 }
 
-/// A charged release: persist [`Release::state_json`] first, then send [`Release::bytes`].
+/// A charged release: persist the device's privacy state first, then send [`Release::bytes`].
 ///
 /// Only [`DevicePrivacy::release`] constructs one (the fields are private), so holding a `Release`
 /// proves the bytes are a privatized update that the budget paid for and the ledger recorded.
@@ -158,7 +162,6 @@ impl PreparedUpload {
 pub struct Release {
     round: RoundConfig,
     bytes: Vec<u8>,
-    state_json: String,
     ledger_entry: LedgerEntry,
 }
 
@@ -173,14 +176,66 @@ impl Release {
         &self.bytes
     }
 
-    /// The privacy state to persist before sending.
-    pub fn state_json(&self) -> &str {
-        &self.state_json
-    }
-
     /// The ledger entry recording this release.
     pub fn ledger_entry(&self) -> &LedgerEntry {
         &self.ledger_entry
+    }
+}
+
+/// What in `delta` has not been contributed yet: `delta − contributed`, both against the same
+/// base version.
+pub fn unreleased_delta(delta: &[f32], contributed: &[f32]) -> Result<Vec<f32>> {
+    if delta.len() != contributed.len() {
+        return Err(Error::InvalidInput(format!(
+            "the learning state has {} parameters, the last contribution {}",
+            delta.len(),
+            contributed.len()
+        )));
+    }
+    Ok(delta.iter().zip(contributed).map(|(d, c)| d - c).collect())
+}
+
+impl DevicePrivacyState {
+    /// What `learning` holds beyond the last contribution. After a new base model was adopted
+    /// ([`DevicePrivacy::rebase`] keeps the mark), only what was learned since counts.
+    pub fn unreleased(&self, learning: &LocalLearningState) -> Result<Vec<f32>> {
+        if self.contributed_base == learning.base_version {
+            unreleased_delta(&learning.delta, &self.contributed_delta)
+        } else {
+            // A new base model: everything in the (rebased) delta is new.
+            Ok(learning.delta.clone())
+        }
+    }
+}
+
+/// Why a device does not contribute to a round (not an error: the sync reports it and goes on).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ineligible {
+    /// The round aggregates updates to another model version than the one this device uses.
+    OtherModel { round: String, device: String },
+    /// The round's update has another dimension than this model's head.
+    OtherDimension { round: usize, model: usize },
+    /// Nothing was learned since the last contribution.
+    NothingNew,
+    /// This device's ledger already has a release for the round.
+    AlreadyContributed(String),
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::OtherModel { round, device } => {
+                write!(
+                    f,
+                    "the round is for model {round} but this device uses {device}"
+                )
+            }
+            Self::OtherDimension { round, model } => {
+                write!(f, "the round has {round} parameters, this model {model}")
+            }
+            Self::NothingNew => f.write_str("nothing new was learned since the last contribution"),
+            Self::AlreadyContributed(round) => write!(f, "already contributed to round {round}"),
+        }
     }
 }
 
@@ -230,6 +285,22 @@ impl DevicePrivacy {
         Self { state }
     }
 
+    /// What a save writes: `self` merged with the state another tab stored (`stored_json`), so no
+    /// spend or release is lost. A stored state that does not verify is an error, never
+    /// overwritten: it records spending.
+    pub fn reconcile(&self, stored_json: Option<&str>) -> Result<Self> {
+        let Some(json) = stored_json else {
+            return Ok(self.clone());
+        };
+        let stored = Self::from_json(json).map_err(|e| {
+            Error::InvalidInput(format!(
+                "the stored privacy state does not verify, not overwriting it: {e}"
+            ))
+        })?;
+        let merged = DevicePrivacyState::merge(stored.state(), self.state())?;
+        Ok(Self::from_state(merged))
+    }
+
     /// Replaces the policy (the developer's configuration); spending and the ledger stay.
     pub fn set_policy(&mut self, policy: PrivacyPolicy) {
         self.state.policy = policy;
@@ -237,6 +308,45 @@ impl DevicePrivacy {
 
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.state).expect("the privacy state always serializes")
+    }
+
+    /// Whether this device should contribute `learning` to `round` at all (the policy and the
+    /// budget are [`DevicePrivacy::prepare`]'s to check): same model version, same dimension,
+    /// something new learned, no earlier release for the round. `model_version` is the global
+    /// version the device uses and `dimension` the round's announced update size.
+    pub fn eligibility(
+        &self,
+        learning: &LocalLearningState,
+        round: &RoundConfig,
+        model_version: &str,
+        dimension: usize,
+    ) -> std::result::Result<(), Ineligible> {
+        if round.model_version != model_version {
+            return Err(Ineligible::OtherModel {
+                round: round.model_version.clone(),
+                device: model_version.to_string(),
+            });
+        }
+        if dimension != learning.delta.len() {
+            return Err(Ineligible::OtherDimension {
+                round: dimension,
+                model: learning.delta.len(),
+            });
+        }
+        match self.state.unreleased(learning) {
+            Ok(update) if update.iter().all(|d| *d == 0.0) => return Err(Ineligible::NothingNew),
+            _ => {}
+        }
+        if self
+            .state
+            .ledger
+            .entries()
+            .iter()
+            .any(|e| e.round_id == round.round_id)
+        {
+            return Err(Ineligible::AlreadyContributed(round.round_id.clone()));
+        }
+        Ok(())
     }
 
     /// Checks the round against the policy and the budget, and privatizes the delta learned since the
@@ -264,25 +374,7 @@ impl DevicePrivacy {
         budget
             .charge(&self.state.policy, &round.round_id, config.rho(), now_ms)
             .map_err(privacy)?;
-        let since = if self.state.contributed_base == learning.base_version {
-            &self.state.contributed_delta
-        } else {
-            // A new base model: everything in the (rebased) delta is new.
-            &vec![0.0; learning.delta.len()]
-        };
-        if since.len() != learning.delta.len() {
-            return Err(Error::InvalidInput(format!(
-                "the learning state has {} parameters, the last contribution {}",
-                learning.delta.len(),
-                since.len()
-            )));
-        }
-        let update: Vec<f32> = learning
-            .delta
-            .iter()
-            .zip(since)
-            .map(|(d, c)| d - c)
-            .collect();
+        let update = self.state.unreleased(learning)?;
         let update = privatize(&update, &config, rng).map_err(privacy)?;
         Ok(PreparedUpload {
             round: round.clone(),
@@ -293,7 +385,7 @@ impl DevicePrivacy {
     }
 
     /// Charges the budget, appends the ledger entry and marks the delta contributed; returns the
-    /// bytes and the state to persist before sending them. Refused (nothing changes) if the budget
+    /// bytes (persist [`DevicePrivacy::state`] before sending them). Refused (nothing changes) if the budget
     /// no longer allows it.
     pub fn release(&mut self, prepared: PreparedUpload, now_ms: u64) -> Result<Release> {
         let mut state = self.state.clone();
@@ -319,7 +411,6 @@ impl DevicePrivacy {
         self.state = state;
         Ok(Release {
             bytes: prepared.update.to_bytes(),
-            state_json: self.to_json(),
             ledger_entry,
             round: prepared.round,
         })
@@ -399,7 +490,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(decoded.values().len(), 3);
-        let restored = DevicePrivacy::from_json(release.state_json()).unwrap();
+        let restored = DevicePrivacy::from_json(&device.to_json()).unwrap();
         assert_eq!(restored.state(), device.state());
         assert!(restored.state().ledger.verify().is_empty());
         assert_eq!(restored.state().contributed_delta, vec![0.5, -0.25, 3.0]);
@@ -511,5 +602,47 @@ mod tests {
         )
         .unwrap();
         assert_eq!(second.update().values(), zeros.values());
+    }
+
+    #[test]
+    fn eligibility_names_why_a_device_does_not_contribute() {
+        let mut device = device();
+        let r = round("r1", 4.0);
+        let mut learning = LocalLearningState::new("v1", 3);
+        assert_eq!(
+            device.eligibility(&learning, &r, "v1", 3),
+            Err(Ineligible::NothingNew)
+        );
+        learning.delta = vec![0.5, 0.0, 0.0];
+        assert_eq!(device.eligibility(&learning, &r, "v1", 3), Ok(()));
+        assert!(matches!(
+            device.eligibility(&learning, &r, "v2", 3),
+            Err(Ineligible::OtherModel { .. })
+        ));
+        assert_eq!(
+            device.eligibility(&learning, &r, "v1", 4),
+            Err(Ineligible::OtherDimension { round: 4, model: 3 })
+        );
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(7);
+        let prepared = device.prepare(&learning, &r, NOW, &mut rng).unwrap();
+        device.release(prepared, NOW).unwrap();
+        // Released: the ledger names the round, and nothing is new until more is learned.
+        assert_eq!(
+            device.eligibility(&learning, &r, "v1", 3),
+            Err(Ineligible::NothingNew)
+        );
+        learning.delta[1] = 0.25;
+        assert_eq!(
+            device.eligibility(&learning, &r, "v1", 3),
+            Err(Ineligible::AlreadyContributed("r1".into()))
+        );
+        assert_eq!(
+            device.state().unreleased(&learning).unwrap(),
+            vec![0.0, 0.25, 0.0]
+        );
+        assert_eq!(
+            Ineligible::NothingNew.to_string(),
+            "nothing new was learned since the last contribution"
+        );
     }
 }

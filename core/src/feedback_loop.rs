@@ -32,6 +32,26 @@ pub struct Candidate<'a> {
     pub text: &'a str,
 }
 
+/// Ids for candidates given as plain strings: a text is its own id, and a text repeated in one
+/// list gets `text#2`, `text#3`, … in input order (so feedback can name each copy).
+#[derive(Debug, Default)]
+pub struct CandidateIds {
+    seen: std::collections::HashMap<String, usize>,
+}
+
+impl CandidateIds {
+    /// The id of the next plain-string candidate with this text.
+    pub fn id_for(&mut self, text: &str) -> String {
+        let n = self.seen.entry(text.to_string()).or_default();
+        *n += 1;
+        if *n == 1 {
+            text.to_string()
+        } else {
+            format!("{text}#{n}")
+        }
+    }
+}
+
 /// One ranked candidate, best first in a ranking.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RankedCandidate {
@@ -216,6 +236,34 @@ impl PersonalState {
         }
         merged.revision = stored.revision.max(mine.revision);
         merged
+    }
+
+    /// What a save writes: `mine` over what storage holds (`stored`: `None` when nothing is stored
+    /// or the record is unreadable), merged with another tab's save when storage moved on since
+    /// `base`; the revision is bumped.
+    pub fn to_write(stored: Option<&Self>, base: &Self, mine: &Self) -> Self {
+        let mut written = match stored {
+            Some(stored) if stored.revision != base.revision => Self::merge(stored, base, mine),
+            Some(stored) => Self {
+                revision: stored.revision,
+                ..mine.clone()
+            },
+            None => mine.clone(),
+        };
+        written.revision += 1;
+        written
+    }
+
+    /// The state to continue with after a save of `mine` wrote `written`, while this tab went on
+    /// to `current` (feedback recorded while the save was in flight is kept).
+    pub fn after_save(written: &Self, mine: &Self, current: &Self) -> Self {
+        let mut adopted = if current == mine {
+            written.clone()
+        } else {
+            Self::merge(written, mine, current)
+        };
+        adopted.revision = written.revision;
+        adopted
     }
 }
 
@@ -596,5 +644,64 @@ impl FeedbackLoop {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_plain_candidates_get_numbered_ids() {
+        let mut ids = CandidateIds::default();
+        let got: Vec<String> = ["a", "b", "a", "a", "a#2"]
+            .iter()
+            .map(|t| ids.id_for(t))
+            .collect();
+        assert_eq!(got, ["a", "b", "a#2", "a#3", "a#2"]);
+    }
+
+    fn state(delta: f32, revision: u64) -> PersonalState {
+        let mut s = PersonalState {
+            learning: LocalLearningState::new("1", 1),
+            replay: VecDeque::new(),
+            events_per_candidate: BTreeMap::new(),
+            support: BTreeMap::new(),
+            activity: VecDeque::new(),
+            revision,
+        };
+        s.learning.delta[0] = delta;
+        s
+    }
+
+    #[test]
+    fn a_save_merges_what_another_tab_stored_and_bumps_the_revision() {
+        let base = state(0.0, 3);
+        let mine = state(0.5, 3);
+        // Nothing stored (or unreadable): mine, one revision later.
+        assert_eq!(PersonalState::to_write(None, &base, &mine), state(0.5, 4));
+        // Stored is still the base: mine over it.
+        assert_eq!(
+            PersonalState::to_write(Some(&base), &base, &mine),
+            state(0.5, 4)
+        );
+        // Another tab saved +0.25 meanwhile: both increments survive.
+        let theirs = state(0.25, 4);
+        assert_eq!(
+            PersonalState::to_write(Some(&theirs), &base, &mine),
+            state(0.75, 5)
+        );
+    }
+
+    #[test]
+    fn feedback_during_a_save_is_kept() {
+        let mine = state(0.5, 3);
+        let written = state(0.75, 5);
+        assert_eq!(PersonalState::after_save(&written, &mine, &mine), written);
+        let current = state(0.625, 3);
+        assert_eq!(
+            PersonalState::after_save(&written, &mine, &current),
+            state(0.875, 5)
+        );
     }
 }

@@ -135,15 +135,34 @@ impl RewardHead {
                 v[i]
             )));
         }
-        let d = dimensions;
+        let [cosine, interaction, candidate, length, bias] = split_head_vector(v)?;
         Ok(Self {
-            cosine: v[0],
-            interaction: v[1..1 + d].to_vec(),
-            candidate: v[1 + d..1 + 2 * d].to_vec(),
-            length: v[1 + 2 * d],
-            bias: v[2 + 2 * d],
+            cosine: cosine[0],
+            interaction: interaction.to_vec(),
+            candidate: candidate.to_vec(),
+            length: length[0],
+            bias: bias[0],
         })
     }
+}
+
+/// The parts of a head vector (2·D + 3 values, [`RewardHead::to_vector`] order), one slice per
+/// name in [`HEAD_PARAMETERS`]: the one place that knows the layout.
+pub fn split_head_vector(v: &[f32]) -> Result<[&[f32]; 5]> {
+    if v.len() < 3 || !(v.len() - 3).is_multiple_of(2) {
+        return Err(Error::InvalidInput(format!(
+            "a head has 2·D + 3 parameters, got {}",
+            v.len()
+        )));
+    }
+    let d = (v.len() - 3) / 2;
+    Ok([
+        &v[0..1],
+        &v[1..1 + d],
+        &v[1 + d..1 + 2 * d],
+        &v[1 + 2 * d..2 + 2 * d],
+        &v[2 + 2 * d..3 + 2 * d],
+    ])
 }
 
 /// Sequential f32 dot product (the order matches a plain reduction; tolerances are 1e-5).

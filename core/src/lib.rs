@@ -24,12 +24,15 @@ pub mod learning;
 pub mod model;
 pub mod onnx_runner;
 pub mod outbox;
+pub mod privacy_report;
+pub mod protocol;
 pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use feedback::{FeedbackEvent, FeedbackWeights, FlagCategory, RawFeedback, Signal};
 pub use feedback_loop::{
-    Activity, Candidate, Explanation, FeedbackLoop, FeedbackOutcome, PersonalState, RankedCandidate,
+    Activity, Candidate, CandidateIds, Explanation, FeedbackLoop, FeedbackOutcome, PersonalState,
+    RankedCandidate,
 };
 pub use head::{PairFeatures, RewardHead};
 pub use learning::{Example, LearningConfig, LocalLearningState};

@@ -44,6 +44,41 @@ impl Embeddings {
     pub fn row(&self, i: usize) -> &[f32] {
         &self.values[i * self.dimensions..(i + 1) * self.dimensions]
     }
+
+    /// A catalog kept by the page (`embedCatalog`'s output handed back): `values` must hold
+    /// `dimensions` finite numbers per entry and no entry more tokens than `max_tokens`.
+    pub fn catalog(
+        dimensions: usize,
+        values: Vec<f32>,
+        token_counts: &[u32],
+        max_tokens: usize,
+    ) -> Result<Self> {
+        if values.len() != token_counts.len() * dimensions {
+            return Err(Error::InvalidInput(format!(
+                "a catalog of {} entries needs {} vector values ({dimensions} per entry), got {}",
+                token_counts.len(),
+                token_counts.len() * dimensions,
+                values.len()
+            )));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "catalog vector value {i} (entry {}) is not a finite number",
+                i / dimensions.max(1)
+            )));
+        }
+        if let Some(i) = token_counts.iter().position(|&n| n as usize > max_tokens) {
+            return Err(Error::InvalidInput(format!(
+                "catalog tokenCounts[{i}] is {}, more than the model's {max_tokens} tokens",
+                token_counts[i]
+            )));
+        }
+        Ok(Self {
+            dimensions,
+            values,
+            token_counts: token_counts.iter().map(|&n| n as usize).collect(),
+        })
+    }
 }
 
 /// Facts about a loaded model, for display and for callers that size things by it.
@@ -177,6 +212,36 @@ impl RewardModel {
 
     /// [`Self::embed_ids`] for a batch given as one flat buffer of ids and the length of each text:
     /// the shape typed arrays cross the wasm boundary in with one copy instead of one per text.
+    /// Global-head scores of candidates against a context, all given as token ids (no tokenizer):
+    /// the work an ONNX runtime does with the same model. `candidate_ids` is every candidate's ids
+    /// in turn, `candidate_lengths` how many each has.
+    pub fn score_token_ids(
+        &self,
+        context_ids: &[u32],
+        candidate_ids: &[u32],
+        candidate_lengths: &[u32],
+    ) -> Result<Vec<f32>> {
+        let mut ids = Vec::with_capacity(context_ids.len() + candidate_ids.len());
+        ids.extend_from_slice(context_ids);
+        ids.extend_from_slice(candidate_ids);
+        let mut lengths = Vec::with_capacity(candidate_lengths.len() + 1);
+        lengths.push(context_ids.len() as u32);
+        lengths.extend_from_slice(candidate_lengths);
+        let embeddings = self.embed_flat(&ids, &lengths)?;
+        let max_tokens = self.info().max_tokens;
+        Ok((1..embeddings.len())
+            .map(|i| {
+                let features = PairFeatures::new(
+                    embeddings.row(0),
+                    embeddings.row(i),
+                    embeddings.token_counts[i],
+                    max_tokens,
+                );
+                self.head().score(&features)
+            })
+            .collect())
+    }
+
     pub fn embed_flat(&self, ids: &[u32], lengths: &[u32]) -> Result<Embeddings> {
         let total: u64 = lengths.iter().map(|&n| u64::from(n)).sum();
         if total != ids.len() as u64 {

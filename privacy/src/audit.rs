@@ -100,7 +100,7 @@ pub(crate) fn audit_gaussian_impl<R: Rng + ?Sized>(
             samples[which].push(out.values()[0]);
             done += 1;
         }
-        if done % 4096 == 0 {
+        if done.is_multiple_of(4096) {
             progress(done, total);
         }
     }

@@ -71,6 +71,14 @@ impl From<PrivacyPolicy> for RawPolicy {
 /// Milliseconds per day, for window lengths.
 pub const DAY_MS: u64 = 86_400_000;
 
+impl Default for PrivacyPolicy {
+    /// What a device accepts unless the site says otherwise: ε = 8 at δ = 10⁻⁶ over any 30 days,
+    /// at most ρ = 0.5 per release (σ ≥ C, the noise multiplier floor that follows).
+    fn default() -> Self {
+        Self::new(8.0, 1e-6, 30 * DAY_MS, 0.5).expect("the default policy is valid")
+    }
+}
+
 impl PrivacyPolicy {
     /// Total `epsilon` at `delta` over any window of `window_ms`; no single
     /// release may cost more than `max_rho_per_release`.

@@ -56,7 +56,7 @@ pub(crate) fn round_up_dyadic(num: &BigUint, den: &BigUint) -> (u64, i32) {
         } else {
             let mut a = a.to_u64().expect("a < 2^53");
             // Normalise: strip factors of two so equal values have one representation.
-            while a % 2 == 0 && a != 0 {
+            while a.is_multiple_of(2) && a != 0 {
                 a /= 2;
                 k -= 1;
             }

@@ -21,6 +21,16 @@
 //! * [`audit`] — empirical lower bounds on ε (Clopper–Pearson) for the real mechanisms.
 //!
 //! See `docs/PRIVACY.md` for the threat model, formulas and wire layout.
+//!
+//! # The boundary
+//!
+//! On the device, in order (docs/PRIVACY.md §2): `privacy/src/privatizer.rs` [`PrivatizedUpdate`]
+//! (clipped, lattice, exact noise; no public constructor) → `core/src/contribution.rs`
+//! `PreparedUpload` (eligibility, policy and budget checked; inspectable, not sendable) →
+//! `core/src/contribution.rs` `Release` (budget charged, ledger appended) →
+//! `core/src/outbox.rs` `QueuedUpload` (only from a `Release`; persisted with the privacy state in
+//! one IndexedDB transaction) → `src/network.rs` `send`/`beacon`, the only requests with a body.
+//! The server turns the bytes into [`ReceivedUpdate`] with [`decode_update`].
 
 pub mod accounting;
 pub mod audit;

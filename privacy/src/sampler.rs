@@ -95,7 +95,7 @@ fn uniform_below_big<R: Rng + ?Sized>(rng: &mut R, n: &BigUint) -> BigUint {
     debug_assert!(!n.is_zero());
     let bits = (n - 1u32).bits().max(1);
     let bytes = bits.div_ceil(8) as usize;
-    let top_mask: u8 = if bits % 8 == 0 {
+    let top_mask: u8 = if bits.is_multiple_of(8) {
         0xff
     } else {
         (1u8 << (bits % 8)) - 1

@@ -27,9 +27,9 @@ use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::Router;
+use feedloop_core::protocol::NewRound;
 use feedloop_privacy::{privatize_with_os_rng, PrivatizerConfig};
 use feedloop_server::auth::Claims;
-use feedloop_server::service::NewRound;
 use feedloop_server::{App, Config};
 use prost::Message;
 use sqlx::Connection;
@@ -239,7 +239,10 @@ fn main() {
                         .await
                         .unwrap();
                     let elapsed = t.elapsed();
-                    assert_eq!(closed.status, "published");
+                    assert_eq!(
+                        closed.status,
+                        feedloop_core::protocol::RoundStatus::Published
+                    );
                     assert_eq!(closed.cohort_size, Some(n as i64));
                     elapsed.as_secs_f64() * 1e3
                 });
@@ -442,7 +445,7 @@ async fn register(app: &App, n: usize) -> Vec<(Claims, String)> {
     out
 }
 
-async fn open_round(app: &App, min_cohort: i64) -> feedloop_server::store::RoundRow {
+async fn open_round(app: &App, min_cohort: i64) -> feedloop_server::db::RoundRow {
     app.open_round(
         "bench",
         NewRound {

@@ -103,17 +103,6 @@ pub fn admin_fingerprint(keys: &[String], presented: &str) -> Option<String> {
         .then(|| fingerprint(presented))
 }
 
-/// `Authorization: Bearer <token>`.
-pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::Unauthorized("missing `Authorization: Bearer <token>`".into()))
-}
-
 /// 32 bytes from the OS.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];

@@ -91,7 +91,7 @@ pub struct Config {
     pub static_dir: Option<std::path::PathBuf>,
     /// Keep a round open at all times with this configuration (a new one, on the current version,
     /// whenever none is open) — for demos and deployments that want continuous rounds.
-    pub auto_round: Option<crate::service::NewRound>,
+    pub auto_round: Option<feedloop_core::protocol::NewRound>,
 }
 
 impl Config {

@@ -113,7 +113,7 @@ impl IntoResponse for Error {
         } else {
             self.to_string()
         };
-        let body = serde_json::json!({ "error": { "code": self.code(), "message": message } });
+        let body = feedloop_core::protocol::ErrorBody::new(self.code(), message);
         (status, Json(body)).into_response()
     }
 }

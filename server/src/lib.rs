@@ -9,22 +9,23 @@
 //! file with the rewritten `head_*` initializers, privacy metadata). Storage is SQLite (default)
 //! or PostgreSQL through one portable schema.
 //!
-//! Modules: [`api`] (routes and JSON), [`service`] (behaviour), [`store`] (SQL), [`fedavg`]
-//! (aggregation and server optimizers), [`onnx`] (publishing heads as ONNX), [`auth`] (tokens,
-//! keys), [`metrics`], [`openapi`], [`config`], [`error`].
+//! Modules: [`routes`] (HTTP, one module per resource; authentication as extractors), [`views`]
+//! (stored rows as the protocol bodies of `feedloop_core::protocol`), [`service`] (behaviour:
+//! rounds, publishing, versions, drift), [`db`] (every SQL statement), [`fedavg`] (aggregation and
+//! server optimizers), [`onnx`] (publishing heads as ONNX), [`auth`] (tokens, keys), [`metrics`],
+//! [`openapi`] (the generated document's frame), [`config`], [`error`].
 
-#![recursion_limit = "512"]
-
-pub mod api;
 pub mod auth;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod fedavg;
 pub mod metrics;
 pub mod onnx;
 pub mod openapi;
+pub mod routes;
 pub mod service;
-pub mod store;
+pub mod views;
 
 use std::future::Future;
 
@@ -40,9 +41,9 @@ pub use fedavg::{aggregate, fedavg_lattice, ServerOptimizer};
 pub use service::App;
 
 /// The full HTTP stack: routes, body limit, timeout, request tracing.
-pub fn router(app: App) -> Router {
-    let config = app.config().clone();
-    api::routes(app)
+pub fn app(state: App) -> Router {
+    let config = state.config().clone();
+    routes::router(state)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -80,7 +81,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let deadlines = spawn_deadline_task(app.clone());
     tracing::info!(addr = %listener.local_addr()?, "feedloop server listening");
-    let result = axum::serve(listener, router(app))
+    let result = axum::serve(listener, self::app(app))
         .with_graceful_shutdown(shutdown)
         .await;
     deadlines.abort();

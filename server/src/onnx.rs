@@ -1,7 +1,7 @@
 //! Publishing a head as an ONNX file: the base model with its `head_*` initializers rewritten
 //! and the metadata key `feedloop.model.version` set.
 
-use feedloop_core::head::HEAD_PARAMETERS;
+use feedloop_core::head::{split_head_vector, HEAD_PARAMETERS};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
@@ -20,20 +20,7 @@ pub fn rewrite_head(base: &[u8], head: &[f32], version: &str) -> Result<Vec<u8>>
         .graph
         .as_mut()
         .ok_or_else(|| Error::internal("base model has no graph"))?;
-    if head.len() < 3 || (head.len() - 3) % 2 != 0 {
-        return Err(Error::internal(format!(
-            "a head has 2·D + 3 parameters, got {}",
-            head.len()
-        )));
-    }
-    let d = (head.len() - 3) / 2;
-    let slices: [&[f32]; 5] = [
-        &head[0..1],
-        &head[1..1 + d],
-        &head[1 + d..1 + 2 * d],
-        &head[1 + 2 * d..2 + 2 * d],
-        &head[2 + 2 * d..3 + 2 * d],
-    ];
+    let slices = split_head_vector(head).map_err(|e| Error::internal(e.to_string()))?;
     for (name, values) in HEAD_PARAMETERS.iter().zip(slices) {
         let tensor = graph
             .initializer

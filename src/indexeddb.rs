@@ -1,11 +1,12 @@
-//! IndexedDB persistence of the personal state (web-sys).
+//! IndexedDB (web-sys): the personal state, the privacy state, the upload queue, the client token
+//! and the adopted global model, in one object store.
 //!
-//! One object store, one record: the state's bytes (`PersonalState::to_bytes`). A save runs in one
-//! readwrite transaction: read the stored record; if another tab wrote since this one last loaded or
-//! saved (the revision moved), merge three-way (`PersonalState::merge`) instead of overwriting; write;
-//! and report success only when the transaction has completed, i.e. the data is durable.
+//! A save runs in one readwrite transaction: read the stored record; if another tab wrote since
+//! this one last loaded or saved (the revision moved), merge three-way instead of overwriting (the
+//! core's `PersonalState::to_write`, `DevicePrivacy::reconcile`); write; and report success only
+//! when the transaction has completed, i.e. the data is durable.
 
-use feedloop_core::contribution::{DevicePrivacy, DevicePrivacyState};
+use feedloop_core::contribution::DevicePrivacy;
 use feedloop_core::outbox::{Outbox, QueuedUpload, Settled};
 use feedloop_core::PersonalState;
 use js_sys::{Promise, Reflect, Uint8Array};
@@ -167,18 +168,9 @@ pub async fn save(
         &request(&store.get(&KEY.into()).map_err(describe)?).await?,
         parameters,
     );
-    let mut written = match stored {
-        Ok(Some(stored)) if stored.revision != base.revision => {
-            PersonalState::merge(&stored, base, mine)
-        }
-        Ok(Some(stored)) => PersonalState {
-            revision: stored.revision,
-            ..mine.clone()
-        },
-        // Nothing stored, or a record this version cannot read: this tab's state replaces it.
-        Ok(None) | Err(_) => mine.clone(),
-    };
-    written.revision += 1;
+    // Nothing stored, or a record this version cannot read: this tab's state replaces it.
+    let stored = stored.ok().flatten();
+    let written = PersonalState::to_write(stored.as_ref(), base, mine);
     let bytes = Uint8Array::from(written.to_bytes().as_slice());
     store
         .put_with_key(&bytes, &KEY.into())
@@ -238,17 +230,9 @@ pub async fn save_privacy(
         .map_err(|e| format!("could not save the privacy state: {}", describe(e)))?;
     let store = tx.object_store(STORE).map_err(describe)?;
     let stored = request(&store.get(&PRIVACY_KEY.into()).map_err(describe)?).await?;
-    let written = match stored.as_string() {
-        None => mine.clone(),
-        Some(json) => {
-            let stored = DevicePrivacy::from_json(&json).map_err(|e| {
-                format!("the stored privacy state does not verify, not overwriting it: {e}")
-            })?;
-            let merged = DevicePrivacyState::merge(stored.state(), mine.state())
-                .map_err(|e| e.to_string())?;
-            DevicePrivacy::from_state(merged)
-        }
-    };
+    let written = mine
+        .reconcile(stored.as_string().as_deref())
+        .map_err(|e| e.to_string())?;
     let stored_outbox = request(&store.get(&OUTBOX_KEY.into()).map_err(describe)?).await?;
     let mut outbox = read_outbox(&stored_outbox, &written);
     if let Some(upload) = upload {

@@ -1,0 +1,557 @@
+//! The HTTP protocol between a device and `feedloop serve`: every request and response body and
+//! every header name, in one place. The server serializes these types, the browser layer
+//! deserializes them, the dashboard reads the same field names, and the server's OpenAPI document
+//! is generated from them (feature `openapi`). Units live in the types ([`UnixMillis`]), so a
+//! timestamp cannot be read in the wrong unit.
+//!
+//! Ids and versions travel as decimal strings (JavaScript numbers lose integers above 2^53).
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "openapi")]
+use utoipa::ToSchema;
+
+use crate::contribution::RoundConfig;
+
+/// Header naming the site's deployment key on first contact (`POST /v1/clients/register`).
+pub const DEPLOYMENT_KEY_HEADER: &str = "x-feedloop-deployment-key";
+/// Header naming the model version an update was computed against.
+pub const MODEL_VERSION_HEADER: &str = "x-feedloop-model-version";
+/// Content type of a privatized update (the `FLDP` wire format of `feedloop-privacy`).
+pub const UPDATE_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// A point in time as unix milliseconds: the only time unit on the wire.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(ToSchema), schema(value_type = i64, format = Int64))]
+pub struct UnixMillis(pub i64);
+
+impl UnixMillis {
+    pub const fn new(ms: i64) -> Self {
+        Self(ms)
+    }
+
+    /// Milliseconds since the epoch.
+    pub const fn as_millis(self) -> i64 {
+        self.0
+    }
+
+    /// `self + ms`, saturating.
+    pub const fn plus_millis(self, ms: i64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+
+    /// Milliseconds from `earlier` to `self` (negative when `earlier` is later).
+    pub const fn millis_since(self, earlier: Self) -> i64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A client token (`201` from register, `200` from refresh).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TokenGrant {
+    pub client_id: String,
+    /// (Defaults, as `issuedAt`, for tokens devices stored before the field was sent.)
+    #[serde(default)]
+    pub deployment: String,
+    /// The bearer token (`Authorization: Bearer …`).
+    pub token: String,
+    #[serde(default)]
+    pub issued_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+impl TokenGrant {
+    /// A token is refreshed within a day of its expiry, or past half of its lifetime when that is
+    /// shorter (deployments with short-lived tokens).
+    pub const REFRESH_MARGIN_MS: i64 = 24 * 3600 * 1000;
+
+    /// Whether the token should be refreshed at `now`.
+    pub fn needs_refresh(&self, now: UnixMillis) -> bool {
+        let lifetime = self.expires_at.millis_since(self.issued_at);
+        let margin = if lifetime > 0 {
+            Self::REFRESH_MARGIN_MS.min(lifetime / 2)
+        } else {
+            Self::REFRESH_MARGIN_MS
+        };
+        self.expires_at.millis_since(now) <= margin
+    }
+
+    /// Whether the token is still valid at `now`.
+    pub fn valid_at(&self, now: UnixMillis) -> bool {
+        self.expires_at > now
+    }
+}
+
+/// Where a round is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum RoundStatus {
+    /// Taking updates.
+    Open,
+    /// Being aggregated (a transient state inside the close transaction).
+    Closing,
+    /// Closed with at least the minimum cohort: a new version was published.
+    Published,
+    /// Closed below the minimum cohort: nothing was published.
+    Insufficient,
+    /// Abandoned by a rollback.
+    Aborted,
+}
+
+impl RoundStatus {
+    pub const ALL: [RoundStatus; 5] = [
+        Self::Open,
+        Self::Closing,
+        Self::Published,
+        Self::Insufficient,
+        Self::Aborted,
+    ];
+
+    /// The name on the wire and in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closing => "closing",
+            Self::Published => "published",
+            Self::Insufficient => "insufficient",
+            Self::Aborted => "aborted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// A round status name that is not one of [`RoundStatus::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownRoundStatus(pub String);
+
+impl std::fmt::Display for UnknownRoundStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unknown round status `{}`", self.0)
+    }
+}
+
+impl std::error::Error for UnknownRoundStatus {}
+
+impl TryFrom<String> for RoundStatus {
+    type Error = UnknownRoundStatus;
+    fn try_from(s: String) -> Result<Self, UnknownRoundStatus> {
+        Self::parse(&s).ok_or(UnknownRoundStatus(s))
+    }
+}
+
+impl std::fmt::Display for RoundStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The privacy a round gives each participant.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RoundPrivacy {
+    /// zCDP ρ of one participant's update.
+    pub rho: f64,
+    /// ε at `delta` for one participant.
+    pub epsilon_per_participant: f64,
+    pub delta: f64,
+}
+
+/// A round. Its first five fields are the device's [`RoundConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Round {
+    pub round_id: String,
+    /// The model version updates must be computed against.
+    pub model_version: String,
+    /// C: updates are clipped to this L2 norm.
+    pub clip_norm: f64,
+    /// γ: the lattice granularity.
+    pub granularity: f64,
+    /// σ: the discrete Gaussian noise each device adds, in the update's units.
+    pub noise_stddev: f64,
+    /// Parameters in an update (the head's).
+    pub dimension: i64,
+    pub min_cohort: i64,
+    pub target_count: Option<i64>,
+    pub deadline: Option<UnixMillis>,
+    pub status: RoundStatus,
+    /// Updates stored so far.
+    pub received: i64,
+    pub created_at: UnixMillis,
+    pub closed_at: Option<UnixMillis>,
+    /// `target_count`, `deadline`, `admin` or `rollback`.
+    pub close_reason: Option<String>,
+    pub cohort_size: Option<i64>,
+    pub published_version: Option<String>,
+    pub privacy: RoundPrivacy,
+}
+
+impl Round {
+    /// What a device needs to privatize an update for this round.
+    pub fn config(&self) -> RoundConfig {
+        RoundConfig {
+            round_id: self.round_id.clone(),
+            model_version: self.model_version.clone(),
+            clip_norm: self.clip_norm,
+            granularity: self.granularity,
+            noise_stddev: self.noise_stddev,
+        }
+    }
+}
+
+/// `GET /v1/rounds`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RoundList {
+    /// Newest first.
+    pub rounds: Vec<Round>,
+}
+
+/// `202` for a stored update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct UploadAck {
+    pub accepted: bool,
+    pub round_id: String,
+    /// Updates the round holds now.
+    pub received: i64,
+    /// The round, when this update was its target and closed it.
+    pub round_closed: Option<Round>,
+}
+
+/// The aggregation that made a version (all `null` for the base version).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct VersionNoise {
+    pub clip_norm: Option<f64>,
+    pub granularity: Option<f64>,
+    pub noise_stddev: Option<f64>,
+}
+
+/// The privacy of a version's round (all `null` for the base version).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct VersionPrivacy {
+    pub rho: Option<f64>,
+    pub epsilon_per_participant: Option<f64>,
+    pub delta: Option<f64>,
+}
+
+/// A published model version; `head` is present on single-version endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ModelVersion {
+    pub version: String,
+    pub parent_version: Option<String>,
+    /// The round whose cohort made it (`null` for the base version).
+    pub round_id: Option<String>,
+    /// Whether devices are served this version now.
+    pub current: bool,
+    pub cohort_size: i64,
+    /// `base`, `fedavg`, `fedavgm` or `fedadam`.
+    pub optimizer: String,
+    pub noise: VersionNoise,
+    pub privacy: VersionPrivacy,
+    pub onnx_sha256: String,
+    pub onnx_url: String,
+    pub created_at: UnixMillis,
+    /// Flagged by the drift test.
+    pub flagged: bool,
+    pub flag_reason: Option<String>,
+    pub flagged_at: Option<UnixMillis>,
+    /// The reward head's parameters (`RewardHead::to_vector` layout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Vec<f32>>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ModelList {
+    /// The version devices are served.
+    pub current: String,
+    /// Oldest first, without heads.
+    pub versions: Vec<ModelVersion>,
+}
+
+/// `POST /v1/feedback`: one randomized-response bit ("the top-ranked answer got a thumbs-up"),
+/// already randomized on the device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct FeedbackReport {
+    pub model_version: String,
+    pub bit: bool,
+}
+
+/// `202` for a stored report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ReportAck {
+    pub accepted: bool,
+}
+
+/// The de-biased thumbs-up rate of one version, with what made it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct VersionStats {
+    pub version: String,
+    pub reports: u64,
+    /// Reports whose (randomized) bit was 1.
+    pub reported_ones: u64,
+    /// The de-biased estimate (`null` without reports).
+    pub thumbs_up_rate: Option<f64>,
+    pub std_error: Option<f64>,
+    /// Normal-approximation 95 % interval.
+    pub ci95: Option<[f64; 2]>,
+    pub cohort_size: i64,
+    pub epsilon_per_participant: Option<f64>,
+    pub flagged: bool,
+    pub flag_reason: Option<String>,
+}
+
+/// One round in the statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RoundStats {
+    pub round_id: String,
+    pub status: RoundStatus,
+    pub cohort_size: Option<i64>,
+    pub received: i64,
+    pub epsilon_per_participant: f64,
+    pub delta: f64,
+    pub published_version: Option<String>,
+}
+
+/// `GET /v1/stats`: what the dashboard charts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Stats {
+    pub current_version: String,
+    /// ε of the devices' randomized-response reports.
+    pub rr_epsilon: f64,
+    pub versions: Vec<VersionStats>,
+    pub rounds: Vec<RoundStats>,
+}
+
+/// `POST /v1/admin/rounds`: a new round on the current version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct NewRound {
+    pub clip_norm: f64,
+    pub granularity: f64,
+    pub noise_stddev: f64,
+    pub min_cohort: i64,
+    #[serde(default)]
+    pub target_count: Option<i64>,
+    #[serde(default)]
+    pub deadline: Option<UnixMillis>,
+    /// Alternative to `deadline`: seconds from now.
+    #[serde(default)]
+    pub duration_seconds: Option<f64>,
+    /// Must equal the model's parameter count when given.
+    #[serde(default)]
+    pub dimension: Option<i64>,
+}
+
+/// `PATCH /v1/admin/rounds/{roundId}`: C, γ, σ and the dimension cannot change once open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RoundChange {
+    #[serde(default)]
+    pub min_cohort: Option<i64>,
+    #[serde(default)]
+    pub target_count: Option<i64>,
+    #[serde(default)]
+    pub deadline: Option<UnixMillis>,
+}
+
+/// `POST /v1/admin/rollback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Rollback {
+    pub version: String,
+}
+
+/// One admin action.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AuditEntry {
+    /// Random hex.
+    pub id: String,
+    pub at: UnixMillis,
+    /// The first 16 hex digits of the admin key's SHA-256.
+    pub admin_fingerprint: String,
+    /// `round.open`, `round.update`, `round.close`, `model.rollback`.
+    pub action: String,
+    /// What the action changed (its shape depends on `action`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub details: serde_json::Value,
+}
+
+/// `GET /v1/admin/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AuditLog {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Health {
+    pub status: String,
+}
+
+/// Every error answer: `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// A stable machine-readable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ErrorDetail {
+    /// e.g. `duplicate_update`, `round_closed`, `unauthorized`.
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+            },
+        }
+    }
+}
+
+/// Query of `POST /v1/rounds/{roundId}/updates` for `navigator.sendBeacon`, which cannot set
+/// headers: the token and model version travel in the query (RFC 6750 §2.3). Headers win.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+pub struct BeaconQuery {
+    #[serde(rename = "access_token")]
+    pub access_token: Option<String>,
+    pub model_version: Option<String>,
+}
+
+/// Paths, so the client and the server cannot disagree on them.
+pub mod paths {
+    pub const REGISTER: &str = "/v1/clients/register";
+    pub const REFRESH: &str = "/v1/clients/refresh";
+    pub const ROUNDS: &str = "/v1/rounds";
+    pub const CURRENT_ROUND: &str = "/v1/rounds/current";
+    pub const MODELS: &str = "/v1/models";
+    pub const CURRENT_MODEL: &str = "/v1/models/current";
+    pub const FEEDBACK: &str = "/v1/feedback";
+    pub const STATS: &str = "/v1/stats";
+
+    /// Where the update for `round_id` is posted.
+    pub fn updates(round_id: &str) -> String {
+        format!("/v1/rounds/{round_id}/updates")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(issued: i64, expires: i64) -> TokenGrant {
+        TokenGrant {
+            client_id: "c".into(),
+            deployment: "d".into(),
+            token: "t".into(),
+            issued_at: UnixMillis(issued),
+            expires_at: UnixMillis(expires),
+        }
+    }
+
+    #[test]
+    fn unix_millis_is_a_plain_number_on_the_wire() {
+        let g = grant(1_700_000_000_000, 1_700_604_800_000);
+        let json = serde_json::to_value(&g).unwrap();
+        assert_eq!(json["expiresAt"], serde_json::json!(1_700_604_800_000_i64));
+        assert_eq!(json["issuedAt"], serde_json::json!(1_700_000_000_000_i64));
+        let back: TokenGrant = serde_json::from_value(json).unwrap();
+        assert_eq!(back, g);
+    }
+
+    #[test]
+    fn a_token_stored_by_an_earlier_client_still_reads() {
+        let expires = 1_700_000_000_000_i64;
+        let stored = serde_json::json!({ "clientId": "c", "token": "t", "expiresAt": expires });
+        let g: TokenGrant = serde_json::from_value(stored).unwrap();
+        assert_eq!(g.issued_at, UnixMillis(0));
+        assert_eq!(g.deployment, "");
+        // Without `issuedAt` the lifetime is unknown: refreshed in its last day.
+        assert!(g.needs_refresh(UnixMillis(expires - TokenGrant::REFRESH_MARGIN_MS)));
+        assert!(!g.needs_refresh(UnixMillis(expires - TokenGrant::REFRESH_MARGIN_MS - 1)));
+    }
+
+    #[test]
+    fn a_week_long_token_is_refreshed_in_its_last_day() {
+        let day = 24 * 3600 * 1000;
+        let g = grant(0, 7 * day);
+        assert!(g.valid_at(UnixMillis(0)));
+        assert!(!g.needs_refresh(UnixMillis(5 * day)));
+        assert!(g.needs_refresh(UnixMillis(6 * day)));
+        assert!(g.needs_refresh(UnixMillis(7 * day - 1)));
+        assert!(!g.valid_at(UnixMillis(7 * day)));
+    }
+
+    #[test]
+    fn a_short_token_is_refreshed_past_half_its_lifetime() {
+        let g = grant(1_000, 9_000);
+        assert!(!g.needs_refresh(UnixMillis(4_999)));
+        assert!(g.needs_refresh(UnixMillis(5_000)));
+    }
+
+    #[test]
+    fn a_token_read_in_the_wrong_unit_would_be_refreshed_at_once() {
+        // The bug this type prevents: an expiry in ms compared with a clock in seconds looks
+        // decades away. Here both are ms; a now in ms after the expiry is invalid.
+        let now = UnixMillis(1_700_000_000_000);
+        let g = grant(now.0 - 10_000, now.0 - 1);
+        assert!(!g.valid_at(now));
+        assert!(g.needs_refresh(now));
+    }
+
+    #[test]
+    fn round_status_names_round_trip() {
+        for s in RoundStatus::ALL {
+            assert_eq!(RoundStatus::parse(s.as_str()), Some(s));
+            let json = serde_json::to_value(s).unwrap();
+            assert_eq!(json, serde_json::json!(s.as_str()));
+        }
+        assert_eq!(RoundStatus::parse("done"), None);
+    }
+}

@@ -1,0 +1,210 @@
+//! Storage: every SQL statement of the server, in one SQL dialect for SQLite and PostgreSQL
+//! through sqlx's `Any` driver. Reads that must see a transaction's own writes take the
+//! transaction's connection (`conn`); the rest read through the pool.
+//!
+//! Portability rules (see migrations/0001_init.sql): `$N` placeholders (SQLite reads `$N` as the
+//! N-th argument), BIGINT/DOUBLE PRECISION/TEXT only, no auto-increment, `ON CONFLICT` upserts,
+//! no `SUM` (PostgreSQL would return NUMERIC, which `Any` cannot decode). Every write path starts
+//! its transaction with a write, so SQLite takes the write lock first (no deferred-upgrade
+//! deadlocks) and PostgreSQL serializes submissions and round closing on the round's row lock.
+
+mod records;
+mod rounds;
+mod versions;
+
+use std::str::FromStr;
+
+use feedloop_core::protocol::RoundStatus;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::AnyPool;
+
+use crate::error::{Error, Result};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The connection pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A round as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct RoundRow {
+    pub round_id: i64,
+    pub model_version: i64,
+    pub dimension: i64,
+    pub clip_norm: f64,
+    pub granularity: f64,
+    pub noise_stddev: f64,
+    pub min_cohort: i64,
+    pub target_count: Option<i64>,
+    pub deadline: Option<i64>,
+    #[sqlx(try_from = "String")]
+    pub status: RoundStatus,
+    pub received: i64,
+    pub rho: f64,
+    pub epsilon: f64,
+    pub delta: f64,
+    pub created_at: i64,
+    pub closed_at: Option<i64>,
+    pub close_reason: Option<String>,
+    pub cohort_size: Option<i64>,
+    pub published_version: Option<i64>,
+}
+
+/// A published model version as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct VersionRow {
+    pub version: i64,
+    pub parent_version: Option<i64>,
+    pub round_id: Option<i64>,
+    /// JSON array of f32, `RewardHead::to_vector` order.
+    pub head: String,
+    pub onnx_sha256: String,
+    pub optimizer: String,
+    pub cohort_size: i64,
+    pub clip_norm: Option<f64>,
+    pub granularity: Option<f64>,
+    pub noise_stddev: Option<f64>,
+    pub rho: Option<f64>,
+    pub epsilon: Option<f64>,
+    pub delta: Option<f64>,
+    pub created_at: i64,
+    pub flagged: i64,
+    pub flag_reason: Option<String>,
+    pub flagged_at: Option<i64>,
+}
+
+/// One audit-log entry.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: String,
+    pub at: i64,
+    pub admin_fingerprint: String,
+    pub action: String,
+    pub details: String,
+}
+
+pub const ROUND_COLUMNS: &str = "round_id, model_version, dimension, clip_norm, granularity, \
+    noise_stddev, min_cohort, target_count, deadline, status, received, rho, epsilon, delta, \
+    created_at, closed_at, close_reason, cohort_size, published_version";
+
+pub const VERSION_COLUMNS: &str = "version, parent_version, round_id, head, onnx_sha256, \
+    optimizer, cohort_size, clip_norm, granularity, noise_stddev, rho, epsilon, delta, \
+    created_at, flagged, flag_reason, flagged_at";
+
+impl Store {
+    /// Connects and runs the migrations. SQLite files (and their directory) are created, in WAL
+    /// mode.
+    pub async fn connect(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(Error::internal(format!(
+                "unsupported database URL `{}` (sqlite:// or postgres://)",
+                redact(url)
+            )));
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite {
+            prepare_sqlite_path(&url)?;
+            if !url.contains("mode=") && !url.contains(":memory:") {
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+        }
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        if backend == Backend::Sqlite {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(self.pool.begin().await?)
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// True for a unique-constraint violation (a concurrent duplicate that slipped past the checks).
+pub fn is_unique_violation(e: &Error) -> bool {
+    matches!(e, Error::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
+}
+
+fn prepare_sqlite_path(url: &str) -> Result<()> {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path.contains(":memory:") {
+        return Ok(());
+    }
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+        }
+    }
+    Ok(())
+}
+
+/// The URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}

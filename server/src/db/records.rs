@@ -1,0 +1,123 @@
+//! Settings, clients, randomized-response reports and the admin audit log.
+
+use sqlx::{AnyConnection, Row};
+
+use super::{AuditRow, Store};
+use crate::error::{Error, Result};
+
+impl Store {
+    // ----- settings -----
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.get::<String, _>(0)))
+    }
+
+    /// Inserts unless present; returns the stored value.
+    pub async fn setting_or_insert(&self, key: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        self.setting(key)
+            .await?
+            .ok_or_else(|| Error::internal(format!("setting {key} vanished")))
+    }
+
+    // ----- clients -----
+
+    pub async fn insert_client(&self, client_id: &str, deployment: &str, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO clients (client_id, deployment, created_at) VALUES ($1, $2, $3)")
+            .bind(client_id)
+            .bind(deployment)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn client_exists(&self, client_id: &str) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some())
+    }
+
+    // ----- RR reports -----
+
+    /// (ones, total) for a version.
+    pub async fn rr_counts(&self, version: i64) -> Result<(u64, u64)> {
+        let row = sqlx::query("SELECT COUNT(*) FROM rr_reports WHERE model_version = $1")
+            .bind(version)
+            .fetch_one(&self.pool)
+            .await?;
+        let total: i64 = row.get(0);
+        let ones: i64 =
+            sqlx::query("SELECT COUNT(*) FROM rr_reports WHERE model_version = $1 AND bit = 1")
+                .bind(version)
+                .fetch_one(&self.pool)
+                .await?
+                .get(0);
+        Ok((ones as u64, total as u64))
+    }
+
+    /// Inserts a report; false if this client already reported on this version.
+    pub async fn insert_rr(
+        &self,
+        version: i64,
+        client_id: &str,
+        bit: bool,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO rr_reports (model_version, client_id, bit, received_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (model_version, client_id) DO NOTHING",
+        )
+        .bind(version)
+        .bind(client_id)
+        .bind(bit as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    // ----- audit -----
+
+    pub async fn audit(
+        conn: &mut AnyConnection,
+        admin_fingerprint: &str,
+        action: &str,
+        details: &serde_json::Value,
+        now: i64,
+    ) -> Result<()> {
+        let id = crate::onnx::hex(&crate::auth::random_bytes::<16>()?);
+        sqlx::query(
+            "INSERT INTO audit_log (id, at, admin_fingerprint, action, details) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(admin_fingerprint)
+        .bind(action)
+        .bind(details.to_string())
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn audit_log(&self, limit: i64) -> Result<Vec<AuditRow>> {
+        Ok(sqlx::query_as::<_, AuditRow>(
+            "SELECT id, at, admin_fingerprint, action, details FROM audit_log ORDER BY at DESC, id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}

@@ -1,0 +1,134 @@
+//! `/v1/admin`: rounds, rollback and the audit log, for holders of an admin key.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use feedloop_core::protocol::{
+    AuditLog, ErrorBody, ModelVersion, NewRound, Rollback, Round, RoundChange,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{id, AdminAuth, ApiJson};
+use super::rounds::Limit;
+use crate::error::Result;
+use crate::service::App;
+
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(open_round))
+        .routes(routes!(change_round))
+        .routes(routes!(close_round))
+        .routes(routes!(rollback))
+        .routes(routes!(audit))
+}
+
+/// Opens a round on the current version.
+#[utoipa::path(post, path = "/v1/admin/rounds", tag = "admin",
+    security(("adminKey" = [])),
+    request_body = NewRound,
+    responses(
+        (status = 201, description = "Opened", body = Round),
+        (status = 400, description = "Invalid configuration", body = ErrorBody),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 409, description = "A round is already open", body = ErrorBody),
+    ))]
+async fn open_round(
+    State(app): State<App>,
+    AdminAuth(fp): AdminAuth,
+    ApiJson(req): ApiJson<NewRound>,
+) -> Result<(StatusCode, Json<Round>)> {
+    let round = app.open_round(&fp, req).await?;
+    Ok((StatusCode::CREATED, Json(round.to_wire())))
+}
+
+/// Changes an open round's cohort or deadline (closing it if it reached a new target).
+#[utoipa::path(patch, path = "/v1/admin/rounds/{roundId}", tag = "admin",
+    security(("adminKey" = [])),
+    params(("roundId" = String, Path, description = "An open round's id")),
+    request_body = RoundChange,
+    responses(
+        (status = 200, description = "The round after the change", body = Round),
+        (status = 400, description = "Invalid change or id", body = ErrorBody),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 409, description = "The round is closed", body = ErrorBody),
+    ))]
+async fn change_round(
+    State(app): State<App>,
+    Path(round_id): Path<String>,
+    AdminAuth(fp): AdminAuth,
+    ApiJson(change): ApiJson<RoundChange>,
+) -> Result<Json<Round>> {
+    let round = app
+        .change_round(&fp, id(&round_id, "round id")?, change)
+        .await?;
+    Ok(Json(round.to_wire()))
+}
+
+/// Closes a round now (publishing a version when the cohort is large enough).
+#[utoipa::path(post, path = "/v1/admin/rounds/{roundId}/close", tag = "admin",
+    security(("adminKey" = [])),
+    params(("roundId" = String, Path, description = "An open round's id")),
+    responses(
+        (status = 200, description = "The closed round", body = Round),
+        (status = 400, description = "Not a round id", body = ErrorBody),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 404, description = "No such round", body = ErrorBody),
+        (status = 409, description = "Already closed", body = ErrorBody),
+    ))]
+async fn close_round(
+    State(app): State<App>,
+    Path(round_id): Path<String>,
+    AdminAuth(fp): AdminAuth,
+) -> Result<Json<Round>> {
+    let round = app
+        .close_round(id(&round_id, "round id")?, "admin", Some(&fp))
+        .await?;
+    Ok(Json(round.to_wire()))
+}
+
+/// Serves an earlier version again; aborts the open round and resets the optimizer.
+#[utoipa::path(post, path = "/v1/admin/rollback", tag = "admin",
+    security(("adminKey" = [])),
+    request_body = Rollback,
+    responses(
+        (status = 200, description = "The version now current", body = ModelVersion),
+        (status = 400, description = "Malformed body or version", body = ErrorBody),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "Already current", body = ErrorBody),
+    ))]
+async fn rollback(
+    State(app): State<App>,
+    AdminAuth(fp): AdminAuth,
+    ApiJson(r): ApiJson<Rollback>,
+) -> Result<Json<ModelVersion>> {
+    let version = id(&r.version, "model version")?;
+    let v = app.rollback(&fp, version).await?;
+    Ok(Json(v.to_wire(version, false)))
+}
+
+/// The admin audit log, newest first.
+#[utoipa::path(get, path = "/v1/admin/audit", tag = "admin",
+    security(("adminKey" = [])),
+    params(Limit),
+    responses(
+        (status = 200, description = "Entries", body = AuditLog),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+    ))]
+async fn audit(
+    State(app): State<App>,
+    AdminAuth(_): AdminAuth,
+    Query(q): Query<Limit>,
+) -> Result<Json<AuditLog>> {
+    let entries = app.store().audit_log(q.get()).await?;
+    Ok(Json(AuditLog {
+        entries: entries.iter().map(|a| a.to_wire()).collect(),
+    }))
+}

@@ -1,0 +1,48 @@
+//! `/v1/clients`: registration and token refresh.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use feedloop_core::protocol::{ErrorBody, TokenGrant};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{ClientAuth, DeploymentKey};
+use crate::error::Result;
+use crate::service::App;
+
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(refresh))
+}
+
+/// First contact: a new client id and a signed, expiring token for the site.
+#[utoipa::path(post, path = "/v1/clients/register", tag = "clients",
+    params(("x-feedloop-deployment-key" = String, Header, description = "The site's deployment key")),
+    responses(
+        (status = 201, description = "Registered", body = TokenGrant),
+        (status = 401, description = "Missing or unknown deployment key", body = ErrorBody),
+    ))]
+async fn register(
+    State(app): State<App>,
+    DeploymentKey(key): DeploymentKey,
+) -> Result<(StatusCode, Json<TokenGrant>)> {
+    let (claims, token) = app.register(&key).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(claims.grant(token, app.token_ttl_ms())),
+    ))
+}
+
+/// A later expiry for the holder of a valid token (same client id).
+#[utoipa::path(post, path = "/v1/clients/refresh", tag = "clients",
+    security(("clientToken" = [])),
+    responses(
+        (status = 200, description = "A fresh token", body = TokenGrant),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+    ))]
+async fn refresh(State(app): State<App>, ClientAuth(claims): ClientAuth) -> Json<TokenGrant> {
+    let (claims, token) = app.refresh(&claims);
+    Json(claims.grant(token, app.token_ttl_ms()))
+}

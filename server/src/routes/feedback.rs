@@ -1,0 +1,58 @@
+//! `/v1/feedback` and `/v1/stats`: randomized-response thumbs-up reports and the rates per
+//! version the dashboard charts.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use feedloop_core::protocol::{ErrorBody, FeedbackReport, ReportAck, Stats};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::{id, ApiJson, ClientAuth};
+use crate::error::Result;
+use crate::service::App;
+
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(report))
+        .routes(routes!(stats))
+}
+
+/// One randomized-response bit per client per version (randomized on the device).
+#[utoipa::path(post, path = "/v1/feedback", tag = "feedback",
+    security(("clientToken" = [])),
+    request_body = FeedbackReport,
+    responses(
+        (status = 202, description = "Stored", body = ReportAck),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "Already reported on this version", body = ErrorBody),
+    ))]
+async fn report(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+    ApiJson(r): ApiJson<FeedbackReport>,
+) -> Result<(StatusCode, Json<ReportAck>)> {
+    let version = id(&r.model_version, "model version")?;
+    app.report(&claims, version, r.bit).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
+}
+
+/// De-biased thumbs-up rates per version and a summary of every round.
+#[utoipa::path(get, path = "/v1/stats", tag = "feedback",
+    responses((status = 200, description = "Statistics", body = Stats)))]
+async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
+    let current = app.store().current_version().await?;
+    let mut versions = Vec::new();
+    for v in app.store().versions().await? {
+        versions.push(v.to_stats(&app.rate(v.version).await?));
+    }
+    let rounds = app.store().rounds(1000).await?;
+    Ok(Json(Stats {
+        current_version: current.to_string(),
+        rr_epsilon: app.config().rr_epsilon,
+        versions,
+        rounds: rounds.iter().map(|r| r.to_stats()).collect(),
+    }))
+}

@@ -1,0 +1,101 @@
+//! `/v1/models`: the published versions, the current one (with an ETag), and their ONNX files.
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use feedloop_core::protocol::{ErrorBody, ModelList, ModelVersion};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::id;
+use crate::error::Result;
+use crate::service::App;
+
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(current_model))
+        .routes(routes!(get_model))
+        .routes(routes!(get_onnx))
+}
+
+/// Every version, oldest first, without heads.
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, description = "Versions", body = ModelList)))]
+async fn list_models(State(app): State<App>) -> Result<Json<ModelList>> {
+    let current = app.store().current_version().await?;
+    let versions = app.store().versions().await?;
+    Ok(Json(ModelList {
+        current: current.to_string(),
+        versions: versions.iter().map(|v| v.to_wire(current, false)).collect(),
+    }))
+}
+
+/// The current model with its head and an ETag: a client polling for a new version gets
+/// `304 Not Modified` (no body) until one is published or rolled back to.
+#[utoipa::path(get, path = "/v1/models/current", tag = "models",
+    params(("if-none-match" = Option<String>, Header, description = "The ETag of the version the client has")),
+    responses(
+        (status = 200, description = "The current version, with its head", body = ModelVersion,
+            headers(("etag" = String, description = "`\"model-<version>\"`"))),
+        (status = 304, description = "Still the version named in If-None-Match"),
+    ))]
+async fn current_model(State(app): State<App>, headers: HeaderMap) -> Result<Response> {
+    let current = app.store().current_version().await?;
+    let etag = format!("\"model-{current}\"");
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let cache = [
+        (header::ETAG, etag),
+        (header::CACHE_CONTROL, "no-cache".to_string()),
+    ];
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    let body = app.version(current).await?.to_wire(current, true);
+    Ok((cache, Json(body)).into_response())
+}
+
+/// One version, with its head.
+#[utoipa::path(get, path = "/v1/models/{version}", tag = "models",
+    params(("version" = String, Path, description = "A model version")),
+    responses(
+        (status = 200, description = "The version", body = ModelVersion),
+        (status = 400, description = "Not a version", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+    ))]
+async fn get_model(
+    State(app): State<App>,
+    Path(version): Path<String>,
+) -> Result<Json<ModelVersion>> {
+    let current = app.store().current_version().await?;
+    let v = app.version(id(&version, "model version")?).await?;
+    Ok(Json(v.to_wire(current, true)))
+}
+
+/// The version's ONNX file (the base model with this version's head).
+#[utoipa::path(get, path = "/v1/models/{version}/model.onnx", tag = "models",
+    params(("version" = String, Path, description = "A model version")),
+    responses(
+        (status = 200, description = "The ONNX file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Not a version", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+    ))]
+async fn get_onnx(State(app): State<App>, Path(version): Path<String>) -> Result<Response> {
+    let version = id(&version, "model version")?;
+    let bytes = app.onnx(version).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"feedloop-v{version}.onnx\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}

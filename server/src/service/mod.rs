@@ -1,0 +1,202 @@
+//! The server's behaviour, independent of HTTP: clients, rounds and submissions ([`rounds`]),
+//! publishing a version ([`publish`]), versions and rollback ([`versions`]), randomized-response
+//! statistics and drift flags ([`drift`]). Storage goes through [`crate::db`].
+
+pub mod drift;
+pub mod publish;
+pub mod rounds;
+pub mod versions;
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use feedloop_core::RewardModel;
+
+use crate::auth::{self, Claims, TokenSigner};
+use crate::config::Config;
+use crate::db::{Store, VersionRow};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::onnx::{rewrite_head, sha256_hex};
+
+pub use drift::RateEstimate;
+pub use rounds::Accepted;
+
+/// The key optimizer state is stored under (one model lineage per server).
+pub const DEPLOYMENT_STATE_KEY: &str = "default";
+
+/// Shared state behind every handler.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    signer: TokenSigner,
+    metrics: Metrics,
+    /// Serializes round opening/closing, publishing and rollback within this process.
+    lifecycle: tokio::sync::Mutex<()>,
+    dimension: usize,
+    head_dimensions: usize,
+    http: reqwest::Client,
+}
+
+/// Unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl App {
+    /// Connects, migrates, and bootstraps version 1 from the base model.
+    pub async fn new(config: Config) -> Result<Self> {
+        let store = Store::connect(&config.database_url).await?;
+        let base = RewardModel::from_bytes(&config.base_model)
+            .map_err(|e| Error::internal(format!("base model: {e}")))?;
+        let head = base.head().to_vector();
+        let head_dimensions = base.head().dimensions();
+        let secret = match &config.token_secret {
+            Some(s) => s.clone(),
+            None => {
+                let generated = crate::onnx::hex(&auth::random_bytes::<32>()?);
+                store
+                    .setting_or_insert("token_secret", &generated)
+                    .await?
+                    .into_bytes()
+            }
+        };
+        let app = Self {
+            inner: Arc::new(Inner {
+                signer: TokenSigner::new(secret),
+                store,
+                metrics: Metrics::default(),
+                lifecycle: tokio::sync::Mutex::new(()),
+                dimension: head.len(),
+                head_dimensions,
+                http: reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .build()
+                    .map_err(|e| Error::internal(format!("HTTP client: {e}")))?,
+                config,
+            }),
+        };
+        app.bootstrap(&head).await?;
+        Ok(app)
+    }
+
+    async fn bootstrap(&self, head: &[f32]) -> Result<()> {
+        let _guard = self.inner.lifecycle.lock().await;
+        if self.store().version(1).await?.is_some() {
+            return Ok(());
+        }
+        let onnx = rewrite_head(&self.inner.config.base_model, head, "1")?;
+        let mut tx = self.store().begin().await?;
+        Store::insert_version(
+            &mut tx,
+            &VersionRow {
+                version: 1,
+                parent_version: None,
+                round_id: None,
+                head: serde_json::to_string(head).expect("floats serialize"),
+                onnx_sha256: sha256_hex(&onnx),
+                optimizer: "base".into(),
+                cohort_size: 0,
+                clip_norm: None,
+                granularity: None,
+                noise_stddev: None,
+                rho: None,
+                epsilon: None,
+                delta: None,
+                created_at: now_ms(),
+                flagged: 0,
+                flag_reason: None,
+                flagged_at: None,
+            },
+        )
+        .await?;
+        Store::set_current_version(&mut tx, 1).await?;
+        tx.commit().await?;
+        tracing::info!("bootstrapped model version 1 from the base model");
+        Ok(())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    /// The update dimension (head parameter count).
+    pub fn dimension(&self) -> usize {
+        self.inner.dimension
+    }
+    /// The embedding dimension of the head (for `RewardHead::from_vector`).
+    fn head_dimensions(&self) -> usize {
+        self.inner.head_dimensions
+    }
+    fn lifecycle(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.lifecycle
+    }
+    fn http(&self) -> &reqwest::Client {
+        &self.inner.http
+    }
+
+    // ----- clients -----
+
+    /// First contact: a new client id and its token.
+    pub async fn register(&self, deployment_key: &str) -> Result<(Claims, String)> {
+        let deployment = auth::deployment_for(&self.config().deployment_keys, deployment_key)
+            .ok_or_else(|| Error::Unauthorized("unknown deployment key".into()))?
+            .to_string();
+        let client_id = crate::onnx::hex(&auth::random_bytes::<16>()?);
+        let now = now_ms();
+        self.store()
+            .insert_client(&client_id, &deployment, now)
+            .await?;
+        Metrics::inc(&self.metrics().clients_registered);
+        let claims = Claims {
+            client_id,
+            deployment,
+            expires_at: now + self.token_ttl_ms(),
+        };
+        let token = self.inner.signer.issue(&claims);
+        Ok((claims, token))
+    }
+
+    /// A fresh token for the holder of a valid one.
+    pub fn refresh(&self, claims: &Claims) -> (Claims, String) {
+        let claims = Claims {
+            expires_at: now_ms() + self.token_ttl_ms(),
+            ..claims.clone()
+        };
+        let token = self.inner.signer.issue(&claims);
+        (claims, token)
+    }
+
+    /// The token lifetime in milliseconds (the unit of `Claims::expires_at`).
+    pub fn token_ttl_ms(&self) -> i64 {
+        self.config().token_ttl.as_millis() as i64
+    }
+
+    pub fn verify_token(&self, token: &str) -> Result<Claims> {
+        self.inner.signer.verify(token, now_ms())
+    }
+
+    /// The admin key's fingerprint, or 401/403.
+    pub fn admin(&self, presented: &str) -> Result<String> {
+        if self.config().admin_keys.is_empty() {
+            return Err(Error::Forbidden(
+                "the admin API is disabled (no admin key configured)".into(),
+            ));
+        }
+        auth::admin_fingerprint(&self.config().admin_keys, presented)
+            .ok_or_else(|| Error::Unauthorized("invalid admin key".into()))
+    }
+}

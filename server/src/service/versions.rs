@@ -1,0 +1,74 @@
+//! Model versions: reading them, their ONNX files, and rolling back.
+
+use serde_json::json;
+
+use super::{now_ms, App};
+use crate::db::{Store, VersionRow};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::onnx::{rewrite_head, sha256_hex};
+
+impl App {
+    pub async fn version(&self, version: i64) -> Result<VersionRow> {
+        self.store().version(version).await?.ok_or_else(|| {
+            Error::not_found("version_not_found", format!("no model version {version}"))
+        })
+    }
+
+    /// The ONNX file of a version (rebuilt from the base model; checked against the digest
+    /// recorded at publication).
+    pub async fn onnx(&self, version: i64) -> Result<Vec<u8>> {
+        let v = self.version(version).await?;
+        let head: Vec<f32> = serde_json::from_str(&v.head)
+            .map_err(|e| Error::internal(format!("stored head: {e}")))?;
+        let bytes = rewrite_head(&self.config().base_model, &head, &version.to_string())?;
+        if sha256_hex(&bytes) != v.onnx_sha256 {
+            return Err(Error::internal(format!(
+                "the ONNX file of version {version} no longer matches its recorded digest: \
+                 the server was started with a different base model"
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// Points "current" at an earlier version; aborts an open round (its updates were computed
+    /// against the abandoned version) and resets the optimizer state.
+    pub async fn rollback(&self, admin_fp: &str, version: i64) -> Result<VersionRow> {
+        let row = self.rollback_locked(admin_fp, version).await?;
+        self.reopen_auto_round().await;
+        Ok(row)
+    }
+
+    async fn rollback_locked(&self, admin_fp: &str, version: i64) -> Result<VersionRow> {
+        let _guard = self.lifecycle().lock().await;
+        let target = self.version(version).await?;
+        let current = self.store().current_version().await?;
+        if version == current {
+            return Err(Error::conflict(
+                "already_current",
+                format!("version {version} is already current"),
+            ));
+        }
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        Store::set_current_version(&mut tx, version).await?;
+        let aborted = Store::abort_open_rounds(&mut tx, now).await?;
+        Store::clear_optimizer_state(&mut tx).await?;
+        Store::audit(
+            &mut tx,
+            admin_fp,
+            "model.rollback",
+            &json!({ "from": current, "to": version, "abortedRounds": aborted }),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Metrics::inc(&self.metrics().rollbacks);
+        tracing::warn!(
+            from = current,
+            to = version,
+            "rolled back the current model version"
+        );
+        Ok(target)
+    }
+}

@@ -1,0 +1,117 @@
+//! Clients in a browser: static pages, ETags, beacons (token in the query), JSON 404s.
+
+use crate::harness::*;
+
+on_both_backends!(browser_sync_support,);
+
+/// What the browser client relies on: an automatic round that reopens on the new version, the
+/// model's ETag, `sendBeacon`'s query-parameter token, and the dashboard's static files.
+async fn browser_sync_support(backend: Backend) {
+    let site = std::env::temp_dir().join(unique("feedloop-static"));
+    std::fs::create_dir_all(site.join("dashboard")).unwrap();
+    std::fs::write(site.join("dashboard/index.html"), "<h1>dash</h1>").unwrap();
+    let dir = site.clone();
+    let Some(h) = Harness::new(backend, move |c| {
+        c.static_dir = Some(dir);
+        c.auto_round = Some(serde_json::from_value(round_body(2, Some(2))).unwrap());
+    })
+    .await
+    else {
+        return;
+    };
+    // Static files outside /v1; unknown paths stay JSON 404s.
+    let (s, page) = h.raw(Method::GET, "/dashboard/", &[], vec![]).await;
+    assert_eq!(
+        (s, page.as_slice()),
+        (StatusCode::OK, &b"<h1>dash</h1>"[..])
+    );
+    let (s, v) = h.call(Method::GET, "/nothing-here", None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_route"))
+    );
+
+    let round = h.app.ensure_auto_round().await.unwrap().expect("opened");
+    assert!(
+        h.app.ensure_auto_round().await.unwrap().is_none(),
+        "one at a time"
+    );
+    let round = json!({ "roundId": round.round_id.to_string() });
+
+    // The model's ETag: unchanged → 304 with no body.
+    let (s, etag_body) = h.raw(Method::GET, "/v1/models/current", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&etag_body).unwrap()["version"],
+        "1"
+    );
+    let (s, body) = h
+        .raw(
+            Method::GET,
+            "/v1/models/current",
+            &[("if-none-match", "\"model-1\"")],
+            vec![],
+        )
+        .await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+
+    // A beacon: token and model version in the query, no headers.
+    let token = h.register().await;
+    let path = format!("/v1/rounds/{}/updates", round["roundId"].as_str().unwrap());
+    let beacon = format!("{path}?access_token={token}&modelVersion=1");
+    let (s, _) = h
+        .raw(Method::POST, &beacon, &[], privatized(1, 131).to_bytes())
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    // The same beacon again is a duplicate; a bad query is a JSON 400; no token is a 401.
+    let (s, body) = h
+        .raw(Method::POST, &beacon, &[], privatized(1, 131).to_bytes())
+        .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("duplicate_update"))
+    );
+    let (s, body) = h
+        .raw(
+            Method::POST,
+            &format!("{path}?nonsense=1"),
+            &[],
+            privatized(2, 131).to_bytes(),
+        )
+        .await;
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    let (s, _) = h
+        .raw(Method::POST, &path, &[], privatized(2, 131).to_bytes())
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.get(&path.replace("/updates", "")).await["received"], 1);
+
+    // The second update reaches the target: version 2 is published and the next round opens on it.
+    let token = h.register().await;
+    let (s, v) = h
+        .submit(&token, &round, Some("1"), privatized(3, 131).to_bytes())
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(v["roundClosed"]["status"], "published");
+    // Reopened at once by the close itself, not at the next deadline poll.
+    let next = h.get("/v1/rounds/current").await;
+    assert_eq!(
+        (next["roundId"].as_str(), next["modelVersion"].as_str()),
+        (Some("2"), Some("2"))
+    );
+    let (s, _) = h
+        .raw(
+            Method::GET,
+            "/v1/models/current",
+            &[("if-none-match", "\"model-1\"")],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "a new version invalidates the ETag");
+    let _ = std::fs::remove_dir_all(site);
+}

@@ -1,0 +1,173 @@
+//! Operations and admin authentication: health, metrics, the admin API's keys, a real listener.
+
+use crate::harness::*;
+
+on_both_backends!(service_endpoints_and_admin_auth,);
+
+async fn service_endpoints_and_admin_auth(backend: Backend) {
+    let Some(h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    assert_eq!(h.get("/healthz").await["status"], "ok");
+    let (s, m) = h.raw(Method::GET, "/metrics", &[], vec![]).await;
+    assert_eq!(s, StatusCode::OK);
+    let m = String::from_utf8(m).unwrap();
+    assert!(m.contains("# TYPE feedloop_updates_accepted_total counter"));
+    assert!(m.contains("feedloop_current_model_version 1"));
+    // Every route is in the OpenAPI document.
+    let doc = h.get("/openapi.json").await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for (path, method) in [
+        ("/healthz", "get"),
+        ("/metrics", "get"),
+        ("/openapi.json", "get"),
+        ("/v1/clients/register", "post"),
+        ("/v1/clients/refresh", "post"),
+        ("/v1/rounds", "get"),
+        ("/v1/rounds/current", "get"),
+        ("/v1/rounds/{roundId}", "get"),
+        ("/v1/rounds/{roundId}/updates", "post"),
+        ("/v1/models", "get"),
+        ("/v1/models/current", "get"),
+        ("/v1/models/{version}", "get"),
+        ("/v1/models/{version}/model.onnx", "get"),
+        ("/v1/feedback", "post"),
+        ("/v1/stats", "get"),
+        ("/v1/admin/rounds", "post"),
+        ("/v1/admin/rounds/{roundId}", "patch"),
+        ("/v1/admin/rounds/{roundId}/close", "post"),
+        ("/v1/admin/rollback", "post"),
+        ("/v1/admin/audit", "get"),
+    ] {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} missing from OpenAPI"
+        );
+    }
+    // Unknown route and method: JSON errors.
+    let (s, _) = h.call(Method::GET, "/nope", None, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = h.call(Method::DELETE, "/v1/stats", None, None).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    // Token refresh keeps the client id.
+    let token = h.register().await;
+    let (s, v) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(v["token"].is_string());
+    // Admin: bad JSON, invalid configuration, one open round at a time, round changes audited.
+    let (s, v) = h
+        .raw(
+            Method::POST,
+            "/v1/admin/rounds",
+            &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+            b"{".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        String::from_utf8_lossy(&v)
+    );
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/admin/rounds",
+            Some(ADMIN_KEY),
+            Some(json!({"clipNorm": 1.0, "granularity": 0.5, "noiseStddev": 1.0, "minCohort": 2})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_round_config"))
+    );
+    let (s, _) = h
+        .call(Method::POST, "/v1/admin/rounds", Some(ADMIN_KEY), Some(json!({"clipNorm": C, "granularity": GAMMA, "noiseStddev": SIGMA, "minCohort": 2, "dimension": 64})))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    h.open_round(round_body(2, None)).await;
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/admin/rounds",
+            Some(ADMIN_KEY),
+            Some(round_body(2, None)),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("round_already_open"))
+    );
+    let (s, v) = h
+        .call(
+            Method::PATCH,
+            "/v1/admin/rounds/1",
+            Some(ADMIN_KEY),
+            Some(json!({"minCohort": 5, "targetCount": 10})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["minCohort"].as_i64(), v["targetCount"].as_i64()),
+        (Some(5), Some(10))
+    );
+    let (_, audit) = h
+        .call(Method::GET, "/v1/admin/audit", Some(ADMIN_KEY), None)
+        .await;
+    let change = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "round.update")
+        .unwrap()
+        .clone();
+    assert_eq!(change["details"]["before"]["minCohort"], 2);
+    assert_eq!(change["details"]["after"]["minCohort"], 5);
+    // Clients cannot use admin endpoints with their token.
+    let (s, _) = h
+        .call(Method::POST, "/v1/admin/rounds/1/close", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+/// A real listener on 127.0.0.1:0 with reqwest, and graceful shutdown (SQLite only: the
+/// transport does not depend on the backend).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_listener_serves_and_shuts_down_gracefully() {
+    let h = Harness::new(Backend::Sqlite, |_| {}).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(feedloop_server::serve(h.app.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client
+        .post(format!("http://{addr}/v1/clients/register"))
+        .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["token"].as_str().unwrap().starts_with("v1."));
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server stops after the shutdown signal")
+        .unwrap()
+        .unwrap();
+    assert!(client
+        .get(format!("http://{addr}/healthz"))
+        .send()
+        .await
+        .is_err());
+}

@@ -1,0 +1,310 @@
+//! Rounds: publishing with FedAvg, the minimum cohort, refused submissions, deadlines.
+
+use crate::harness::*;
+
+on_both_backends!(
+    round_publishes_fedavg_and_the_onnx_carries_the_new_head,
+    below_minimum_cohort_nothing_is_published,
+    bad_submissions_are_refused_without_state_change,
+    deadline_closes_the_round,
+);
+
+async fn round_publishes_fedavg_and_the_onnx_carries_the_new_head(backend: Backend) {
+    let Some(h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    let d = h.app.dimension();
+    assert_eq!(d, 131);
+    let round = h.open_round(round_body(3, Some(3))).await;
+    // The client's RoundConfig parses from the server's round JSON.
+    let current = h.get("/v1/rounds/current").await;
+    let rc: feedloop_core::contribution::RoundConfig =
+        serde_json::from_value(current.clone()).unwrap();
+    assert_eq!(rc.model_version, "1");
+    assert_eq!(
+        (rc.clip_norm, rc.granularity, rc.noise_stddev),
+        (C, GAMMA, SIGMA)
+    );
+    assert_eq!(current["dimension"], 131);
+
+    let old = h.head("1").await;
+    let updates: Vec<PrivatizedUpdate> = (0..3).map(|s| privatized(s, d)).collect();
+    let mut last = Value::Null;
+    for (i, u) in updates.iter().enumerate() {
+        let token = h.register().await;
+        let (s, v) = h.submit(&token, &round, Some("1"), u.to_bytes()).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        assert_eq!(v["received"], i as i64 + 1);
+        last = v;
+    }
+    // The third update reached the target count: the round closed and published version 2.
+    assert_eq!(last["roundClosed"]["status"], "published");
+    assert_eq!(last["roundClosed"]["publishedVersion"], "2");
+
+    let v2 = h.get("/v1/models/current").await;
+    assert_eq!(v2["version"], "2");
+    assert_eq!(v2["parentVersion"], "1");
+    assert_eq!(v2["cohortSize"], 3);
+    assert_eq!(v2["optimizer"], "fedavg");
+    let rho = PrivatizerConfig::new(C, GAMMA, SIGMA).unwrap().rho();
+    assert_eq!(v2["privacy"]["rho"].as_f64().unwrap(), rho);
+    assert_eq!(
+        v2["privacy"]["epsilonPerParticipant"].as_f64().unwrap(),
+        zcdp_to_approx_dp(rho, 1e-6).unwrap()
+    );
+    let new_head: Vec<f32> = serde_json::from_value(v2["head"].clone()).unwrap();
+    // One f32 rounding apart at most.
+    assert_close(&new_head, &reference_fedavg(&old, &updates), 1e-6);
+    assert_ne!(new_head, old);
+
+    // The published ONNX file loads as a RewardModel whose head is the aggregated head.
+    let (s, onnx) = h
+        .raw(Method::GET, "/v1/models/2/model.onnx", &[], vec![])
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let model = RewardModel::from_bytes(&onnx).unwrap();
+    assert_eq!(model.head().to_vector(), new_head);
+    assert_eq!(feedloop_server::onnx::sha256_hex(&onnx), v2["onnxSha256"]);
+    use prost::Message;
+    let proto = tract_onnx::pb::ModelProto::decode(onnx.as_slice()).unwrap();
+    let meta: Vec<_> = proto
+        .metadata_props
+        .iter()
+        .filter(|e| e.key == "feedloop.model.version")
+        .map(|e| e.value.as_str())
+        .collect();
+    assert_eq!(meta, vec!["2"]);
+
+    // The round log records the provenance.
+    let log = h.get("/v1/rounds").await;
+    assert_eq!(log["rounds"][0]["publishedVersion"], "2");
+    assert_eq!(log["rounds"][0]["cohortSize"], 3);
+}
+
+async fn below_minimum_cohort_nothing_is_published(backend: Backend) {
+    let Some(h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    let round = h.open_round(round_body(3, None)).await;
+    for s in 0..2 {
+        let token = h.register().await;
+        let (st, _) = h
+            .submit(&token, &round, Some("1"), privatized(s, 131).to_bytes())
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED);
+    }
+    let (s, closed) = h
+        .call(
+            Method::POST,
+            "/v1/admin/rounds/1/close",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{closed}");
+    assert_eq!(closed["status"], "insufficient");
+    assert_eq!(closed["cohortSize"], 2);
+    assert!(closed["publishedVersion"].is_null());
+    let models = h.get("/v1/models").await;
+    assert_eq!(models["current"], "1");
+    assert_eq!(models["versions"].as_array().unwrap().len(), 1);
+    // Closing twice is a conflict.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/admin/rounds/1/close",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("round_closed"))
+    );
+}
+
+async fn bad_submissions_are_refused_without_state_change(backend: Backend) {
+    let Some(h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    let round = h.open_round(round_body(1, None)).await;
+    let token = h.register().await;
+    let good = privatized(7, 131).to_bytes();
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap().to_string();
+
+    // No token, a forged token.
+    let (s, v) = h
+        .raw(
+            Method::POST,
+            "/v1/rounds/1/updates",
+            &[("x-feedloop-model-version", "1")],
+            good.clone(),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "{}",
+        String::from_utf8_lossy(&v)
+    );
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let (s, v) = h.submit(&forged, &round, Some("1"), good.clone()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNAUTHORIZED, "unauthorized".into())
+    );
+    // Unknown deployment key.
+    let (s, _) = h
+        .raw(
+            Method::POST,
+            "/v1/clients/register",
+            &[("x-feedloop-deployment-key", "nope-nope-nope-nope")],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Missing and stale model version.
+    let (s, v) = h.submit(&token, &round, None, good.clone()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, "missing_model_version".into())
+    );
+    let (s, v) = h.submit(&token, &round, Some("0"), good.clone()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "stale_model_version".into())
+    );
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("/v1/models/current"));
+    // Malformed bytes, a truncated payload, another round's parameters, a wrong dimension.
+    for bad in [
+        b"not an update".to_vec(),
+        good[..good.len() - 8].to_vec(),
+        privatize_with_os_rng(
+            &delta(1, 131),
+            &PrivatizerConfig::new(C, GAMMA, 0.2).unwrap(),
+        )
+        .unwrap()
+        .to_bytes(),
+        privatize_with_os_rng(
+            &delta(1, 130),
+            &PrivatizerConfig::new(C, GAMMA, SIGMA).unwrap(),
+        )
+        .unwrap()
+        .to_bytes(),
+    ] {
+        let (s, v) = h.submit(&token, &round, Some("1"), bad).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_update".into())
+        );
+    }
+    // An out-of-bound lattice value: patch the first value of a good payload to i64::MAX/2
+    // (values are little-endian i64 after the 46-byte header in wire format v1; if the encoding
+    // differs the decoder refuses it as malformed, which is the same 422).
+    let mut huge = good.clone();
+    huge[46..54].copy_from_slice(&(i64::MAX / 2).to_le_bytes());
+    let (s, v) = h.submit(&token, &round, Some("1"), huge).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_update".into())
+    );
+    // Too large.
+    let (s, v) = h
+        .submit(&token, &round, Some("1"), vec![0u8; 65 * 1024])
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large".into())
+    );
+    // No state change so far.
+    assert_eq!(h.get("/v1/rounds/1").await["received"], 0);
+
+    // Accepted once; the same client again is a duplicate; another client replaying the bytes is a replay.
+    let (s, _) = h.submit(&token, &round, Some("1"), good.clone()).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, v) = h
+        .submit(&token, &round, Some("1"), privatized(8, 131).to_bytes())
+        .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "duplicate_update".into())
+    );
+    let other = h.register().await;
+    let (s, v) = h.submit(&other, &round, Some("1"), good.clone()).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "replayed_update".into())
+    );
+    assert_eq!(h.get("/v1/rounds/1").await["received"], 1);
+    // Unknown round, bad id.
+    let (s, v) = h.call(Method::GET, "/v1/rounds/99", None, None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::NOT_FOUND, "round_not_found".into())
+    );
+    let (s, v) = h.call(Method::GET, "/v1/rounds/abc", None, None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_id".into())
+    );
+    // After closing, submissions are refused.
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/admin/rounds/1/close",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = h
+        .submit(&other, &round, Some("1"), privatized(9, 131).to_bytes())
+        .await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "round_closed".into()));
+    let m = h.raw(Method::GET, "/metrics", &[], vec![]).await.1;
+    let m = String::from_utf8(m).unwrap();
+    assert!(
+        m.contains("feedloop_updates_rejected_total{code=\"invalid_update\"} 5"),
+        "{m}"
+    );
+    assert!(m.contains("feedloop_updates_accepted_total 1"), "{m}");
+}
+
+async fn deadline_closes_the_round(backend: Backend) {
+    let Some(h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    let task = feedloop_server::spawn_deadline_task(h.app.clone());
+    let mut body = round_body(2, None);
+    body["durationSeconds"] = json!(0.5);
+    let round = h.open_round(body).await;
+    for s in 0..2 {
+        let token = h.register().await;
+        let (st, _) = h
+            .submit(&token, &round, Some("1"), privatized(s, 131).to_bytes())
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED);
+    }
+    let mut status = String::new();
+    for _ in 0..200 {
+        status = h.get("/v1/rounds/1").await["status"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if status != "open" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task.abort();
+    assert_eq!(status, "published");
+    assert_eq!(h.get("/v1/rounds/1").await["closeReason"], "deadline");
+    let (s, v) = h.call(Method::GET, "/v1/rounds/current", None, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_open_round"))
+    );
+}

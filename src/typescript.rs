@@ -1,0 +1,182 @@
+//! The TypeScript types of what crosses the boundary as plain objects, for the generated
+//! `feedloop_wasm.d.ts` (wasm-bindgen types the functions; these name the shapes it cannot infer).
+//! The package's own types are in js/index.ts.
+
+use wasm_bindgen::prelude::*;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &'static str = r#"
+/** One candidate in a ranking: the id (yours, or the text for plain strings), its position in the
+ *  input array and its personal score. */
+export interface RankedCandidate { id: string; index: number; score: number }
+
+/** Texts embedded once (`embedCatalog`), row-major, to score many times with `scoreCatalog`. */
+export interface EmbeddedCatalog { dimensions: number; vectors: Float32Array; tokenCounts: Uint32Array }
+
+/** A candidate with an id of yours, so feedback can name it. */
+export interface CandidateInput { id: string; text: string }
+
+/** Facts about the loaded model. */
+export interface ModelInfo {
+  contractVersion: string;
+  dimensions: number;
+  maxTokens: number;
+  vocabSize: number;
+  headParameters: number;
+  metadata: [string, string][];
+}
+
+export type FlagCategory = "wrong" | "harmful" | "off-topic";
+
+/** Common to every event: the context it was judged in (default: where the candidate was last
+ *  ranked) and when (ms since 1970, default now; more than 5 minutes ahead is an error). */
+interface EventBase { context?: string; timestamp?: number }
+
+/** Every feedback event, by kind. */
+export type FeedbackEvent = EventBase & (
+  | { kind: "thumbs"; candidate: string; up: boolean }
+  | { kind: "stars"; candidate: string; stars: 1 | 2 | 3 | 4 | 5 }
+  | { kind: "pairwise"; winner: string; loser: string }
+  | { kind: "correction"; candidate: string; text: string }
+  | { kind: "flag"; candidate: string; category: FlagCategory }
+  | { kind: "click"; candidate: string }
+  | { kind: "dwell"; candidate: string; ms: number }
+  | { kind: "copy"; candidate: string }
+  | { kind: "regenerate"; candidate: string }
+  | { kind: "skip"; candidate: string }
+);
+
+export type FeedbackKind = FeedbackEvent["kind"];
+
+/** What recording an event did. */
+export interface FeedbackOutcome {
+  kind: FeedbackKind;
+  /** Whether the personal head learned from it (capped or too-short events are only logged). */
+  learned: boolean;
+  reason?: string;
+  /** The (first named) candidate's personal score before and after. */
+  scoreBefore: number;
+  scoreAfter: number;
+}
+
+/** The parts of a candidate's score: score = relevance + globalPreference + personalAdjustment. */
+export interface Explanation {
+  candidate: string;
+  context: string;
+  score: number;
+  relevance: number;
+  globalPreference: number;
+  personalAdjustment: number;
+  /** 0 (no feedback behind it) to 1. */
+  confidence: number;
+  directFeedback: number;
+  learnedExamples: number;
+}
+
+/** One entry of the local activity log (never uploaded). */
+export interface Activity {
+  id: number;
+  timestamp: number;
+  kind: FeedbackKind;
+  candidates: string[];
+  weight: number;
+  learned: boolean;
+  scoreBefore: number;
+  scoreAfter: number;
+}
+
+/** What the device learned: the personal head's offset from the global head. */
+export interface LearningState { baseVersion: string; delta: number[]; exampleCount: number }
+
+export interface FeedbackWeights {
+  thumbs?: number; stars?: number; pairwise?: number; correction?: number; flag?: number;
+  click?: number; dwell?: number; copy?: number; regenerate?: number; skip?: number;
+  /** Dwell shorter than this teaches nothing (default 4000). */
+  minDwellMs?: number;
+  /** Events about one candidate that still teach (default 5). */
+  maxEventsPerCandidate?: number;
+}
+
+export interface LearningConfig {
+  learningRate?: number; clipNorm?: number; l2?: number;
+  replaySteps?: number; replayCapacity?: number; seed?: number;
+}
+
+/** The device's privacy policy: at most `epsilon` at `delta` over any `windowDays`, and at most
+ *  `maxRhoPerRelease` (zCDP) per release. Defaults: ε = 8, δ = 1e-6, 30 days, ρ ≤ 0.5. */
+export interface PrivacyPolicyOptions {
+  epsilon?: number; delta?: number; windowDays?: number; maxRhoPerRelease?: number;
+}
+
+export interface LearningOptions {
+  weights?: FeedbackWeights; learning?: LearningConfig; privacy?: PrivacyPolicyOptions;
+}
+
+/** A federated round as a server announces it. */
+export interface RoundConfig {
+  roundId: string; modelVersion: string; clipNorm: number; granularity: number; noiseStddev: number;
+}
+
+/** The feedloop server to sync with. */
+export interface ServerOptions {
+  /** Base URL, e.g. "https://feedback.example.com"; "" for this page's origin. */
+  url: string;
+  /** The site's deployment key (`feedloop serve --deployment-key site=KEY`). */
+  deploymentKey: string;
+}
+
+/** The open round as the server announces it. */
+export interface OpenRound extends RoundConfig {
+  dimension: number; minCohort: number; targetCount: number | null; received: number; deadline: number | null;
+}
+
+/** An upload that left the queue: stored by the server, or refused for good / expired. */
+export interface SettledUpload { roundId: string; sha256: string; delivered: boolean; reason: string | null }
+
+/** What one `sync()` did. */
+export interface SyncReport {
+  /** The server was unreachable (or failing): queued uploads wait, with backoff. */
+  offline: boolean;
+  error: string | null;
+  clientId: string | null;
+  /** The global model in use after this sync, and whether this sync adopted it. */
+  modelVersion: string;
+  modelUpdated: boolean;
+  round: OpenRound | null;
+  /** This sync's contribution: round, payload hash (as in the ledger) and its ε. */
+  contribution: { roundId: string; sha256: string; epsilon: number } | null;
+  /** Why nothing was contributed (nothing new learned, policy, budget, already contributed, no round). */
+  skipped: string | null;
+  settled: SettledUpload[];
+  /** Uploads still waiting. */
+  queued: number;
+}
+
+/** An upload waiting to be delivered (privatized and in the ledger already). */
+export interface PendingUpload {
+  roundId: string; modelVersion: string; sha256: string; bytes: number; attempts: number;
+  nextAttemptAt: number; beaconed: boolean;
+}
+
+/** The next upload, exactly as it would leave the device, before anything is sent. */
+export interface InspectedUpload {
+  round: RoundConfig;
+  /** The exact bytes (docs/PRIVACY.md, wire format). */
+  bytes: Uint8Array;
+  sha256: string;
+  decoded: { dimension: number; values: number[]; clipNorm: number; granularity: number; noiseStddev: number };
+  /** zCDP cost of this release, and its ε alone at the policy's δ. */
+  rho: number;
+  epsilon: number;
+  /** ε spent in the current window if it is released. */
+  windowEpsilonAfter: number;
+}
+
+/** Policy, spending and the ledger (each entry also a dp-accounting DpEvent). */
+export interface PrivacyReport {
+  policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number };
+  spent: { windowRho: number; windowEpsilon: number; lifetimeRho: number; releases: number };
+  remaining: { rho: number };
+  ledger: any;
+}
+"#;
