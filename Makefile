@@ -15,7 +15,7 @@ DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli test test-fmt \
-        test-native test-server-postgres test-python test-wasm test-pkg test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
+        test-native test-server-postgres test-python test-wasm test-pkg test-types test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -95,7 +95,7 @@ model:
 
 # ---- tests ----------------------------------------------------------------------------------
 
-test: setup test-fmt test-native test-server-postgres test-python test-wasm test-pkg test-e2e
+test: setup test-fmt test-native test-server-postgres test-python test-wasm test-pkg test-types test-e2e
 	@echo "make test: all layers passed"
 
 test-fmt:
@@ -136,6 +136,12 @@ test-wasm: setup-rust setup-browser
 
 test-pkg: pkg
 	node --test tests/js/
+
+# The package's types: js/*.ts strict (as `make pkg` compiles it), and the type test of the generated
+# .d.ts files (RankerOptions, FeedbackEvent, SyncReport, the README's examples, refused misuse).
+test-types: pkg
+	node_modules/.bin/tsc --noEmit -p js
+	node_modules/.bin/tsc --noEmit -p tests/types
 
 test-e2e: www setup-browser cli
 	node --test tests/e2e/

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the npm package into pkg/: release wasm → wasm-bindgen (--target web) → wasm-opt -Oz →
-# the JS entry, types, the default model and package.json.
+# the JS entry and its types (tsc, js/*.ts), the default model and package.json (js/package.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,45 +14,35 @@ wasm-bindgen --target web --out-dir "$OUT.tmp" --out-name feedloop_wasm "$WASM"
 # wasm-opt reads the target features wasm-bindgen kept; -Oz is the size the package ships at.
 node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
   "$OUT.tmp/feedloop_wasm_bg.wasm" -o "$OUT.tmp/feedloop_wasm_bg.wasm"
-cp js/index.js js/index.d.ts js/widget.js js/widget.d.ts "$OUT.tmp/"
+# The entry points: js/*.ts, strict TypeScript, compiled next to the wasm-bindgen output whose types
+# they import (js/tsconfig.json's rootDirs find it in $OUT.tmp/); tsc writes index.js, widget.js and
+# their .d.ts, and fails the build on a type error.
+node_modules/.bin/tsc -p js/tsconfig.json --outDir "$OUT.tmp"
 cp models/feedloop-default.onnx "$OUT.tmp/"
 cp README.md "$OUT.tmp/README.md"
+# The manifest is js/package.json, checked in; its version must be the crate's, and every file it
+# names (exports, types, files) must be in the package.
 VERSION=$(cargo metadata --no-deps --format-version 1 | node -e '
   let s = ""; process.stdin.on("data", d => s += d).on("end", () => {
     console.log(JSON.parse(s).packages.find(p => p.name === "feedloop").version);
   });')
-cat > "$OUT.tmp/package.json" <<JSON
-{
-  "name": "feedloop",
-  "version": "$VERSION",
-  "description": "Privacy-preserving on-device feedback loop: an ONNX reward model (tract, wasm) that ranks candidates in the page",
-  "license": "Apache-2.0",
-  "type": "module",
-  "main": "./index.js",
-  "module": "./index.js",
-  "types": "./index.d.ts",
-  "exports": {
-    ".": { "types": "./index.d.ts", "default": "./index.js" },
-    "./widget": { "types": "./widget.d.ts", "default": "./widget.js" },
-    "./feedloop-default.onnx": "./feedloop-default.onnx",
-    "./package.json": "./package.json"
-  },
-  "files": [
-    "index.js",
-    "index.d.ts",
-    "widget.js",
-    "widget.d.ts",
-    "feedloop_wasm.js",
-    "feedloop_wasm.d.ts",
-    "feedloop_wasm_bg.wasm",
-    "feedloop_wasm_bg.wasm.d.ts",
-    "feedloop-default.onnx",
-    "README.md"
-  ],
-  "sideEffects": false,
-  "keywords": ["ranking", "reward-model", "onnx", "wasm", "differential-privacy", "federated-learning"]
-}
-JSON
+cp js/package.json "$OUT.tmp/package.json"
+node -e '
+  const fs = require("fs"), path = require("path");
+  const [dir, version] = process.argv.slice(1);
+  const manifest = JSON.parse(fs.readFileSync(path.join(dir, "package.json"), "utf8"));
+  if (manifest.version !== version) {
+    console.error(`js/package.json: version ${manifest.version}, but the feedloop crate is ${version}: make them equal`);
+    process.exit(1);
+  }
+  const named = [manifest.main, manifest.module, manifest.types, ...manifest.files,
+    ...Object.values(manifest.exports).flatMap((e) => (typeof e === "string" ? [e] : Object.values(e)))];
+  const missing = [...new Set(named.map((f) => path.normalize(f)))].filter((f) => !fs.existsSync(path.join(dir, f)));
+  if (missing.length) {
+    console.error(`js/package.json names files the package lacks: ${missing.join(", ")}`);
+    process.exit(1);
+  }
+' "$OUT.tmp" "$VERSION"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 echo "pkg/ built:"
 ls -l "$OUT"

@@ -3,6 +3,37 @@
 // with arrow keys), labelled for screen readers, minimal styling that inherits the page's font and
 // colours (override the `.feedloop-*` classes to restyle).
 
+import type { Ranker } from "./index.js";
+import type { FeedbackOutcome, FlagCategory } from "./feedloop_wasm.js";
+import { flagCategories } from "./feedloop_wasm.js";
+
+export type FeedbackControl = "thumbs" | "stars" | "flag" | "edit";
+
+export interface FeedbackWidgetOptions {
+  /** How screen readers name the candidate ("this answer" by default). */
+  label?: string;
+  /** The candidate's text, prefilled in the editor. */
+  text?: string;
+  /** Which controls to show (all by default). */
+  controls?: FeedbackControl[];
+  onFeedback?: (outcome: FeedbackOutcome) => void;
+  /** Without it, errors are thrown from the event handler (and shown in the widget's status line). */
+  onError?: (error: Error) => void;
+}
+
+export interface ComparisonOptions {
+  question?: string;
+  /** Labels of the two options (default "A" and "B"). */
+  texts?: [string, string];
+  onFeedback?: (outcome: FeedbackOutcome) => void;
+  onError?: (error: Error) => void;
+}
+
+export interface MountedWidget {
+  element: HTMLElement;
+  destroy(): void;
+}
+
 const STYLE_ID = "feedloop-widget-style";
 const CSS = `
 .feedloop-widget { display: flex; flex-wrap: wrap; gap: .25rem; align-items: center; font: inherit; }
@@ -21,13 +52,13 @@ const CSS = `
 .feedloop-sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
 `;
 
-const FLAGS = [
-  ["wrong", "Wrong"],
-  ["harmful", "Harmful"],
-  ["off-topic", "Off-topic"],
-];
+/** The core's flag categories with their labels ("off-topic" → "Off-topic"). Called once a ranker
+ *  exists, so the wasm module is initialized. */
+function flags(): [FlagCategory, string][] {
+  return flagCategories().map((value) => [value, value.charAt(0).toUpperCase() + value.slice(1)]);
+}
 
-function injectStyle(doc) {
+function injectStyle(doc: Document): void {
   if (doc.getElementById(STYLE_ID)) return;
   const style = doc.createElement("style");
   style.id = STYLE_ID;
@@ -35,19 +66,26 @@ function injectStyle(doc) {
   doc.head.append(style);
 }
 
-function el(doc, tag, props = {}, children = []) {
+// `props`: "class", attributes ("aria-*", "role", "type") and any other property of the element.
+function el<K extends keyof HTMLElementTagNameMap>(
+  doc: Document,
+  tag: K,
+  props: Record<string, string | number | boolean> = {},
+  children: (Node | string)[] = [],
+): HTMLElementTagNameMap[K] {
   const node = doc.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value;
-    else if (key.startsWith("aria-") || key === "role" || key === "type") node.setAttribute(key, value);
-    else node[key] = value;
+    if (key === "class") node.className = value as string;
+    else if (key.startsWith("aria-") || key === "role" || key === "type") node.setAttribute(key, value as string);
+    else (node as unknown as Record<string, unknown>)[key] = value;
   }
   node.append(...children);
   return node;
 }
 
 /**
- * Mounts feedback controls for `candidate` (an id the ranker has ranked) into `container`.
+ * Thumbs, stars, flag and edit-in-place for one ranked candidate: mounts feedback controls for
+ * `candidate` (an id the ranker has ranked) into `container`.
  *
  * ```js
  * import { mountFeedback } from "feedloop/widget";
@@ -61,7 +99,12 @@ function el(doc, tag, props = {}, children = []) {
  * candidate's text, shown in the editor), `controls` (subset of ["thumbs", "stars", "flag", "edit"]),
  * `onFeedback(outcome)` and `onError(error)` callbacks.
  */
-export function mountFeedback(container, ranker, candidate, options = {}) {
+export function mountFeedback(
+  container: HTMLElement,
+  ranker: Ranker,
+  candidate: string,
+  options: FeedbackWidgetOptions = {},
+): MountedWidget {
   const doc = container.ownerDocument;
   injectStyle(doc);
   const label = options.label ?? "this answer";
@@ -69,15 +112,15 @@ export function mountFeedback(container, ranker, candidate, options = {}) {
   const status = el(doc, "span", { class: "feedloop-status", role: "status", "aria-live": "polite" });
   const root = el(doc, "div", { class: "feedloop-widget", role: "group", "aria-label": `Feedback on ${label}` });
 
-  const send = (what, action) => {
+  const send = (what: string, action: () => FeedbackOutcome): FeedbackOutcome | null => {
     try {
       const outcome = action();
       status.textContent = outcome.learned ? `Thanks: ${what}` : `Noted: ${what}`;
       options.onFeedback?.(outcome);
       return outcome;
     } catch (error) {
-      status.textContent = `Could not record feedback: ${error.message}`;
-      if (options.onError) options.onError(error);
+      status.textContent = `Could not record feedback: ${(error as Error).message}`;
+      if (options.onError) options.onError(error as Error);
       else throw error;
       return null;
     }
@@ -88,7 +131,7 @@ export function mountFeedback(container, ranker, candidate, options = {}) {
     const down = el(doc, "button", { type: "button", "aria-label": `Bad: ${label}`, "aria-pressed": "false", textContent: "▼ Bad" });
     up.dataset.feedloop = "thumbs-up";
     down.dataset.feedloop = "thumbs-down";
-    const press = (isUp) => {
+    const press = (isUp: boolean) => {
       up.setAttribute("aria-pressed", String(isUp));
       down.setAttribute("aria-pressed", String(!isUp));
       send(isUp ? "thumbs up" : "thumbs down", () => ranker.thumbs(candidate, isUp));
@@ -110,7 +153,7 @@ export function mountFeedback(container, ranker, candidate, options = {}) {
         textContent: "★",
       }),
     );
-    const choose = (n) => {
+    const choose = (n: number) => {
       stars.forEach((s, i) => {
         s.setAttribute("aria-checked", String(i + 1 === n));
         s.tabIndex = i + 1 === n ? 0 : -1;
@@ -123,7 +166,7 @@ export function mountFeedback(container, ranker, candidate, options = {}) {
       star.addEventListener("click", () => choose(i + 1));
       // Arrow keys move between stars, as in any radio group.
       star.addEventListener("keydown", (e) => {
-        const step = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[e.key];
+        const step = ({ ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 } as Record<string, number | undefined>)[e.key];
         if (!step) return;
         e.preventDefault();
         stars[Math.min(4, Math.max(0, i + step))].focus();
@@ -136,12 +179,12 @@ export function mountFeedback(container, ranker, candidate, options = {}) {
   if (controls.has("flag")) {
     const select = el(doc, "select", { "aria-label": `Flag ${label}` }, [
       el(doc, "option", { value: "", textContent: "Flag…" }),
-      ...FLAGS.map(([value, text]) => el(doc, "option", { value, textContent: text })),
+      ...flags().map(([value, text]) => el(doc, "option", { value, textContent: text })),
     ]);
     select.dataset.feedloop = "flag";
     select.addEventListener("change", () => {
       if (!select.value) return;
-      const category = select.value;
+      const category = select.value as FlagCategory;
       send(`flagged ${category}`, () => ranker.flag(candidate, category));
     });
     root.append(select);
@@ -178,24 +221,29 @@ export function mountFeedback(container, ranker, candidate, options = {}) {
 }
 
 /**
- * Asks "which is better?" for two candidates and records the choice. `texts` (optional) are shown
- * as the options; otherwise "A" and "B".
+ * "Which is better?" for two ranked candidates: asks and records the choice. `texts` (optional) are
+ * shown as the options; otherwise "A" and "B".
  */
-export function mountComparison(container, ranker, [a, b], options = {}) {
+export function mountComparison(
+  container: HTMLElement,
+  ranker: Ranker,
+  [a, b]: [string, string],
+  options: ComparisonOptions = {},
+): MountedWidget {
   const doc = container.ownerDocument;
   injectStyle(doc);
   const [textA, textB] = options.texts ?? ["A", "B"];
   const status = el(doc, "span", { class: "feedloop-status", role: "status", "aria-live": "polite" });
   const question = el(doc, "span", { textContent: options.question ?? "Which is better?" });
   const root = el(doc, "div", { class: "feedloop-widget", role: "group", "aria-label": "Which answer is better?" });
-  const pick = (winner, loser, text) => {
+  const pick = (winner: string, loser: string, text: string) => {
     try {
       const outcome = ranker.choose(winner, loser);
       status.textContent = `You chose: ${text}`;
       options.onFeedback?.(outcome);
     } catch (error) {
-      status.textContent = `Could not record the choice: ${error.message}`;
-      if (options.onError) options.onError(error);
+      status.textContent = `Could not record the choice: ${(error as Error).message}`;
+      if (options.onError) options.onError(error as Error);
       else throw error;
     }
   };

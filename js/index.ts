@@ -3,26 +3,88 @@
 //
 // Files are located with `new URL(..., import.meta.url)`, which webpack 5, Vite, Rollup and a plain
 // <script type="module"> all resolve, so no path has to be hosted or configured by hand.
+//
+// TypeScript (strict), compiled by `tsc -p js` into pkg/ (tools/build-pkg.sh), which also writes the
+// package's index.d.ts. The types of what the wasm layer returns come from the wasm-bindgen output
+// (`feedloop_wasm.d.ts`, the typescript_custom_section in src/lib.rs), found through `rootDirs`.
 
 import initWasm, { WasmRanker, sampleDiscreteGaussian, privatizeBenchmarkUpdate } from "./feedloop_wasm.js";
+import type {
+  RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackOutcome,
+  FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
+  LearningOptions, PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
+  ServerOptions, SyncReport, PendingUpload, EmbeddedCatalog,
+} from "./feedloop_wasm.js";
+
+export type {
+  RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
+  FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
+  PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload, EmbeddedCatalog,
+} from "./feedloop_wasm.js";
+
+/** Where a model comes from: its bytes, or a URL to fetch it from. */
+export type ModelSource = Uint8Array | ArrayBuffer | ArrayBufferView | URL | string;
+
+/** When `scoreCatalog` may use WebGPU. */
+export type GpuMode = "auto" | "always" | "off";
+
+export interface RankerOptions {
+  /** An ONNX model meeting the feedloop contract; the bundled default model when absent. */
+  model?: ModelSource;
+  /** IndexedDB database for what the device learns ("feedloop" where IndexedDB exists); false: memory only. */
+  storage?: string | false;
+  /** How much each kind of feedback teaches, and the per-candidate cap. */
+  weights?: FeedbackWeights;
+  /** On-device SGD settings. */
+  learning?: LearningConfig;
+  /** The device's privacy policy (ε = 8 at δ = 1e-6 per 30 days, ρ ≤ 0.5 per release by default). */
+  privacy?: PrivacyPolicyOptions;
+  /**
+   * A feedloop server to sync with (needs `storage`): the device adopts newer global models and
+   * contributes privatized updates to open rounds. Nothing else leaves the device.
+   */
+  server?: ServerOptions;
+  /** How often to sync automatically (default every 60 s, ±20 %); `intervalMs: 0`: only `sync()`. */
+  sync?: { intervalMs?: number };
+  /**
+   * When `scoreCatalog` may use WebGPU: "auto" (default: a hardware adapter and at least 1024
+   * entries; the adapter is requested at the first such catalog), "always" (any adapter, any batch;
+   * requested at create) or "off"/false (CPU only).
+   */
+  gpu?: GpuMode | false;
+}
+
+/** Where the state is kept. */
+export interface StorageStatus { name: string | null; persistent: boolean; lastError: Error | null }
+
+/** An `error` event: a storage failure (the ranker keeps working in memory and retries). */
+export interface RankerErrorEvent extends Event { error: Error }
+
+export interface RankerEventMap {
+  feedback: CustomEvent<FeedbackOutcome>;
+  saved: CustomEvent<{ revision: number }>;
+  sync: CustomEvent<SyncReport>;
+  error: RankerErrorEvent;
+}
 
 const WASM_URL = new URL("./feedloop_wasm_bg.wasm", import.meta.url);
 const DEFAULT_MODEL_URL = new URL("./feedloop-default.onnx", import.meta.url);
 
-let wasmReady = null;
+let wasmReady: Promise<void> | null = null;
 
-function isFileUrl(url) {
+function isFileUrl(url: unknown): url is URL {
   return url instanceof URL && url.protocol === "file:";
 }
 
 // Node has no fetch() for file: URLs; read those from disk. `webpackIgnore` keeps bundlers from
 // trying to pack node:fs into a browser build.
-async function readFileUrl(url) {
+async function readFileUrl(url: URL): Promise<Uint8Array> {
   const fs = await import(/* webpackIgnore: true */ "node:fs/promises");
   return new Uint8Array(await fs.readFile(url));
 }
 
-function initialize() {
+function initialize(): Promise<void> {
   if (!wasmReady) {
     wasmReady = (async () => {
       const source = isFileUrl(WASM_URL) ? await readFileUrl(WASM_URL) : WASM_URL;
@@ -35,7 +97,7 @@ function initialize() {
   return wasmReady;
 }
 
-async function modelBytes(model) {
+async function modelBytes(model: ModelSource | undefined | null): Promise<Uint8Array> {
   if (model === undefined || model === null) return fetchBytes(DEFAULT_MODEL_URL);
   if (model instanceof Uint8Array) return model;
   if (model instanceof ArrayBuffer) return new Uint8Array(model);
@@ -49,13 +111,13 @@ async function modelBytes(model) {
   );
 }
 
-async function fetchBytes(url) {
+async function fetchBytes(url: URL): Promise<Uint8Array> {
   if (isFileUrl(url)) return readFileUrl(url);
   let response;
   try {
     response = await fetch(url);
   } catch (cause) {
-    throw new Error(`feedloop: could not fetch the model from ${url}: ${cause.message}`, { cause });
+    throw new Error(`feedloop: could not fetch the model from ${url}: ${(cause as Error).message}`, { cause });
   }
   if (!response.ok) {
     throw new Error(`feedloop: could not fetch the model from ${url}: HTTP ${response.status}`);
@@ -63,7 +125,7 @@ async function fetchBytes(url) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-function describe(value) {
+function describe(value: unknown): string {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   return typeof value === "object" ? value.constructor?.name ?? "object" : typeof value;
@@ -71,8 +133,11 @@ function describe(value) {
 
 const DEFAULT_STORAGE = "feedloop";
 
-/** Benchmark helpers (not needed by applications): exact sampler draws and one privatization. */
-export const diagnostics = {
+/** Benchmark helpers (not needed by applications): exact discrete Gaussian draws; one privatization (returns its size in bytes). */
+export const diagnostics: {
+  sampleDiscreteGaussian(sigma: number, count: number): Promise<Float64Array>;
+  privatizeBenchmarkUpdate(dimension: number): Promise<number>;
+} = {
   async sampleDiscreteGaussian(sigma, count) {
     await initialize();
     return sampleDiscreteGaussian(sigma, count);
@@ -83,6 +148,13 @@ export const diagnostics = {
   },
 };
 
+// Typed event listeners (declaration merging: no code, `EventTarget`'s own methods run).
+export interface Ranker {
+  addEventListener<K extends keyof RankerEventMap>(
+    type: K, listener: (event: RankerEventMap[K]) => void, options?: boolean | AddEventListenerOptions): void;
+  addEventListener(type: string, listener: EventListenerOrEventListenerObject | null, options?: boolean | AddEventListenerOptions): void;
+}
+
 /**
  * Ranks candidates for a context with an on-device reward model and learns from the user's feedback.
  *
@@ -91,22 +163,23 @@ export const diagnostics = {
  * - `error`: `event.error` is an Error, e.g. a storage failure; the ranker keeps working in memory and
  *   retries on the next change, so nothing is dropped.
  * - `saved`: `event.detail.revision` after the state was durably written to IndexedDB.
+ * - `sync`: `event.detail` is the SyncReport of every sync.
  */
 export class Ranker extends EventTarget {
-  #inner;
-  #storage;
-  #saving = null;
+  #inner: WasmRanker;
+  #storage: string | null;
+  #saving: Promise<void> | null = null;
   #dirty = false;
-  #lastError = null;
-  #onHidden = null;
-  #server = null;
-  #syncing = null;
-  #syncTimer = null;
+  #lastError: Error | null = null;
+  #onHidden: (() => void) | null = null;
+  #server: ServerOptions | null = null;
+  #syncing: Promise<SyncReport> | null = null;
+  #syncTimer: ReturnType<typeof setTimeout> | null = null;
   #syncEvery = 0;
-  #onOnline = null;
+  #onOnline: (() => void) | null = null;
 
   /** Use `await Ranker.create()`; the constructor is not public API. */
-  constructor(inner, storage = null) {
+  private constructor(inner: WasmRanker, storage: string | null = null) {
     super();
     if (!(inner instanceof WasmRanker)) {
       throw new TypeError("feedloop: use `await Ranker.create()` to make a Ranker");
@@ -127,9 +200,10 @@ export class Ranker extends EventTarget {
   /**
    * Loads the wasm module (once), a model (the bundled default, or `options.model`: bytes or a URL)
    * and, in browsers, what this device learned before (IndexedDB database `options.storage`,
-   * default "feedloop"; `false` keeps everything in memory).
+   * default "feedloop"; `false` keeps everything in memory). Rejects with an `Error` naming what is
+   * wrong.
    */
-  static async create(options = {}) {
+  static async create(options: RankerOptions = {}): Promise<Ranker> {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
@@ -140,7 +214,7 @@ export class Ranker extends EventTarget {
       }
     }
     const [bytes] = await Promise.all([modelBytes(options.model), initialize()]);
-    const learning = {};
+    const learning: LearningOptions = {};
     if (options.weights !== undefined) learning.weights = options.weights;
     if (options.learning !== undefined) learning.learning = options.learning;
     if (options.privacy !== undefined) learning.privacy = options.privacy;
@@ -151,13 +225,15 @@ export class Ranker extends EventTarget {
       throw new Error("feedloop: syncing with a server needs persistent storage (IndexedDB) for the privacy budget");
     }
     const gpu = options.gpu === undefined ? "auto" : options.gpu === false ? "off" : options.gpu;
-    if (!["auto", "always", "off"].includes(gpu)) {
-      throw new TypeError(`feedloop: options.gpu must be "auto", "always", "off" or false, got ${describe(options.gpu)}`);
-    }
     const ranker = new Ranker(inner, storage);
     // "always" requests a WebGPU adapter now, "auto" at the first catalog large enough to use one;
-    // without one, the CPU path (never an error).
-    await inner.setGpu(gpu);
+    // without one, the CPU path (never an error). The mode is checked in one place, the wasm layer.
+    try {
+      await inner.setGpu(gpu);
+    } catch (error) {
+      // What the wasm layer throws is always an Error; `unknown` only because catch says so.
+      throw new TypeError((error as Error).message.replace("feedloop: gpu", "feedloop: options.gpu"));
+    }
     if (storage) {
       try {
         await inner.restore(storage);
@@ -167,7 +243,7 @@ export class Ranker extends EventTarget {
       }
     }
     if (options.server !== undefined) {
-      inner.beacon(storage, options.server); // validates the server options now (sends nothing yet)
+      inner.beacon(storage!, options.server); // validates the server options now (sends nothing yet)
       ranker.#server = options.server;
       if (sync.intervalMs > 0) ranker.#startSync(sync.intervalMs);
     }
@@ -176,30 +252,29 @@ export class Ranker extends EventTarget {
 
   /**
    * Candidates best first: `[{ id, index, score }, ...]`. Candidates are strings (the id is the
-   * text) or `{ id, text }` objects; feedback names them by id.
+   * text) or `{ id, text }` objects; feedback names them by id. Throws an `Error` for a non-string
+   * context or malformed candidates.
    */
-  rank(context, candidates) {
+  rank(context: string, candidates: (string | CandidateInput)[]): RankedCandidate[] {
     const { ids, texts } = splitCandidates(candidates);
-    const scores = this.#score(context, ids, texts);
-    // Best first; ties keep input order; NaN (which finite inputs cannot produce) last.
-    const order = Array.from(scores.keys()).sort((a, b) => {
-      const sa = scores[a];
-      const sb = scores[b];
-      if (Number.isNaN(sa) || Number.isNaN(sb)) return Number.isNaN(sa) - Number.isNaN(sb) || a - b;
-      return sb - sa || a - b;
-    });
-    return order.map((index) => ({ id: ids[index], index, score: scores[index] }));
+    // The core's order (best first, ties in input order) as [index, score, index, score, ...].
+    const pairs = this.#inner.rankCandidates(context, ids.join(""), lengths(ids), texts.join(""), lengths(texts));
+    const ranked: RankedCandidate[] = new Array(pairs.length / 2);
+    for (let k = 0; k < ranked.length; k++) {
+      const index = pairs[2 * k];
+      ranked[k] = { id: ids[index], index, score: pairs[2 * k + 1] };
+    }
+    return ranked;
   }
 
   /** One personal score per candidate, in input order. */
-  score(context, candidates) {
+  score(context: string, candidates: (string | CandidateInput)[]): Float32Array {
     const { ids, texts } = splitCandidates(candidates);
     return this.#score(context, ids, texts);
   }
 
   // Each list crosses into wasm as one joined string and the JS length of every piece.
-  #score(context, ids, texts) {
-    const lengths = (list) => Uint32Array.from(list, (s) => s.length);
+  #score(context: string, ids: string[], texts: string[]): Float32Array {
     return this.#inner.scoreCandidates(context, ids.join(""), lengths(ids), texts.join(""), lengths(texts));
   }
 
@@ -207,7 +282,7 @@ export class Ranker extends EventTarget {
    * Global-head scores straight from token ids (no tokenizer, no cache): the same work an ONNX
    * runtime does with this model, for like-for-like benchmarks.
    */
-  scoreTokenIds(contextIds, candidateIds) {
+  scoreTokenIds(contextIds: Uint32Array, candidateIds: Uint32Array[]): Float32Array {
     if (!(contextIds instanceof Uint32Array)) {
       throw new TypeError(`feedloop: contextIds must be a Uint32Array, got ${describe(contextIds)}`);
     }
@@ -237,7 +312,7 @@ export class Ranker extends EventTarget {
    * Embeds texts once into a flat catalog `{ dimensions, vectors, tokenCounts }` to score many times
    * with `scoreCatalog` (embedding is the expensive part; keep the catalog).
    */
-  embedCatalog(texts) {
+  embedCatalog(texts: string[]): EmbeddedCatalog {
     return this.#inner.embedCatalog(texts);
   }
 
@@ -246,7 +321,7 @@ export class Ranker extends EventTarget {
    * WebGPU where `options.gpu` allows it (a hardware adapter from 1024 entries with "auto"), the
    * CPU otherwise or if the GPU fails; the numbers agree to 1e-5 relative. `backend` says which ran.
    */
-  async scoreCatalog(context, catalog) {
+  async scoreCatalog(context: string, catalog: EmbeddedCatalog): Promise<Float32Array> {
     if (catalog === null || typeof catalog !== "object" || !(catalog.vectors instanceof Float32Array) ||
         !(catalog.tokenCounts instanceof Uint32Array)) {
       throw new TypeError(
@@ -257,15 +332,15 @@ export class Ranker extends EventTarget {
   }
 
   /** The backend of the most recent `scoreCatalog`: "webgpu" or "cpu". */
-  get backend() {
-    return this.#inner.backend;
+  get backend(): "webgpu" | "cpu" {
+    return this.#inner.backend as "webgpu" | "cpu";
   }
 
   /**
    * The WebGPU adapter catalog scoring may use (name, hardware or software), or null (none, or not
    * requested yet: "auto" requests one at the first catalog of 1024 entries or more).
    */
-  get gpuAdapter() {
+  get gpuAdapter(): string | null {
     return this.#inner.gpuAdapter ?? null;
   }
 
@@ -273,22 +348,22 @@ export class Ranker extends EventTarget {
    * Changes when catalog scoring may use the GPU ("auto", "always", "off"); resolves to the
    * adapter's description or null.
    */
-  async setGpu(mode) {
+  async setGpu(mode: GpuMode | false): Promise<string | null> {
     return this.#inner.setGpu(mode === false ? "off" : mode);
   }
 
-  /** One L2-normalized Float32Array per text. */
-  embed(texts) {
+  /** One L2-normalized Float32Array of `info.dimensions` values per text. */
+  embed(texts: string[]): Float32Array[] {
     return this.#inner.embed(texts);
   }
 
   /** Token ids the model sees for a text (truncated at `info.maxTokens`). */
-  tokenize(text) {
+  tokenize(text: string): Uint32Array {
     return this.#inner.tokenize(text);
   }
 
   /** Facts about the loaded model. */
-  get info() {
+  get info(): ModelInfo {
     return this.#inner.info;
   }
 
@@ -296,83 +371,86 @@ export class Ranker extends EventTarget {
    * Records a feedback event and learns from it at once (rank again to see the change); saved in
    * the background. Throws an Error for a malformed event or a candidate that was never ranked.
    */
-  recordFeedback(event) {
+  recordFeedback(event: FeedbackEvent): FeedbackOutcome {
     const outcome = this.#inner.recordFeedback(event);
     this.#changed(outcome);
     return outcome;
   }
 
   /** Thumbs up (`up = true`) or down for a candidate. */
-  thumbs(candidate, up) {
+  thumbs(candidate: string, up: boolean): FeedbackOutcome {
     return this.recordFeedback({ kind: "thumbs", candidate, up });
   }
 
   /** The user prefers `winner` over `loser` ("A or B"). */
-  choose(winner, loser) {
+  choose(winner: string, loser: string): FeedbackOutcome {
     return this.recordFeedback({ kind: "pairwise", winner, loser });
   }
 
   /** The user rewrote a candidate: the new text is preferred over the original. */
-  correct(candidate, text) {
+  correct(candidate: string, text: string): FeedbackOutcome {
     return this.recordFeedback({ kind: "correction", candidate, text });
   }
 
-  /** A star rating, 1 to 5. */
-  rate(candidate, stars) {
-    return this.recordFeedback({ kind: "stars", candidate, stars });
+  /**
+   * A star rating, 1 to 5 (any other number throws an `Error`; a `number` from a form is accepted
+   * by the types and checked at run time).
+   */
+  rate(candidate: string, stars: number): FeedbackOutcome {
+    return this.recordFeedback({ kind: "stars", candidate, stars } as FeedbackEvent);
   }
 
   /** Flags a candidate: "wrong", "harmful" or "off-topic". */
-  flag(candidate, category) {
+  flag(candidate: string, category: FlagCategory): FeedbackOutcome {
     return this.recordFeedback({ kind: "flag", candidate, category });
   }
 
   /** Records clicks, copies and dwell on `element` as implicit feedback about `candidate`. */
-  observe(element, candidate) {
-    this.#inner.observe(element, candidate, (result) => {
+  observe(element: Element, candidate: string): void {
+    this.#inner.observe(element, candidate, (result: FeedbackOutcome | Error) => {
       if (result instanceof Error) this.#report(result);
       else this.#changed(result);
     });
   }
 
   /** Stops observing `element`; returns whether it was observed. */
-  unobserve(element) {
+  unobserve(element: Element): boolean {
     return this.#inner.unobserve(element);
   }
 
-  /** The parts of a candidate's score and how sure the model is. */
-  explain(candidate) {
+  /** The parts of a candidate's score and how sure the model is (how much feedback backs it). */
+  explain(candidate: string): Explanation {
     return this.#inner.explain(candidate);
   }
 
-  /** Recent feedback on this device, oldest first (local only). */
-  activity() {
+  /** Recent feedback on this device, oldest first (local only, never uploaded). */
+  activity(): Activity[] {
     return this.#inner.activity();
   }
 
   /** What this device learned: the delta from the global head and the example count. */
-  learningState() {
+  learningState(): LearningState {
     return this.#inner.learningState();
   }
 
   /** The personal state's bytes, exactly as saved to IndexedDB. */
-  stateBytes() {
+  stateBytes(): Uint8Array {
     return this.#inner.stateBytes();
   }
 
   /** Forgets what this device learned (and saves that). */
-  resetLearning() {
+  resetLearning(): void {
     this.#inner.resetLearning();
     this.#scheduleSave();
   }
 
-  /** The privacy policy, what has been spent and remains, and the ledger of every release. */
-  privacyReport() {
+  /** The privacy policy, what has been spent and remains, and the ledger of every release (each also a dp-accounting DpEvent). */
+  privacyReport(): PrivacyReport {
     return this.#inner.privacyReport();
   }
 
   /** The ledger as JSON (check it with `feedloop privacy verify-ledger`). */
-  exportLedger() {
+  exportLedger(): string {
     return this.#inner.exportLedger();
   }
 
@@ -381,7 +459,7 @@ export class Ranker extends EventTarget {
    * before anything is sent. Throws if the round's noise is weaker than the policy allows, the
    * budget cannot pay for it, or it is for another model version.
    */
-  inspectNextUpload(round) {
+  inspectNextUpload(round: RoundConfig): InspectedUpload {
     return this.#inner.inspectNextUpload(round);
   }
 
@@ -389,7 +467,7 @@ export class Ranker extends EventTarget {
    * Charges the budget for the inspected upload, records it in the ledger, saves both durably and
    * then resolves with the bytes to send. Needs IndexedDB: spending must survive a reload.
    */
-  async releaseNextUpload(round) {
+  async releaseNextUpload(round: RoundConfig): Promise<Uint8Array> {
     if (!this.#storage) {
       throw new Error("feedloop: releasing an update needs persistent storage (IndexedDB) for the privacy budget");
     }
@@ -402,13 +480,13 @@ export class Ranker extends EventTarget {
    * and delivers queued uploads. Resolves with a report (also dispatched as a `sync` event); an
    * unreachable server gives `offline: true`, and the uploads wait, with backoff, for the next sync.
    */
-  async sync() {
+  async sync(): Promise<SyncReport> {
     if (!this.#server) throw new Error("feedloop: sync needs Ranker.create({ server: { url, deploymentKey } })");
     if (this.#syncing) return this.#syncing;
     this.#syncing = (async () => {
       try {
         await this.flush(); // what was learned is saved before it is contributed
-        const report = await this.#inner.sync(this.#storage, this.#server);
+        const report = await this.#inner.sync(this.#storage!, this.#server!);
         this.dispatchEvent(new CustomEvent("sync", { detail: report }));
         return report;
       } catch (error) {
@@ -422,18 +500,18 @@ export class Ranker extends EventTarget {
   }
 
   /** Uploads waiting to be delivered (already privatized and in the ledger). */
-  pendingUploads() {
+  pendingUploads(): PendingUpload[] {
     return this.#inner.pendingUploads();
   }
 
   /** The global model version the personal head builds on ("bundled" before the first sync). */
-  get modelVersion() {
+  get modelVersion(): string {
     return this.#inner.modelVersion;
   }
 
   /** Stops the automatic sync schedule (manual `sync()` still works). */
-  stopSync() {
-    clearTimeout(this.#syncTimer);
+  stopSync(): void {
+    clearTimeout(this.#syncTimer ?? undefined);
     this.#syncTimer = null;
     this.#syncEvery = 0;
     if (this.#onOnline && typeof globalThis.removeEventListener === "function") {
@@ -442,7 +520,7 @@ export class Ranker extends EventTarget {
     this.#onOnline = null;
   }
 
-  #startSync(intervalMs) {
+  #startSync(intervalMs: number): void {
     this.#syncEvery = intervalMs;
     const tick = async () => {
       try {
@@ -463,31 +541,31 @@ export class Ranker extends EventTarget {
     }
   }
 
-  #beacon() {
+  #beacon(): void {
     try {
-      this.#inner.beacon(this.#storage, this.#server);
+      this.#inner.beacon(this.#storage!, this.#server!);
     } catch (error) {
       this.#report(error);
     }
   }
 
   /** Where the state is kept: `{ name, persistent, lastError }`. */
-  get storage() {
+  get storage(): StorageStatus {
     return { name: this.#storage, persistent: Boolean(this.#storage), lastError: this.#lastError };
   }
 
   /** Resolves once everything recorded so far is saved (or the save failed and was reported). */
-  async flush() {
+  async flush(): Promise<void> {
     this.#scheduleSave();
     while (this.#saving) await this.#saving;
   }
 
-  #changed(outcome) {
+  #changed(outcome: FeedbackOutcome): void {
     this.dispatchEvent(new CustomEvent("feedback", { detail: outcome }));
     this.#scheduleSave();
   }
 
-  #scheduleSave() {
+  #scheduleSave(): void {
     if (!this.#storage) return;
     this.#dirty = true;
     if (this.#saving) return;
@@ -496,7 +574,7 @@ export class Ranker extends EventTarget {
       while (this.#dirty) {
         this.#dirty = false;
         try {
-          const revision = await this.#inner.save(this.#storage);
+          const revision = await this.#inner.save(this.#storage!);
           this.#lastError = null;
           this.dispatchEvent(new CustomEvent("saved", { detail: { revision } }));
         } catch (error) {
@@ -509,36 +587,43 @@ export class Ranker extends EventTarget {
     })();
   }
 
-  #report(error) {
-    this.#lastError = error;
-    const event = new Event("error");
-    event.error = error;
+  // What the wasm layer throws is always an Error (JsError); `unknown` only because catch says so.
+  #report(error: unknown): void {
+    this.#lastError = error as Error;
+    const event = new Event("error") as RankerErrorEvent;
+    event.error = error as Error;
     this.dispatchEvent(event);
   }
 
   /** Frees the wasm memory held by this ranker; it cannot be used afterwards. */
-  free() {
+  free(): void {
     this.stopSync();
     if (this.#onHidden) document.removeEventListener("visibilitychange", this.#onHidden);
     this.#inner.free();
   }
 
-  [Symbol.dispose]() {
+  [Symbol.dispose](): void {
     this.free();
   }
 }
 
+/** The JS length (UTF-16 code units) of every string: how the joined lists split in wasm. */
+function lengths(list: string[]): Uint32Array {
+  return Uint32Array.from(list, (s) => s.length);
+}
+
 /**
  * Parallel arrays of ids and texts. Strings are their own ids; a repeated string gets `text#2`,
- * `text#3`, ... (the same rule as the wasm layer's `rank`).
+ * `text#3`, ... (the rule of the core's `CandidateIds`, which the wasm layer's `rank` uses). The checks are for JavaScript callers,
+ * whom the types do not bind.
  */
-function splitCandidates(candidates) {
+function splitCandidates(candidates: (string | CandidateInput)[]): { ids: string[]; texts: string[] } {
   if (!Array.isArray(candidates)) {
     throw new Error(`feedloop: candidates must be an array of strings or { id, text } objects, got ${typeName(candidates)}`);
   }
-  const ids = new Array(candidates.length);
-  const texts = new Array(candidates.length);
-  const seen = new Map();
+  const ids: string[] = new Array(candidates.length);
+  const texts: string[] = new Array(candidates.length);
+  const seen = new Map<string, number>();
   candidates.forEach((candidate, i) => {
     if (typeof candidate === "string") {
       const n = (seen.get(candidate) ?? 0) + 1;
@@ -560,13 +645,13 @@ function splitCandidates(candidates) {
   return { ids, texts };
 }
 
-function typeName(value) {
+function typeName(value: unknown): string {
   if (value === null) return "null";
   if (Array.isArray(value)) return "an array";
   return typeof value;
 }
 
-function syncOptions(option) {
+function syncOptions(option: RankerOptions["sync"] | null): { intervalMs: number } {
   if (option === undefined) return { intervalMs: 60_000 };
   if (option === null || typeof option !== "object") {
     throw new TypeError(`feedloop: options.sync must be { intervalMs }, got ${describe(option)}`);
@@ -581,7 +666,7 @@ function syncOptions(option) {
   return { intervalMs };
 }
 
-function storageName(option) {
+function storageName(option: string | false | null | undefined): string | null {
   if (option === false || option === null) return null;
   if (option === undefined) return WasmRanker.storageAvailable() ? DEFAULT_STORAGE : null;
   if (typeof option === "string" && option.length > 0) return option;
