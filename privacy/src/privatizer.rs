@@ -322,12 +322,9 @@ impl PrivatizedUpdate {
     pub fn granularity(&self) -> f64 {
         self.params.granularity
     }
-
-    /// The canonical wire encoding (see [`crate::wire`]).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        crate::wire::encode(&self.values, &self.params)
-    }
 }
+// `to_bytes` (the canonical encoding) is in `crate::wire`, which depends on this module and not the
+// other way round.
 
 /// Privatizes one update vector (f32 or f64) with a caller-supplied CSPRNG.
 ///

@@ -25,7 +25,7 @@
 //! < 2e-42 per value, and the privatizer clamps to it anyway).
 
 use crate::error::{PrivacyError, Result};
-use crate::privatizer::{Mechanism, PrivatizerConfig, UpdateParams};
+use crate::privatizer::{Mechanism, PrivatizedUpdate, PrivatizerConfig, UpdateParams};
 
 /// `b"FLDP"`.
 pub const MAGIC: [u8; 4] = *b"FLDP";
@@ -36,7 +36,14 @@ pub const MECHANISM_DISCRETE_GAUSSIAN: u8 = 1;
 /// Size of the fixed header before the values.
 pub const HEADER_LEN: usize = 46;
 
-pub(crate) fn encode(values: &[i64], params: &UpdateParams) -> Vec<u8> {
+impl PrivatizedUpdate {
+    /// The canonical wire encoding (the layout above): the only bytes that leave a device.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self.values(), self.params())
+    }
+}
+
+fn encode(values: &[i64], params: &UpdateParams) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + values.len() * 3);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);

@@ -7,7 +7,7 @@ use feedloop_core::protocol::{
 
 use crate::auth::Claims;
 use crate::db::{AuditRow, RoundRow, VersionRow};
-use crate::service::RateEstimate;
+use crate::service::drift::RateEstimate;
 
 fn id_string(v: Option<i64>) -> Option<String> {
     v.map(|v| v.to_string())

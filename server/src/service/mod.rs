@@ -19,9 +19,6 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::onnx::{rewrite_head, sha256_hex};
 
-pub use drift::RateEstimate;
-pub use rounds::Accepted;
-
 /// The key optimizer state is stored under (one model lineage per server).
 pub const DEPLOYMENT_STATE_KEY: &str = "default";
 
