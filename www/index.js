@@ -42,6 +42,7 @@ const demo = {
   lastInput: null,
   feedback: [],
   rank: () => rankNow(),
+  Ranker,
 };
 window.feedloopDemo = demo;
 
@@ -347,12 +348,16 @@ function inspectUpload() {
 // `make demo` serves this page from `feedloop serve`, started with this deployment key.
 const DEMO_DEPLOYMENT_KEY = new URLSearchParams(location.search).get("key") ?? "feedloop-demo-deployment-key";
 
-/** The server this page came from, if it is a feedloop server. */
+// ?server=https://…: a feedloop server on another origin (started with --cors-origin for this page's
+// origin); by default the server this page came from.
+const DEMO_SERVER = new URLSearchParams(location.search).get("server") ?? "";
+
+/** The feedloop server to sync with, if it answers. */
 async function detectServer() {
   try {
-    const response = await fetch("/healthz", { cache: "no-store" });
+    const response = await fetch(`${DEMO_SERVER}/healthz`, { cache: "no-store" });
     const body = response.ok ? await response.json() : null;
-    return body?.status === "ok" ? { url: "", deploymentKey: DEMO_DEPLOYMENT_KEY } : null;
+    return body?.status === "ok" ? { url: DEMO_SERVER, deploymentKey: DEMO_DEPLOYMENT_KEY } : null;
   } catch {
     return null;
   }

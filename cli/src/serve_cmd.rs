@@ -82,6 +82,14 @@ pub struct ServeArgs {
     /// '{"clipNorm":1,"granularity":0.001,"noiseStddev":4,"minCohort":2,"targetCount":2,"durationSeconds":120}'.
     #[arg(long, env = "FEEDLOOP_AUTO_ROUND")]
     auto_round: Option<String>,
+    /// An origin whose pages may sync with this server (CORS), e.g. https://shop.example.com
+    /// (repeat, or comma-separate in the env); pages the server serves itself need none.
+    #[arg(
+        long = "cors-origin",
+        env = "FEEDLOOP_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn")]
     log: String,
@@ -130,6 +138,11 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
             serde_json::from_str(round).map_err(|e| format!("--auto-round is not a round: {e}"))?,
         );
     }
+    config.cors_origins = args
+        .cors_origins
+        .iter()
+        .map(|o| check_origin(o))
+        .collect::<Result<_, _>>()?;
     if config.deployment_keys.is_empty() {
         tracing::warn!(
             "no deployment key configured: no client can register (--deployment-key site=KEY)"
@@ -158,4 +171,18 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
             .map_err(|e| format!("server: {e}"))?;
         Ok(json!({ "stopped": true, "addr": addr.to_string() }))
     })
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, no path, no trailing slash.
+fn check_origin(origin: &str) -> Result<String, String> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+        .ok_or_else(|| format!("--cors-origin {origin:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ']) {
+        return Err(format!(
+            "--cors-origin {origin:?} must be scheme://host[:port], without a path or a trailing slash"
+        ));
+    }
+    Ok(origin.to_string())
 }

@@ -92,6 +92,9 @@ pub struct Config {
     /// Keep a round open at all times with this configuration (a new one, on the current version,
     /// whenever none is open) — for demos and deployments that want continuous rounds.
     pub auto_round: Option<feedloop_core::protocol::NewRound>,
+    /// Origins whose pages may call the API (CORS), e.g. `https://shop.example.com`; empty: only
+    /// pages the server itself serves (same origin).
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -113,6 +116,7 @@ impl Config {
             base_model: feedloop_core::BUNDLED_MODEL.into(),
             static_dir: None,
             auto_round: None,
+            cors_origins: Vec::new(),
         }
     }
 }

@@ -32,6 +32,7 @@ use std::future::Future;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -40,7 +41,8 @@ pub use error::{Error, Result};
 pub use fedavg::{aggregate, fedavg_lattice, ServerOptimizer};
 pub use service::App;
 
-/// The full HTTP stack: routes, body limit, timeout, request tracing.
+/// The full HTTP stack: routes, body limit, timeout, CORS for the configured origins, request
+/// tracing.
 pub fn app(state: App) -> Router {
     let config = state.config().clone();
     routes::router(state)
@@ -49,7 +51,31 @@ pub fn app(state: App) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
+        .layer(cors(&config.cors_origins))
         .layer(TraceLayer::new_for_http())
+}
+
+/// CORS for pages on other origins (the package syncing from a site the server does not serve):
+/// only the listed origins, only the methods and headers the client and the dashboard send, the
+/// ETag readable, preflights cached for an hour. No origin listed: no CORS headers at all.
+fn cors(origins: &[String]) -> CorsLayer {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_NONE_MATCH,
+            HeaderName::from_static(feedloop_core::protocol::DEPLOYMENT_KEY_HEADER),
+            HeaderName::from_static(feedloop_core::protocol::MODEL_VERSION_HEADER),
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(std::time::Duration::from_secs(3600))
 }
 
 /// Closes rounds whose deadline passed (and keeps an automatic round open when configured), every

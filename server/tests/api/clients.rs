@@ -115,3 +115,63 @@ async fn browser_sync_support(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "a new version invalidates the ETag");
     let _ = std::fs::remove_dir_all(site);
 }
+
+/// A page on another origin may sync only when its origin is configured (`--cors-origin`): the
+/// preflight for registration is answered with that origin and the headers the client sends, the
+/// ETag is readable; any other origin gets no CORS headers (the browser blocks it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_allows_the_configured_origins_only() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    const SHOP: &str = "https://shop.example.com";
+    let h = Harness::new(Backend::Sqlite, |c| c.cors_origins = vec![SHOP.into()])
+        .await
+        .unwrap();
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method(Method::OPTIONS)
+            .uri("/v1/clients/register")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "x-feedloop-deployment-key",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let ok = h.router.clone().oneshot(preflight(SHOP)).await.unwrap();
+    assert!(ok.status().is_success(), "{}", ok.status());
+    let headers = ok.headers();
+    assert_eq!(headers["access-control-allow-origin"], SHOP);
+    let allowed = headers["access-control-allow-headers"].to_str().unwrap();
+    assert!(allowed.contains("x-feedloop-deployment-key"), "{allowed}");
+    assert!(allowed.contains("authorization") && allowed.contains("x-feedloop-model-version"));
+    assert_eq!(headers["access-control-max-age"], "3600");
+    let other = h
+        .router
+        .clone()
+        .oneshot(preflight("https://evil.example.com"))
+        .await
+        .unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let get = Request::builder()
+        .uri("/v1/models/current")
+        .header("origin", SHOP)
+        .body(Body::empty())
+        .unwrap();
+    let answer = h.router.clone().oneshot(get).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["access-control-allow-origin"], SHOP);
+    assert!(answer.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .contains("etag"));
+
+    // Without a configured origin, no CORS headers at all (same-origin pages need none).
+    let plain = Harness::new(Backend::Sqlite, |_| {}).await.unwrap();
+    let none = plain.router.clone().oneshot(preflight(SHOP)).await.unwrap();
+    assert!(none.headers().get("access-control-allow-origin").is_none());
+}
