@@ -58,7 +58,8 @@ export interface RankerOptions {
 /** Where the state is kept. */
 export interface StorageStatus { name: string | null; persistent: boolean; lastError: Error | null }
 
-/** An `error` event: a storage failure (the ranker keeps working in memory and retries). */
+/** An `error` event: a storage failure (the ranker keeps working in memory and retries), or a sync the
+ *  server refused or the browser blocked (CORS: the server lacks `--cors-origin` for this origin). */
 export interface RankerErrorEvent extends Event { error: Error }
 
 export interface RankerEventMap {
@@ -488,6 +489,9 @@ export class Ranker extends EventTarget {
         await this.flush(); // what was learned is saved before it is contributed
         const report = await this.#inner.sync(this.#storage!, this.#server!);
         this.dispatchEvent(new CustomEvent("sync", { detail: report }));
+        // Not offline, yet stopped: the server refused, or the browser blocked it (CORS). Something
+        // for the developer to fix; queued uploads stay queued.
+        if (report.error && !report.offline) this.#report(new Error(`feedloop: sync: ${report.error}`));
         return report;
       } catch (error) {
         this.#report(error);

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Request, RequestInit, Response};
+use web_sys::{Request, RequestInit, RequestMode, Response};
 
 #[wasm_bindgen]
 extern "C" {
@@ -127,13 +127,34 @@ impl NetError {
         }
     }
 
+    /// The server answered, but the browser withheld the answer: its CORS policy does not list
+    /// this page's origin.
+    fn cors_blocked(url: &str, page: &str) -> Self {
+        Self {
+            status: None,
+            code: Some(CORS_BLOCKED.into()),
+            message: format!(
+                "{url} answered, but the server's CORS policy does not allow this page's origin \
+                 {page}: start it with --cors-origin {page}"
+            ),
+        }
+    }
+
+    /// Blocked by CORS: a configuration to fix, not a network to wait for (queued uploads stay).
+    pub fn cors(&self) -> bool {
+        self.code.as_deref() == Some(CORS_BLOCKED)
+    }
+
     pub fn retry(&self) -> bool {
         match self.status {
-            None => true,
+            None => !self.cors(),
             Some(s) => s == 408 || s == 429 || s >= 500,
         }
     }
 }
+
+/// `NetError::code` of a request the browser blocked for CORS.
+const CORS_BLOCKED: &str = "cors_blocked";
 
 impl std::fmt::Display for NetError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -172,11 +193,45 @@ async fn request(
     }
     let req = Request::new_with_str_and_init(url, &init)
         .map_err(|e| NetError::offline(format!("bad request to {url}: {}", describe(&e))))?;
-    let resp = JsFuture::from(global_fetch(&req))
-        .await
-        .map_err(|e| NetError::offline(format!("{url} unreachable: {}", describe(&e))))?;
+    let resp = match JsFuture::from(global_fetch(&req)).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let unreachable = NetError::offline(format!("{url} unreachable: {}", describe(&e)));
+            return Err(match page_origin() {
+                Some(page) if cross_origin(url, &page) && answers_without_cors(url).await => {
+                    NetError::cors_blocked(url, &page)
+                }
+                _ => unreachable,
+            });
+        }
+    };
     resp.dyn_into::<Response>()
         .map_err(|_| NetError::offline("fetch did not return a Response".into()))
+}
+
+/// This page's origin (`location.origin`), if it has one.
+fn page_origin() -> Option<String> {
+    let location = Reflect::get(&js_sys::global(), &"location".into()).ok()?;
+    Reflect::get(&location, &"origin".into()).ok()?.as_string()
+}
+
+/// Whether `url` is absolute and on another origin than `page`.
+fn cross_origin(url: &str, page: &str) -> bool {
+    (url.starts_with("http://") || url.starts_with("https://"))
+        && !(url == page || url.starts_with(&format!("{page}/")))
+}
+
+/// Whether the server answers `url` at all when the answer need not be readable (`no-cors`: the
+/// browser hands back an opaque response instead of failing): then a failed request was blocked by
+/// the server's CORS policy, not by the network.
+async fn answers_without_cors(url: &str) -> bool {
+    let init = RequestInit::new();
+    init.set_method("GET");
+    init.set_mode(RequestMode::NoCors);
+    let Ok(req) = Request::new_with_str_and_init(url, &init) else {
+        return false;
+    };
+    JsFuture::from(global_fetch(&req)).await.is_ok()
 }
 
 async fn text(resp: &Response) -> Result<String, NetError> {

@@ -340,7 +340,8 @@ async fn client_token(
 }
 
 fn registration_failed(e: NetError) -> Result<Result<ClientToken, NetError>, JsValue> {
-    if e.retry() {
+    // Offline, or blocked by CORS: reported in the sync report (and an `error` event), not thrown.
+    if e.retry() || e.cors() {
         Ok(Err(e))
     } else {
         Err(invalid(format!("the server refused to register this device: {e}")).into())

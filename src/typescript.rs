@@ -137,6 +137,8 @@ export interface SettledUpload { roundId: string; sha256: string; delivered: boo
 export interface SyncReport {
   /** The server was unreachable (or failing): queued uploads wait, with backoff. */
   offline: boolean;
+  /** Why the sync stopped early. Not offline with an error: the server refused, or the browser
+   *  blocked its answers (CORS), which is also an `error` event; queued uploads stay queued. */
   error: string | null;
   clientId: string | null;
   /** The global model in use after this sync, and whether this sync adopted it. */

@@ -1,7 +1,8 @@
 // A page on another origin syncs with the server: the demo served by a plain static server on one
 // port, `feedloop serve` on another, started with `--cors-origin` for the page's origin. The page
 // registers, contributes, the round publishes v2 and the page adopts it. A page from an origin the
-// server does not list cannot reach it (the browser blocks the answers) and contributes nothing.
+// server does not list cannot reach it (the browser blocks the answers): its sync says so (not
+// "offline"), fires an `error` event naming `--cors-origin`, and contributes nothing.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -78,19 +79,24 @@ describe("cross-origin sync: the page and the server on two origins", () => {
     await context.close();
   });
 
-  test("an origin the server does not list cannot reach it", { timeout: 60_000 }, async () => {
+  test("an origin the server does not list is told so: a CORS error, an error event, nothing sent", { timeout: 60_000 }, async () => {
     const before = await received();
     const { context, page } = await open(other);
-    const blocked = [];
-    page.on("requestfailed", (r) => blocked.push(r.url()));
     assert.equal(await page.isVisible("#sync-panel"), false, "the server's answers are blocked");
-    const report = await page.evaluate(async (url) => {
+    const { report, events } = await page.evaluate(async (url) => {
       const { Ranker } = window.feedloopDemo;
       const ranker = await Ranker.create({ storage: "cors-blocked", server: { url, deploymentKey: "e2e-deployment-key-0123456789" }, sync: { intervalMs: 0 } });
-      return ranker.sync();
+      const events = [];
+      ranker.addEventListener("error", (e) => events.push(e.error.message));
+      const report = await ranker.sync();
+      return { report, events };
     }, server.base);
-    assert.equal(report.offline, true, JSON.stringify(report));
+    // Not "offline": the server answers, the browser withholds it; the message names the fix.
+    assert.equal(report.offline, false, JSON.stringify(report));
+    assert.match(report.error, /CORS policy does not allow this page's origin .* --cors-origin /);
     assert.equal(report.contribution, null);
+    assert.equal(events.length, 1, JSON.stringify(events));
+    assert.match(events[0], /--cors-origin/);
     assert.equal(await received(), before);
     await context.close();
   });
