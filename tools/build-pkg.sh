@@ -19,7 +19,7 @@ node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
 # their .d.ts, and fails the build on a type error.
 node_modules/.bin/tsc -p js/tsconfig.json --outDir "$OUT.tmp"
 cp models/feedloop-default.onnx "$OUT.tmp/"
-cp README.md "$OUT.tmp/README.md"
+cp README.md LICENSE NOTICE "$OUT.tmp/"
 # The manifest is js/package.json, checked in; its version must be the crate's, and every file it
 # names (exports, types, files) must be in the package.
 VERSION=$(cargo metadata --no-deps --format-version 1 | node -e '

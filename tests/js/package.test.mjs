@@ -257,3 +257,19 @@ test("candidate lists cross as joined strings: emoji, accents and empty texts sc
   // real pair once joined: refused with a message rather than mis-split.
   assert.throws(() => ranker.score(context, ["a\uD83D", "\uDE00b"]), (e) => e instanceof Error && /lone UTF-16 surrogate/.test(e.message));
 });
+
+test("the package carries its license and attribution, exports its wasm and names its Node", async () => {
+  const pkg = new URL("../../pkg/", import.meta.url);
+  const manifest = JSON.parse(await readFile(new URL("package.json", pkg), "utf8"));
+  assert.equal(manifest.license, "Apache-2.0");
+  assert.match(await readFile(new URL("LICENSE", pkg), "utf8"), /Apache License\s+Version 2\.0/);
+  assert.match(await readFile(new URL("NOTICE", pkg), "utf8"), /all-MiniLM-L6-v2/);
+  assert.ok(manifest.files.includes("LICENSE") && manifest.files.includes("NOTICE"));
+  assert.equal(manifest.exports["./feedloop_wasm_bg.wasm"], "./feedloop_wasm_bg.wasm");
+  assert.equal(manifest.engines.node, ">=20");
+  // The exported wasm resolves through the exports map and is wasm (the magic number).
+  const { createRequire } = await import("node:module");
+  const resolved = createRequire(new URL("package.json", pkg)).resolve("feedloop/feedloop_wasm_bg.wasm");
+  const bytes = await readFile(resolved);
+  assert.deepEqual([...bytes.subarray(0, 4)], [0x00, 0x61, 0x73, 0x6d]);
+});
