@@ -218,6 +218,22 @@ impl PrivatizerConfig {
         self.derived.value_bound
     }
 
+    /// The bound the decoder enforces on the squared L2 norm of a `dimension`-value update:
+    /// `(√B + σ_lat·√(d + 2√(d·x) + 2x))²` with `x = 40·ln 2`, rounded up (and widened by a
+    /// relative 1e-9 against f64 rounding). An honest update is `r + z` (then clamped to ±M, which
+    /// only shrinks it) with `‖r‖² ≤ B` and `z` of d independent discrete Gaussians, each
+    /// σ_lat-subgaussian (Canonne–Kamath–Steinke 2020, Cor. 9); by Hsu–Kakade–Zhang (2012, Thm. 1)
+    /// `P(‖z‖² > σ_lat²(d + 2√(dx) + 2x)) ≤ e^-x = 2^-40`, so with the triangle inequality an
+    /// honest update is refused with probability below 2^-40. A client ignoring the mechanism can
+    /// move the aggregate by at most this norm, not by d·M² as the per-value bound alone allows.
+    pub fn norm_bound_sq(&self, dimension: usize) -> u128 {
+        let x = 40.0 * std::f64::consts::LN_2;
+        let d = dimension as f64;
+        let noise = self.lattice_sigma() * (d + 2.0 * (d * x).sqrt() + 2.0 * x).sqrt();
+        let bound = (self.derived.norm_bound_sq as f64).sqrt() + noise;
+        (bound * bound * (1.0 + 1e-9)).ceil() as u128
+    }
+
     /// c′: the pre-rounding clip radius in lattice units for dimension `d`
     /// (solves `c′² + c′ + d/4 + √d/2 = B`), or an error if γ is too coarse.
     pub fn prerounding_radius(&self, dimension: usize) -> Result<f64> {

@@ -20,9 +20,11 @@
 //! trailing bytes), so the SHA-256 in the ledger identifies the payload.
 //!
 //! Invariant of [`decode_update`]: a [`ReceivedUpdate`] exists only if every
-//! field matches the [`ExpectedRound`] bit for bit and every value satisfies
+//! field matches the [`ExpectedRound`] bit for bit, every value satisfies
 //! `|v| ≤ M = ⌊C/γ⌋ + ⌈14·σ_lat⌉` (an honest client exceeds it with probability
-//! < 2e-42 per value, and the privatizer clamps to it anyway).
+//! < 2e-42 per value, and the privatizer clamps to it anyway), and the squared
+//! L2 norm is at most [`PrivatizerConfig::norm_bound_sq`] (an honest update
+//! exceeds it with probability < 2^-40).
 
 use crate::error::{PrivacyError, Result};
 use crate::privatizer::{Mechanism, PrivatizedUpdate, PrivatizerConfig, UpdateParams};
@@ -177,6 +179,18 @@ pub fn decode_update(bytes: &[u8], expected: &ExpectedRound) -> Result<ReceivedU
             bytes.len() - pos
         )));
     }
+    // |v| ≤ M < 2^41 and d ≤ 2^20 (MAX_DIMENSION): the sum fits in u128 with room to spare.
+    let norm_sq: u128 = values
+        .iter()
+        .map(|v| u128::from(v.unsigned_abs()).pow(2))
+        .sum();
+    let norm_bound = cfg.norm_bound_sq(dimension);
+    if norm_sq > norm_bound {
+        return Err(malformed(format!(
+            "squared L2 norm {norm_sq} above the bound {norm_bound} implied by C, γ, σ and d \
+             (an honest update exceeds it with probability below 2^-40)"
+        )));
+    }
     Ok(ReceivedUpdate {
         values,
         params: UpdateParams::new(cfg, dimension),
@@ -256,6 +270,50 @@ mod tests {
             write_varint(&mut buf, zigzag(v));
             assert_eq!(read_varint(&buf), Ok((zigzag(v), buf.len())));
         }
+    }
+
+    fn encoded(values: &[i64], cfg: &PrivatizerConfig) -> Vec<u8> {
+        encode(values, &UpdateParams::new(cfg, values.len()))
+    }
+
+    #[test]
+    fn the_squared_norm_bound_refuses_a_maximal_update_and_keeps_honest_ones() {
+        let cfg = PrivatizerConfig::new(1.0, 0.001, 4.0).unwrap();
+        let d = 131;
+        let expected = ExpectedRound {
+            config: cfg.clone(),
+            dimension: d,
+        };
+        // Every coordinate at +M: within the per-value bound, far outside the norm bound.
+        let m = cfg.value_bound();
+        let err = decode_update(&encoded(&vec![m; d], &cfg), &expected).unwrap_err();
+        assert!(err.to_string().contains("squared L2 norm"), "{err}");
+        // Right at the bound passes, one lattice step past it fails.
+        let bound = cfg.norm_bound_sq(d);
+        let at = (bound as f64).sqrt().floor() as i64;
+        let mut v = vec![0i64; d];
+        v[0] = at.min(m);
+        v[1] = ((bound - (v[0] as u128).pow(2)) as f64).sqrt().floor() as i64;
+        assert!(decode_update(&encoded(&v, &cfg), &expected).is_ok());
+        v[2] += 1_000;
+        assert!(decode_update(&encoded(&v, &cfg), &expected).is_err());
+        // Honest updates of the largest norm the privatizer makes (the whole clip in the
+        // update) pass, here 2,000 of them (the bound's false-rejection rate is < 2^-40).
+        let mut rng = crate::rng::OsCsprng::new().unwrap();
+        let big: Vec<f64> = (0..d).map(|i| if i == 0 { 10.0 } else { 0.0 }).collect();
+        let mut worst = 0f64;
+        for _ in 0..2_000 {
+            let u = crate::privatize(&big, &cfg, &mut rng).unwrap();
+            let n: u128 = u
+                .values()
+                .iter()
+                .map(|v| u128::from(v.unsigned_abs()).pow(2))
+                .sum();
+            worst = worst.max(n as f64 / bound as f64);
+            decode_update(&u.to_bytes(), &expected).unwrap();
+        }
+        eprintln!("closest honest update: {worst:.3} of the bound");
+        assert!(worst < 1.0, "closest honest update at {worst} of the bound");
     }
 
     #[test]
