@@ -52,7 +52,12 @@ pub fn app(state: App) -> Router {
             config.request_timeout,
         ))
         .layer(cors(&config.cors_origins))
-        .layer(TraceLayer::new_for_http())
+        // The path, never the query: a beacon's `?access_token=` must not reach the logs.
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<axum::body::Body>| {
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+            },
+        ))
 }
 
 /// CORS for pages on other origins (the package syncing from a site the server does not serve):

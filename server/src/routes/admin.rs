@@ -1,6 +1,6 @@
 //! `/v1/admin`: rounds, rollback and the audit log, for holders of an admin key.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use feedloop_core::protocol::{
@@ -9,7 +9,7 @@ use feedloop_core::protocol::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{id, AdminAuth, ApiJson};
+use super::extract::{id, AdminAuth, ApiJson, ApiQuery};
 use super::rounds::Limit;
 use crate::error::Result;
 use crate::service::App;
@@ -119,13 +119,14 @@ async fn rollback(
     params(Limit),
     responses(
         (status = 200, description = "Entries", body = AuditLog),
+        (status = 400, description = "A malformed query", body = ErrorBody),
         (status = 401, description = "Invalid admin key", body = ErrorBody),
         (status = 403, description = "Admin API disabled", body = ErrorBody),
     ))]
 async fn audit(
     State(app): State<App>,
     AdminAuth(_): AdminAuth,
-    Query(q): Query<Limit>,
+    ApiQuery(q): ApiQuery<Limit>,
 ) -> Result<Json<AuditLog>> {
     let entries = app.store().audit_log(q.get()).await?;
     Ok(Json(AuditLog {

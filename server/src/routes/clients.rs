@@ -1,7 +1,7 @@
 //! `/v1/clients`: registration and token refresh.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::Json;
 use feedloop_core::protocol::{ErrorBody, TokenGrant};
 use utoipa_axum::router::OpenApiRouter;
@@ -17,20 +17,26 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(refresh))
 }
 
+/// Token answers are never cached (by the browser, a proxy or a service worker).
+type NoStore = [(header::HeaderName, &'static str); 1];
+const NO_STORE: NoStore = [(header::CACHE_CONTROL, "no-store")];
+
 /// First contact: a new client id and a signed, expiring token for the site.
 #[utoipa::path(post, path = "/v1/clients/register", tag = "clients",
     params(("x-feedloop-deployment-key" = String, Header, description = "The site's deployment key")),
     responses(
-        (status = 201, description = "Registered", body = TokenGrant),
+        (status = 201, description = "Registered", body = TokenGrant,
+            headers(("cache-control" = String, description = "`no-store`"))),
         (status = 401, description = "Missing or unknown deployment key", body = ErrorBody),
     ))]
 async fn register(
     State(app): State<App>,
     DeploymentKey(key): DeploymentKey,
-) -> Result<(StatusCode, Json<TokenGrant>)> {
+) -> Result<(StatusCode, NoStore, Json<TokenGrant>)> {
     let (claims, token) = app.register(&key).await?;
     Ok((
         StatusCode::CREATED,
+        NO_STORE,
         Json(claims.grant(token, app.token_ttl_ms())),
     ))
 }
@@ -39,10 +45,14 @@ async fn register(
 #[utoipa::path(post, path = "/v1/clients/refresh", tag = "clients",
     security(("clientToken" = [])),
     responses(
-        (status = 200, description = "A fresh token", body = TokenGrant),
+        (status = 200, description = "A fresh token", body = TokenGrant,
+            headers(("cache-control" = String, description = "`no-store`"))),
         (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
     ))]
-async fn refresh(State(app): State<App>, ClientAuth(claims): ClientAuth) -> Json<TokenGrant> {
+async fn refresh(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+) -> (NoStore, Json<TokenGrant>) {
     let (claims, token) = app.refresh(&claims);
-    Json(claims.grant(token, app.token_ttl_ms()))
+    (NO_STORE, Json(claims.grant(token, app.token_ttl_ms())))
 }

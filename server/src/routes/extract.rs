@@ -99,6 +99,20 @@ impl<S: Send + Sync> FromRequestParts<S> for DeploymentKey {
     }
 }
 
+/// Query parameters whose failure is the server's JSON error (`invalid_query`), not axum's text.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| Error::bad_request("invalid_query", e.body_text()))
+    }
+}
+
 /// A JSON body whose every failure (size, syntax, shape) is the server's JSON error.
 pub struct ApiJson<T>(pub T);
 

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use feedloop_core::protocol::{BeaconQuery, ErrorBody, Round, RoundList, UploadAck};
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{body_error, id, UploadAuth};
+use super::extract::{body_error, id, ApiQuery, UploadAuth};
 use crate::error::Result;
 use crate::service::App;
 
@@ -37,8 +37,14 @@ impl Limit {
 
 /// Every round, newest first.
 #[utoipa::path(get, path = "/v1/rounds", tag = "rounds", params(Limit),
-    responses((status = 200, description = "Rounds", body = RoundList)))]
-async fn list_rounds(State(app): State<App>, Query(q): Query<Limit>) -> Result<Json<RoundList>> {
+    responses(
+        (status = 200, description = "Rounds", body = RoundList),
+        (status = 400, description = "A malformed query", body = ErrorBody),
+    ))]
+async fn list_rounds(
+    State(app): State<App>,
+    ApiQuery(q): ApiQuery<Limit>,
+) -> Result<Json<RoundList>> {
     let rounds = app.store().rounds(q.get()).await?;
     Ok(Json(RoundList {
         rounds: rounds.iter().map(|r| r.to_wire()).collect(),

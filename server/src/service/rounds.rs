@@ -27,6 +27,16 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::bad_request("invalid_round_config", message)
 }
 
+/// `now + seconds` in unix ms, or an error when that is not a representable time.
+fn deadline_in(now: i64, seconds: f64) -> Result<i64> {
+    let ms = seconds * 1000.0;
+    // f64 → i64 saturates; compare before converting so the sum cannot overflow.
+    if ms >= (i64::MAX - now) as f64 {
+        return Err(invalid(format!("durationSeconds {seconds} is too large")));
+    }
+    Ok(now + ms as i64)
+}
+
 impl App {
     pub async fn round(&self, round_id: i64) -> Result<RoundRow> {
         self.store()
@@ -73,7 +83,7 @@ impl App {
                 return Err(invalid("give deadline or durationSeconds, not both"))
             }
             (Some(d), None) => Some(d.as_millis()),
-            (None, Some(s)) if s.is_finite() && s > 0.0 => Some(now + (s * 1000.0) as i64),
+            (None, Some(s)) if s.is_finite() && s > 0.0 => Some(deadline_in(now, s)?),
             (None, Some(_)) => return Err(invalid("durationSeconds must be positive")),
             (None, None) => None,
         };
@@ -164,6 +174,9 @@ impl App {
         }
         let min_cohort = change.min_cohort.unwrap_or(before.min_cohort);
         let target_count = change.target_count.or(before.target_count);
+        if change.deadline.is_some_and(|d| d.as_millis() <= now_ms()) {
+            return Err(invalid("the deadline is in the past"));
+        }
         let deadline = change.deadline.map(|d| d.as_millis()).or(before.deadline);
         if min_cohort < 1 || target_count.is_some_and(|t| t < min_cohort) {
             return Err(invalid("need minCohort >= 1 and targetCount >= minCohort"));

@@ -175,3 +175,26 @@ async fn cors_allows_the_configured_origins_only() {
     let none = plain.router.clone().oneshot(preflight(SHOP)).await.unwrap();
     assert!(none.headers().get("access-control-allow-origin").is_none());
 }
+
+/// Token answers are not cached; a malformed query is a JSON 400 like every other refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_not_cached_and_bad_queries_answer_json() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+    let h = Harness::new(Backend::Sqlite, |_| {}).await.unwrap();
+    let register = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/clients/register")
+        .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
+        .body(Body::empty())
+        .unwrap();
+    let answer = h.router.clone().oneshot(register).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::CREATED);
+    assert_eq!(answer.headers()["cache-control"], "no-store");
+    for path in ["/v1/rounds?limit=abc", "/v1/admin/audit?limit=-x"] {
+        let (s, v) = h.call(Method::GET, path, Some(ADMIN_KEY), None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "invalid_query", "{path}: {v}");
+    }
+}

@@ -308,3 +308,44 @@ async fn deadline_closes_the_round(backend: Backend) {
         (StatusCode::NOT_FOUND, Some("no_open_round"))
     );
 }
+
+/// Times that cannot be: a duration whose deadline overflows, a changed deadline in the past.
+/// Each is a 400 with the JSON body, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impossible_deadlines_are_refused() {
+    let h = Harness::new(Backend::Sqlite, |_| {}).await.unwrap();
+    for seconds in [9.3e15, 1e300] {
+        let mut body = round_body(1, None);
+        body["durationSeconds"] = json!(seconds);
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/v1/admin/rounds",
+                Some(ADMIN_KEY),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_round_config");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("too large"));
+    }
+    assert_eq!(h.get("/v1/rounds").await["rounds"], json!([]));
+    let round = h.open_round(round_body(1, None)).await;
+    let (s, v) = h
+        .call(
+            Method::PATCH,
+            "/v1/admin/rounds/1",
+            Some(ADMIN_KEY),
+            Some(json!({ "deadline": 1000 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("in the past"));
+    assert_eq!(h.get("/v1/rounds/1").await, round, "unchanged");
+}
