@@ -24,7 +24,7 @@ impl std::str::FromStr for DeploymentKey {
         let (deployment, key) = s
             .split_once('=')
             .ok_or_else(|| format!("deployment key `{s}` is not `site=KEY`"))?;
-        if deployment.is_empty() || key.len() < 16 {
+        if deployment.is_empty() || key.len() < MIN_KEY_CHARS {
             return Err("a deployment key needs a site name and at least 16 characters".into());
         }
         Ok(Self {
@@ -118,6 +118,38 @@ impl Config {
             auto_round: None,
             cors_origins: Vec::new(),
         }
+    }
+}
+
+/// The shortest admin key accepted (deployment keys have the same floor).
+pub const MIN_KEY_CHARS: usize = 16;
+/// The shortest HMAC secret for client tokens accepted, in bytes.
+pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Refuses secrets too short to resist guessing: admin keys under [`MIN_KEY_CHARS`]
+    /// characters and a token secret under [`MIN_TOKEN_SECRET_BYTES`] bytes.
+    pub fn check_secrets(&self) -> Result<(), String> {
+        if let Some(short) = self
+            .admin_keys
+            .iter()
+            .find(|k| k.chars().count() < MIN_KEY_CHARS)
+        {
+            return Err(format!(
+                "an admin key must have at least {MIN_KEY_CHARS} characters (one has {})",
+                short.chars().count()
+            ));
+        }
+        if let Some(secret) = &self.token_secret {
+            if secret.len() < MIN_TOKEN_SECRET_BYTES {
+                return Err(format!(
+                    "the token secret must have at least {MIN_TOKEN_SECRET_BYTES} bytes, got {} \
+                     (or leave it unset: one is generated and kept in the database)",
+                    secret.len()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -171,3 +171,30 @@ async fn real_listener_serves_and_shuts_down_gracefully() {
         .await
         .is_err());
 }
+
+/// Weak secrets are refused at start: an admin key under 16 characters, a token secret under
+/// 32 bytes (an unset secret is generated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_secrets_are_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("feedloop-weak-{}", std::process::id()));
+    let url = format!("sqlite://{}/feedloop.db", dir.display());
+    let mut config = Config::new(url.clone());
+    config.admin_keys = vec!["x".into()];
+    let err = App::new(config)
+        .await
+        .err()
+        .expect("a 1-character admin key is refused");
+    assert!(err.to_string().contains("at least 16 characters"), "{err}");
+    let mut config = Config::new(url.clone());
+    config.token_secret = Some(b"a".to_vec());
+    let err = App::new(config)
+        .await
+        .err()
+        .expect("a 1-byte token secret is refused");
+    assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    let mut config = Config::new(url);
+    config.admin_keys = vec!["admin-key-0123456789".into()];
+    config.token_secret = Some([7u8; 32].to_vec());
+    assert!(App::new(config).await.is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
