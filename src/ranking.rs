@@ -23,13 +23,7 @@ impl Ranker {
         #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
         #[wasm_bindgen(unchecked_param_type = "(string | CandidateInput)[]")] candidates: JsValue,
     ) -> JsResult<JsValue> {
-        let context = string(&context, "context")?;
-        let candidates = candidate_list(&candidates)?;
-        let list: Vec<Candidate> = candidates
-            .iter()
-            .map(|(id, text)| Candidate { id, text })
-            .collect();
-        to_js(&self.rank_list(&context, &list)?)
+        to_js(&self.rank_values(&context, &candidates)?)
     }
 
     /// One personal score per candidate, in input order.
@@ -38,13 +32,7 @@ impl Ranker {
         #[wasm_bindgen(unchecked_param_type = "string")] context: JsValue,
         #[wasm_bindgen(unchecked_param_type = "(string | CandidateInput)[]")] candidates: JsValue,
     ) -> JsResult<Float32Array> {
-        let context = string(&context, "context")?;
-        let candidates = candidate_list(&candidates)?;
-        let list: Vec<Candidate> = candidates
-            .iter()
-            .map(|(id, text)| Candidate { id, text })
-            .collect();
-        Ok(input_order(&self.rank_list(&context, &list)?))
+        Ok(input_order(&self.rank_values(&context, &candidates)?))
     }
 
     /// Personal scores in input order for candidates given as parallel lists of ids and texts: the
@@ -136,6 +124,21 @@ impl Ranker {
 }
 
 impl Ranker {
+    /// The core's ranking of candidates given as JS values (strings or `{ id, text }`).
+    fn rank_values(
+        &self,
+        context: &JsValue,
+        candidates: &JsValue,
+    ) -> JsResult<Vec<RankedCandidate>> {
+        let context = string(context, "context")?;
+        let candidates = candidate_list(candidates)?;
+        let list: Vec<Candidate> = candidates
+            .iter()
+            .map(|(id, text)| Candidate { id, text })
+            .collect();
+        self.rank_list(&context, &list)
+    }
+
     fn rank_list(&self, context: &str, list: &[Candidate]) -> JsResult<Vec<RankedCandidate>> {
         Ok(self.inner.borrow_mut().feedback.rank(context, list)?)
     }
