@@ -72,6 +72,12 @@ pub struct ServeArgs {
     /// Per-request timeout in seconds.
     #[arg(long, env = "FEEDLOOP_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     request_timeout_secs: u64,
+    /// Seconds a connection may take to send a request's header before it is closed.
+    #[arg(long, env = "FEEDLOOP_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    header_read_timeout_secs: u64,
+    /// Connections served at once (more wait in the listen backlog).
+    #[arg(long, env = "FEEDLOOP_MAX_CONNECTIONS", default_value_t = 1024)]
+    max_connections: usize,
     /// The base ONNX model (default: the bundled model).
     #[arg(long, env = "FEEDLOOP_MODEL")]
     model: Option<PathBuf>,
@@ -122,6 +128,8 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
     config.drift.webhook_url = args.drift_webhook;
     config.max_body_bytes = args.max_body_bytes;
     config.request_timeout = Duration::from_secs(args.request_timeout_secs);
+    config.header_read_timeout = Duration::from_secs(args.header_read_timeout_secs.max(1));
+    config.max_connections = args.max_connections.max(1);
     if let Some(path) = &args.model {
         config.base_model = std::fs::read(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?

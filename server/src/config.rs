@@ -83,6 +83,11 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Per-request timeout.
     pub request_timeout: Duration,
+    /// A connection that has not sent a request's whole header by then is closed (slow-header
+    /// clients cannot hold connections open).
+    pub header_read_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog.
+    pub max_connections: usize,
     /// How often deadlines are checked.
     pub deadline_poll: Duration,
     /// The base ONNX model (version 1's head and the body of every published file).
@@ -112,6 +117,8 @@ impl Config {
             drift: DriftConfig::default(),
             max_body_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 1024,
             deadline_poll: Duration::from_secs(1),
             base_model: feedloop_core::BUNDLED_MODEL.into(),
             static_dir: None,

@@ -104,20 +104,67 @@ pub fn spawn_deadline_task(app: App) -> tokio::task::JoinHandle<()> {
 }
 
 /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests (graceful
-/// shutdown) and stops the deadline task.
+/// shutdown) and stops the deadline task. At most `config.max_connections` connections are
+/// served at once (the rest wait in the listen backlog), and a connection that does not send a
+/// whole request header within `config.header_read_timeout` is closed.
 pub async fn serve(
     app: App,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    use hyper_util::service::TowerToHyperService;
+
     let deadlines = spawn_deadline_task(app.clone());
     tracing::info!(addr = %listener.local_addr()?, "feedloop server listening");
-    let result = axum::serve(listener, self::app(app))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let config = app.config().clone();
+    let router = self::app(app);
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // E.g. too many open files: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(router.clone()),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
     deadlines.abort();
     tracing::info!("feedloop server stopped");
-    result
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

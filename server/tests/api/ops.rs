@@ -198,3 +198,58 @@ async fn weak_secrets_are_refused_at_start() {
     assert!(App::new(config).await.is_ok());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A client that sends its request header one byte at a time, slower than the header-read
+/// timeout, is disconnected (it cannot hold a connection, and with it one of the connection
+/// slots, forever); an honest request on another connection is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new(Backend::Sqlite, |c| {
+        c.header_read_timeout = Duration::from_millis(500);
+        c.max_connections = 4;
+    })
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(feedloop_server::serve(h.app.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut closed = false;
+    for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+        .iter()
+        .cycle()
+        .take(64)
+    {
+        if slow.write_all(&[*byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        closed,
+        "a 6.4 s trickle of header bytes outlived a 0.5 s header timeout"
+    );
+    let r = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tx.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server stops")
+        .unwrap()
+        .unwrap();
+}
