@@ -14,7 +14,7 @@ DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli test test-fmt \
+.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli cli-test test test-fmt \
         test-native test-server-postgres test-python test-wasm test-pkg test-types test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
 
 help:
@@ -86,6 +86,10 @@ demo: www cli
 cli: setup-rust
 	cargo build -p feedloop-cli
 
+# The CLI as the tests build it (the same feature resolution as NATIVE_TESTS: no second build).
+cli-test: setup-rust
+	$(NATIVE_TESTS) --no-run
+
 model:
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
@@ -103,13 +107,14 @@ test-fmt:
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p feedloop --target wasm32-unknown-unknown --all-targets -- -D warnings
 
-# The CLI binary first: the server's crash test and the CLI tests run it.
+# Every native cargo command of `make test` selects the same packages and targets (NATIVE_TESTS):
+# cargo resolves dependency features per selection, and each other selection (`-p feedloop-cli`,
+# `-p feedloop-server`, `--benches`) rebuilt the whole server and tract stack once more — four debug
+# builds of it on a fresh machine. `--all-targets` also runs the criterion benches once each as a
+# smoke test (numbers come from `make bench`) and builds the CLI binary the crash and CLI tests run.
+NATIVE_TESTS = cargo test --workspace --all-targets
 test-native: setup-gpu
-	cargo build -p feedloop-cli
-	cargo test --workspace
-	# criterion benches, run once each as a smoke test (numbers come from `make bench`)
-	cargo test -p feedloop-core --features bundled-model --benches
-	cargo test -p feedloop-privacy --benches
+	$(NATIVE_TESTS)
 
 # The server's integration suite again, against a real PostgreSQL the script installs (apt) and starts
 # on loopback (`cargo test --workspace` runs it on SQLite).
@@ -143,7 +148,7 @@ test-types: pkg
 	node_modules/.bin/tsc --noEmit -p js
 	node_modules/.bin/tsc --noEmit -p tests/types
 
-test-e2e: www setup-browser cli
+test-e2e: www setup-browser cli-test
 	node --test tests/e2e/
 	node tools/bench-browser.mjs --smoke
 	node tools/bench-compare.mjs --smoke

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs the feedloop-server test suite against a real, throwaway PostgreSQL cluster on loopback.
 #
-#   server/tests/postgres.sh [extra cargo test args]
+#   server/tests/postgres.sh [extra test-binary args, e.g. a test name filter]
 #
 # Installs PostgreSQL with apt if initdb/pg_ctl are missing, initdb's a fresh cluster in a temp
 # dir (as the `postgres` user when run as root), starts it on 127.0.0.1 on a free port with its
 # socket in /tmp, creates a database, exports DATABASE_URL and FEEDLOOP_TEST_POSTGRES_URL, runs
-# `cargo test -p feedloop-server` (after building the CLI, which tests/crash.rs runs as a process),
-# and stops and deletes the cluster on exit (pass or fail).
+# feedloop-server's test binaries (lib, api, crash), and stops and deletes the cluster on exit (pass
+# or fail).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -61,5 +61,21 @@ export FEEDLOOP_TEST_POSTGRES_URL="$DATABASE_URL"
 echo "postgres.sh: PostgreSQL $("$pg_bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port ($workdir)" >&2
 
 cd "$repo_root"
-cargo build -p feedloop-cli
-cargo test -p feedloop-server "$@"
+# The test binaries of `cargo test --workspace --all-targets` (what `make test-native` built), run
+# directly: `cargo test -p feedloop-server` would resolve dependency features for another package
+# selection and rebuild the whole server stack. Building them also builds the CLI that
+# tests/crash.rs runs. Extra arguments go to each test binary (a name filter, --nocapture).
+mapfile -t test_bins < <(cargo test --workspace --all-targets --no-run --message-format=json |
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable")
+            and m["manifest_path"].endswith("/server/Cargo.toml")):
+        print(m["executable"])')
+[[ ${#test_bins[@]} -gt 0 ]] || { echo "postgres.sh: no feedloop-server test binaries were built" >&2; exit 1; }
+cd "$repo_root/server"  # where cargo runs them (CARGO_MANIFEST_DIR)
+for bin in "${test_bins[@]}"; do
+    echo "postgres.sh: $(basename "$bin")" >&2
+    "$bin" "$@"
+done
