@@ -9,7 +9,9 @@
 //!   (Canonne–Kamath–Steinke 2020), integer arithmetic only.
 //! * [`rng`] — [`rng::OsCsprng`], ChaCha20 keyed from OS randomness.
 //! * [`privatizer`] — clip → lattice (conditional randomized rounding) → discrete
-//!   Gaussian noise; produces [`PrivatizedUpdate`], the only thing that may leave.
+//!   Gaussian noise; produces [`PrivatizedUpdate`], the only thing that may leave as it is. For
+//!   secure aggregation, [`clip_to_lattice`] stops before the noise: its [`LatticeUpdate`] leaves
+//!   only as secret shares sealed to two aggregators (`feedloop-secagg`).
 //! * [`wire`] — the versioned binary encoding of a [`PrivatizedUpdate`] and the
 //!   server-side decoder that yields a distinct [`ReceivedUpdate`].
 //! * [`randomized_response`] — ε-LDP randomized response for binary signals.
@@ -46,6 +48,7 @@ pub mod wire;
 
 pub use error::{PrivacyError, Result};
 pub use privatizer::{
-    privatize, privatize_with_os_rng, PrivatizedUpdate, PrivatizerConfig, UpdateParams,
+    clip_to_lattice, privatize, privatize_with_os_rng, LatticeUpdate, PrivatizedUpdate,
+    PrivatizerConfig, UpdateParams,
 };
 pub use wire::{decode_update, ExpectedRound, ReceivedUpdate};

@@ -395,6 +395,90 @@ where
     R: Rng + ?Sized,
 {
     let dimension = update.len();
+    let mut lattice = clip_and_round(update, cfg, rng, fault)?;
+    let sampler = noise_sampler(cfg, fault);
+    let bound = cfg.derived.value_bound;
+    for z in lattice.iter_mut() {
+        let noisy = z.saturating_add(sampler.sample(rng));
+        *z = noisy.clamp(-bound, bound);
+    }
+    Ok(PrivatizedUpdate {
+        values: lattice,
+        params: UpdateParams::new(cfg, dimension),
+    })
+}
+
+/// A clipped, lattice-rounded update *without noise*: the input of secure aggregation, where the
+/// noise is added once, to the sum (`feedloop-secagg`).
+///
+/// Not privatized: it must never leave the device as it is. It has no `Serialize`, no wire
+/// encoding and no public constructor but [`clip_to_lattice`]; the only way out of the device is
+/// `feedloop_secagg::seal_report`, which consumes it and returns secret shares sealed with HPKE to
+/// two aggregators, each of which alone learns nothing about the values.
+///
+/// Invariant: `Σ z_i² ≤ B = ⌊(C/γ)²⌋`, so every `|z_i| ≤ ⌊√B⌋` ([`LatticeUpdate::value_radius`]).
+pub struct LatticeUpdate {
+    values: Vec<i64>,
+    radius: u64,
+}
+
+impl LatticeUpdate {
+    /// The lattice vector (lattice units). For sharding only: see the type's invariant.
+    pub fn values(&self) -> &[i64] {
+        &self.values
+    }
+
+    /// R = ⌊√B⌋: every `|z_i| ≤ R`.
+    pub fn value_radius(&self) -> u64 {
+        self.radius
+    }
+}
+
+impl std::fmt::Debug for LatticeUpdate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No values in logs or panics: they are not privatized.
+        f.debug_struct("LatticeUpdate")
+            .field("dimension", &self.values.len())
+            .field("radius", &self.radius)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Steps 1–3 of [`privatize`] (reject non-finite, clip, conditional randomized rounding) and no
+/// noise: the device's half of secure aggregation. `cfg`'s σ is the noise the *helper* adds to the
+/// sum; it does not enter here.
+pub fn clip_to_lattice<T, R>(
+    update: &[T],
+    cfg: &PrivatizerConfig,
+    rng: &mut R,
+) -> Result<LatticeUpdate>
+where
+    T: Copy + Into<f64>,
+    R: CryptoRng + ?Sized,
+{
+    let values = clip_and_round(update, cfg, rng, Fault::None)?;
+    Ok(LatticeUpdate {
+        values,
+        radius: lattice_radius(cfg.derived.norm_bound_sq),
+    })
+}
+
+/// ⌊√B⌋, the largest |z_i| a vector with `Σ z_i² ≤ B` can hold.
+pub fn lattice_radius(norm_bound_sq: u128) -> u64 {
+    u64::try_from(exact::isqrt_u128(norm_bound_sq)).expect("B ≤ 2^80, so √B < 2^40")
+}
+
+fn clip_and_round<T, R>(
+    update: &[T],
+    cfg: &PrivatizerConfig,
+    rng: &mut R,
+    fault: Fault,
+) -> Result<Vec<i64>>
+where
+    T: Copy + Into<f64>,
+    R: Rng + ?Sized,
+{
+    let dimension = update.len();
     if dimension == 0 {
         return Err(PrivacyError::EmptyUpdate);
     }
@@ -417,7 +501,7 @@ where
         max_abs = max_abs.max(v.abs());
     }
 
-    let mut lattice = if max_abs == 0.0 {
+    let lattice = if max_abs == 0.0 {
         vec![0i64; dimension]
     } else {
         // ‖u‖ = max_abs · ‖u / max_abs‖: no overflow for huge, no underflow for subnormal inputs.
@@ -443,17 +527,7 @@ where
             .collect();
         round_within_bound(&scaled, cfg.derived.norm_bound_sq, rng, fault)
     };
-
-    let sampler = noise_sampler(cfg, fault);
-    let bound = cfg.derived.value_bound;
-    for z in lattice.iter_mut() {
-        let noisy = z.saturating_add(sampler.sample(rng));
-        *z = noisy.clamp(-bound, bound);
-    }
-    Ok(PrivatizedUpdate {
-        values: lattice,
-        params: UpdateParams::new(cfg, dimension),
-    })
+    Ok(lattice)
 }
 
 #[cfg(test)]
@@ -540,5 +614,37 @@ mod tests {
         let out = privatize_impl(&[50.0f64], &cfg, &mut rng, Fault::SkipClipping).unwrap();
         // Honest output: ≤ C/γ = 100 plus noise of σ_lat = 0.1; unclipped: pinned at M = 102.
         assert_eq!(out.values()[0], cfg.value_bound(), "{:?}", out.values());
+    }
+
+    #[test]
+    fn clip_to_lattice_rounds_inside_the_bound_without_noise() {
+        let cfg = PrivatizerConfig::new(1.0, 1e-3, 4.0).unwrap();
+        let mut rng = ChaCha20Rng::seed_from_u64(2);
+        let bound = cfg.lattice_norm_bound_sq();
+        for scale in [0.0, 1e-4, 0.05, 1.0, 1e6] {
+            let update: Vec<f64> = (0..131).map(|i| scale * ((i % 7) as f64 - 3.0)).collect();
+            let lattice = clip_to_lattice(&update, &cfg, &mut rng).unwrap();
+            assert!(squared_norm(lattice.values()).unwrap() <= bound);
+            // ⌊(1/1e-3)²⌋ = 999,999 in f64, so R = 999.
+            assert_eq!(lattice.value_radius(), 999);
+            assert!(lattice.values().iter().all(|z| z.unsigned_abs() <= 999));
+            // No noise: a small update stays within rounding of x/γ.
+            if scale == 1e-4 {
+                for (z, x) in lattice.values().iter().zip(&update) {
+                    assert!((*z as f64 - x / 1e-3).abs() < 1.0);
+                }
+            }
+        }
+        assert!(matches!(
+            clip_to_lattice(&[1.0, f64::NAN], &cfg, &mut rng).unwrap_err(),
+            PrivacyError::NonFiniteInput { index: 1, .. }
+        ));
+        assert!(matches!(
+            clip_to_lattice::<f64, _>(&[], &cfg, &mut rng).unwrap_err(),
+            PrivacyError::EmptyUpdate
+        ));
+        // Debug output never shows the values.
+        let lattice = clip_to_lattice(&[0.5f64, -0.25], &cfg, &mut rng).unwrap();
+        assert!(!format!("{lattice:?}").contains("500"));
     }
 }

@@ -118,6 +118,8 @@ fn no_floating_point_noise_outside_tests() {
         crate_dir.join("../core/src"),
         crate_dir.join("../src"),
         crate_dir.join("../server/src"),
+        // Secure aggregation: the helper's noise comes from the exact sampler, like the device's.
+        crate_dir.join("../secagg/src"),
         // The GPU path computes the learning gradient that gets privatized: no noise of its own.
         crate_dir.join("../gpu/src"),
     ];
