@@ -10,6 +10,14 @@
 //! server's real aggregation (`fedavg_lattice` + the server optimizer) moves the global head. The
 //! non-private run (ε = ∞) clips the same updates but adds no noise.
 //!
+//! `--aggregation secure` replaces the local noise with secure aggregation (`feedloop-secagg`), run
+//! for real in process: each device clips and rounds its update without noise
+//! (`clip_to_lattice`), shards it with Prio3SumVec and seals the shares with HPKE
+//! (`seal_report`, through the report's bytes); the leader and the helper open their shares and
+//! verify the proof together; the helper releases its aggregate share with exact discrete Gaussian
+//! noise of the same σ, once, on the sum; the leader unshards and averages. The noise on the mean
+//! falls from σ/√N (local) to σ/N.
+//!
 //! Reported per round: pairwise accuracy of the *global* head on held-out pairs, judged against the
 //! population taste μ, and the ε each user has spent (zCDP composition over the rounds → (ε, δ)).
 //! The noise is set so that all rounds together spend exactly the target ε per user.
@@ -17,14 +25,21 @@
 use std::path::PathBuf;
 
 use chacha20::rand_core::SeedableRng;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use feedloop_core::contribution::unreleased_delta;
 use feedloop_core::learning::{learn, Example, LearningConfig, LocalLearningState};
 use feedloop_core::RewardModel;
 use feedloop_privacy::accounting::{max_rho_for_epsilon, zcdp_to_approx_dp};
-use feedloop_privacy::{decode_update, privatize, ExpectedRound, PrivatizerConfig};
+use feedloop_privacy::sampler::DiscreteGaussian;
+use feedloop_privacy::{
+    clip_to_lattice, decode_update, privatize, ExpectedRound, PrivatizerConfig,
+};
+use feedloop_secagg::{
+    helper_verify, leader_finish, leader_init, seal_report, unshard, Batch, HelperRequest,
+    HelperResponse, HpkeKeyPair, Report, SecureRound, VerifyKey,
+};
 use feedloop_server::fedavg::{OptimizerState, ServerOptimizer};
-use feedloop_server::{aggregate, fedavg_lattice};
+use feedloop_server::{aggregate, fedavg_lattice, mean_of_lattice_sum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -54,6 +69,11 @@ pub struct SimulateArgs {
     /// γ: the lattice granularity.
     #[arg(long, default_value_t = 1e-3)]
     granularity: f64,
+    /// How updates are aggregated (comma-separated: one run per value): `local`, every device adds
+    /// its own noise; `secure`, two aggregators (Prio3 + HPKE) and the helper adds the noise once,
+    /// to the sum. Runs without privacy (ε = ∞) are the same plain average in both.
+    #[arg(long, value_delimiter = ',', default_value = "local")]
+    aggregation: Vec<Aggregation>,
     /// Server optimizer: fedavg, fedavgm or fedadam.
     #[arg(long, default_value = "fedavg")]
     optimizer: String,
@@ -87,6 +107,105 @@ pub struct SimulateArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Aggregation {
+    Local,
+    Secure,
+}
+
+impl Aggregation {
+    fn name(self) -> &'static str {
+        match self {
+            Aggregation::Local => "local",
+            Aggregation::Secure => "secure",
+        }
+    }
+}
+
+/// The two aggregators of a secure run: their HPKE keys and shared verification key, and the
+/// helper's noise (σ_lat = σ/γ, the privatizer's exact dyadic variance).
+struct Aggregators {
+    leader: HpkeKeyPair,
+    helper: HpkeKeyPair,
+    verify_key: VerifyKey,
+    noise: DiscreteGaussian,
+}
+
+/// One secure round in process: the device's report through its bytes, the leader ↔ helper
+/// exchange through theirs, both batches.
+struct SecureRoundSim<'a> {
+    aggregators: &'a Aggregators,
+    round: SecureRound,
+    leader: Batch,
+    helper: Batch,
+}
+
+impl<'a> SecureRoundSim<'a> {
+    fn new(
+        aggregators: &'a Aggregators,
+        round: usize,
+        dimension: usize,
+        config: &PrivatizerConfig,
+    ) -> CliResult<Self> {
+        let round = SecureRound::for_privatizer(round as u64, dimension, config)
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            aggregators,
+            round,
+            leader: Batch::new(round).map_err(|e| e.to_string())?,
+            helper: Batch::new(round).map_err(|e| e.to_string())?,
+        })
+    }
+
+    fn contribute<R: chacha20::rand_core::CryptoRng>(
+        &mut self,
+        update: &[f32],
+        config: &PrivatizerConfig,
+        rng: &mut R,
+    ) -> CliResult<()> {
+        let a = self.aggregators;
+        let lattice = clip_to_lattice(update, config, rng).map_err(|e| e.to_string())?;
+        let report = seal_report(
+            lattice,
+            &self.round,
+            a.leader.public(),
+            a.helper.public(),
+            rng,
+        )
+        .map_err(|e| e.to_string())?;
+        let report = Report::from_bytes(&report.to_bytes()).map_err(|e| e.to_string())?;
+        let refused = |e: feedloop_secagg::SecAggError| {
+            format!("an aggregator refused a simulated report: {e}")
+        };
+        let (pending, request) =
+            leader_init(&self.round, &a.verify_key, &a.leader, &report).map_err(refused)?;
+        let request = HelperRequest::from_bytes(&request.to_bytes()).map_err(refused)?;
+        let (helper_share, response) =
+            helper_verify(&self.round, &a.verify_key, &a.helper, &request).map_err(refused)?;
+        let response = HelperResponse::from_bytes(&response.to_bytes()).map_err(refused)?;
+        let leader_share = leader_finish(&self.round, pending, &response).map_err(refused)?;
+        self.leader.add(leader_share).map_err(refused)?;
+        self.helper.add(helper_share).map_err(refused)?;
+        Ok(())
+    }
+
+    /// The helper's noisy release (the whole cohort is the minimum), unsharded and averaged.
+    fn mean<R: chacha20::rand_core::CryptoRng>(
+        mut self,
+        config: &PrivatizerConfig,
+        rng: &mut R,
+    ) -> CliResult<Vec<f64>> {
+        let count = self.helper.count();
+        let released = self
+            .helper
+            .release(count, Some(&self.aggregators.noise), rng)
+            .map_err(|e| e.to_string())?;
+        let sum = unshard(&self.round, &self.leader.aggregate_share(), &released)
+            .map_err(|e| e.to_string())?;
+        Ok(mean_of_lattice_sum(&sum, count, config.granularity()))
+    }
 }
 
 #[derive(Deserialize)]
@@ -183,6 +302,7 @@ fn run(
     population: &[f32],
     users: usize,
     epsilon: Option<f64>,
+    aggregation: Aggregation,
     seed: u64,
     bar: &ProgressBar,
 ) -> CliResult<Value> {
@@ -202,6 +322,18 @@ fn run(
             )
         }
         None => None,
+    };
+    let aggregators = match (&privatizer, aggregation) {
+        (Some(config), Aggregation::Secure) => {
+            let (a, k) = config.lattice_variance();
+            Some(Aggregators {
+                leader: HpkeKeyPair::generate(&mut noise_rng),
+                helper: HpkeKeyPair::generate(&mut noise_rng),
+                verify_key: VerifyKey::generate(&mut noise_rng),
+                noise: DiscreteGaussian::from_dyadic_variance(a, k).map_err(|e| e.to_string())?,
+            })
+        }
+        _ => None,
     };
     let learning = LearningConfig::default();
     let optimizer = ServerOptimizer::from_name(&args.optimizer)?;
@@ -246,6 +378,10 @@ fn run(
     for round in 1..=args.rounds {
         let head: Vec<f32> = global.iter().map(|&x| x as f32).collect();
         let mut lattice_updates: Vec<Vec<i64>> = Vec::with_capacity(users);
+        let mut secure = match (&aggregators, &privatizer) {
+            (Some(a), Some(config)) => Some(SecureRoundSim::new(a, round, dimension, config)?),
+            _ => None,
+        };
         let mut plain_updates: Vec<(Vec<f64>, u64)> = Vec::with_capacity(users);
         for user in &mut population_users {
             // Rebase on the new global head (the delta stays: what this user taught applies on top).
@@ -284,8 +420,11 @@ fn run(
             let update = unreleased_delta(&user.learning.delta, &user.contributed)
                 .map_err(|e| e.to_string())?;
             user.contributed = user.learning.delta.clone();
-            match &privatizer {
-                Some(config) => {
+            match (&privatizer, secure.as_mut()) {
+                (Some(config), Some(secure)) => {
+                    secure.contribute(&update, config, &mut noise_rng)?
+                }
+                (Some(config), None) => {
                     // The real client path: privatize → wire bytes → the server's decoder.
                     let private =
                         privatize(&update, config, &mut noise_rng).map_err(|e| e.to_string())?;
@@ -300,7 +439,7 @@ fn run(
                     .map_err(|e| format!("the server refused a simulated update: {e}"))?;
                     lattice_updates.push(received.values().to_vec());
                 }
-                None => {
+                (None, _) => {
                     let norm = update
                         .iter()
                         .map(|x| f64::from(*x).powi(2))
@@ -316,12 +455,17 @@ fn run(
             }
             bar.inc(1);
         }
-        let mean = match &privatizer {
-            Some(config) => {
+        let mean = match (&privatizer, secure) {
+            (Some(config), Some(secure)) => {
+                // One release of the noisy sum per round: the same ρ = (2C)²/2σ² per device.
+                spent_rho += config.rho();
+                secure.mean(config, &mut noise_rng)?
+            }
+            (Some(config), None) => {
                 spent_rho += config.rho();
                 fedavg_lattice(&lattice_updates, config.granularity()).map_err(|e| e.to_string())?
             }
-            None => aggregate(&plain_updates),
+            (None, _) => aggregate(&plain_updates),
         };
         global = optimizer.step(&global, &mean, &mut optimizer_state);
         let epsilon = if privatizer.is_some() {
@@ -335,6 +479,7 @@ fn run(
         "users": users,
         "seed": seed,
         "targetEpsilon": epsilon,
+        "aggregation": aggregation.name(),
         "noiseStddev": privatizer.as_ref().map(PrivatizerConfig::noise_stddev),
         "rhoPerRound": privatizer.as_ref().map(PrivatizerConfig::rho),
         "rounds": rows,
@@ -366,8 +511,13 @@ pub fn simulate(args: SimulateArgs) -> CliResult<Value> {
     }
     let (corpus, texts) = corpus(&args)?;
     let dimensions = corpus.embeddings[0].len();
+    if args.aggregation.is_empty() {
+        return Err("--aggregation needs local or secure".into());
+    }
     let total: u64 =
-        (args.users.iter().sum::<usize>() * args.rounds * epsilons.len()) as u64 * args.seeds;
+        (args.users.iter().sum::<usize>() * args.rounds * epsilons.len() * args.aggregation.len())
+            as u64
+            * args.seeds;
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -392,22 +542,26 @@ pub fn simulate(args: SimulateArgs) -> CliResult<Value> {
         let (held_out, train) = pairs.split_at(held);
         (train_pairs, held_out_pairs) = (train.len(), held_out.len());
         for &users in &args.users {
-            for &epsilon in &epsilons {
-                bar.set_message(format!(
-                    "seed {seed}, N = {users}, ε = {}",
-                    epsilon.map_or("∞".to_string(), |e| e.to_string())
-                ));
-                runs.push(run(
-                    &args,
-                    &corpus,
-                    train,
-                    held_out,
-                    &population,
-                    users,
-                    epsilon,
-                    seed,
-                    &bar,
-                )?);
+            for &aggregation in &args.aggregation {
+                for &epsilon in &epsilons {
+                    bar.set_message(format!(
+                        "seed {seed}, N = {users}, ε = {}, {}",
+                        epsilon.map_or("∞".to_string(), |e| e.to_string()),
+                        aggregation.name()
+                    ));
+                    runs.push(run(
+                        &args,
+                        &corpus,
+                        train,
+                        held_out,
+                        &population,
+                        users,
+                        epsilon,
+                        aggregation,
+                        seed,
+                        &bar,
+                    )?);
+                }
             }
         }
     }
@@ -448,13 +602,23 @@ fn markdown(result: &Value) -> String {
             users.push(n);
         }
     }
-    // Final accuracies of every seed's run for (N, ε).
-    let finals = |n: u64, eps: Option<f64>| -> Vec<f64> {
+    // Final accuracies of every seed's run for (N, ε, aggregation).
+    let finals = |n: u64, eps: Option<f64>, aggregation: &str| -> Vec<f64> {
         runs.iter()
-            .filter(|r| r["users"].as_u64() == Some(n) && r["targetEpsilon"].as_f64() == eps)
+            .filter(|r| {
+                r["users"].as_u64() == Some(n)
+                    && r["targetEpsilon"].as_f64() == eps
+                    && r["aggregation"].as_str() == Some(aggregation)
+            })
             .map(final_accuracy)
             .collect()
     };
+    let mut aggregations: Vec<String> = Vec::new();
+    for a in runs.iter().filter_map(|r| r["aggregation"].as_str()) {
+        if !aggregations.iter().any(|x| x == a) {
+            aggregations.push(a.to_string());
+        }
+    }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let mean_sd = |v: &[f64]| {
         let m = mean(v);
@@ -484,12 +648,25 @@ fn markdown(result: &Value) -> String {
     out.push_str(" |\n|---|");
     out.push_str(&"---|".repeat(users.len()));
     out.push('\n');
-    for e in &epsilons {
-        out.push_str(&format!("| {} | ", label(e)));
+    let mut rows: Vec<(&str, &Option<f64>)> = Vec::new();
+    for (i, a) in aggregations.iter().enumerate() {
+        // ε = ∞ is the same plain average whatever the aggregation: one row.
+        rows.extend(
+            epsilons
+                .iter()
+                .filter(|e| e.is_some() || i == 0)
+                .map(|e| (a.as_str(), e)),
+        );
+    }
+    for (aggregation, e) in rows {
+        match (e, aggregations.len()) {
+            (Some(_), n) if n > 1 => out.push_str(&format!("| {} ({aggregation}) | ", label(e))),
+            _ => out.push_str(&format!("| {} | ", label(e))),
+        }
         let cells: Vec<String> = users
             .iter()
             .map(|&n| {
-                let (private, plain) = (finals(n, *e), finals(n, None));
+                let (private, plain) = (finals(n, *e, aggregation), finals(n, None, aggregation));
                 match (private.is_empty(), plain.is_empty()) {
                     (false, false) if e.is_some() => format!(
                         "{} ({:.2}×)",

@@ -179,7 +179,7 @@ impl NoisyAggregateShare {
     }
 
     /// The leader's decoding of the helper's answer. Whether the helper added its noise is not
-    /// visible in the bytes: that is the trust assumption (docs/PRIVACY.md §8).
+    /// visible in the bytes: that is the trust assumption (docs/PRIVACY.md §10).
     pub fn from_bytes(round: &SecureRound, bytes: &[u8]) -> Result<Self> {
         AggregateShare::from_bytes(round, bytes).map(Self)
     }

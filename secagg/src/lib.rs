@@ -22,7 +22,7 @@
 //! Every primitive is from a maintained crate (`prio`, `hpke`, `sha2`); nothing here is
 //! hand-written cryptography. The trust assumption, in words: a report's value stays hidden as
 //! long as the leader and the helper do not collude; the sum's ε holds as long as the helper
-//! adds its noise (docs/PRIVACY.md §8).
+//! adds its noise (docs/PRIVACY.md §10).
 
 pub mod batch;
 mod codec;

@@ -49,11 +49,17 @@ pub fn fedavg_lattice<V: AsRef<[i64]>>(updates: &[V], granularity: f64) -> Resul
             *s += v as i128;
         }
     }
-    let n = updates.len() as f64;
-    Ok(sum
-        .into_iter()
-        .map(|s| s as f64 * granularity / n)
-        .collect())
+    Ok(mean_of_lattice_sum(&sum, updates.len() as u64, granularity))
+}
+
+/// `γ · Σ / n` per coordinate: the mean of `n` lattice updates from their exact integer sum. The
+/// local path sums the updates it decoded; the secure path gets the (noisy) sum from unsharding
+/// the two aggregators' shares. One formula, so both give the same bits for the same sum.
+pub fn mean_of_lattice_sum<S: Copy + Into<i128>>(sum: &[S], n: u64, granularity: f64) -> Vec<f64> {
+    let n = n as f64;
+    sum.iter()
+        .map(|&s| s.into() as f64 * granularity / n)
+        .collect()
 }
 
 /// The server optimizer: how the cohort mean moves the global head.

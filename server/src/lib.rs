@@ -38,7 +38,7 @@ use tower_http::trace::TraceLayer;
 
 pub use config::{Config, DeploymentKey, DriftConfig, DEFAULT_DATABASE_URL};
 pub use error::{Error, Result};
-pub use fedavg::{aggregate, fedavg_lattice, ServerOptimizer};
+pub use fedavg::{aggregate, fedavg_lattice, mean_of_lattice_sum, ServerOptimizer};
 pub use service::App;
 
 /// The full HTTP stack: routes, body limit, timeout, CORS for the configured origins, request
