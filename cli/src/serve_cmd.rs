@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use feedloop_server::rate_limit::RateLimit;
 use feedloop_server::{Config, DeploymentKey, ServerOptimizer, DEFAULT_DATABASE_URL};
 use serde_json::{json, Value};
 
@@ -96,6 +97,24 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     cors_origins: Vec<String>,
+    /// Registrations allowed per client address per minute, after a burst of --register-burst
+    /// (0: no limit). Beyond it: 429 with Retry-After.
+    #[arg(long, env = "FEEDLOOP_REGISTER_RATE", default_value_t = 60)]
+    register_rate_per_minute: u32,
+    /// Registrations one address may make at once before the per-minute rate applies.
+    #[arg(long, env = "FEEDLOOP_REGISTER_BURST", default_value_t = 30)]
+    register_burst: u32,
+    /// Admin requests allowed per client address per minute (counted before the key is checked),
+    /// after a burst of --admin-burst (0: no limit).
+    #[arg(long, env = "FEEDLOOP_ADMIN_RATE", default_value_t = 300)]
+    admin_rate_per_minute: u32,
+    /// Admin requests one address may make at once before the per-minute rate applies.
+    #[arg(long, env = "FEEDLOOP_ADMIN_BURST", default_value_t = 100)]
+    admin_burst: u32,
+    /// Behind a load balancer: the header it sets to the client's address (e.g.
+    /// x-forwarded-for; its rightmost value is used). Without it the TCP peer is the client.
+    #[arg(long, env = "FEEDLOOP_CLIENT_IP_HEADER")]
+    client_ip_header: Option<String>,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn")]
     log: String,
@@ -151,6 +170,22 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
         .iter()
         .map(|o| check_origin(o))
         .collect::<Result<_, _>>()?;
+    config.register_rate = RateLimit {
+        per_minute: args.register_rate_per_minute,
+        burst: args.register_burst,
+    };
+    config.admin_rate = RateLimit {
+        per_minute: args.admin_rate_per_minute,
+        burst: args.admin_burst,
+    };
+    config.client_ip_header = args
+        .client_ip_header
+        .as_deref()
+        .map(|name| {
+            axum_header_name(name)
+                .ok_or_else(|| format!("--client-ip-header {name:?} is not a header name"))
+        })
+        .transpose()?;
     if config.deployment_keys.is_empty() {
         tracing::warn!(
             "no deployment key configured: no client can register (--deployment-key site=KEY)"
@@ -179,6 +214,10 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
             .map_err(|e| format!("server: {e}"))?;
         Ok(json!({ "stopped": true, "addr": addr.to_string() }))
     })
+}
+
+fn axum_header_name(name: &str) -> Option<feedloop_server::HeaderName> {
+    feedloop_server::HeaderName::from_bytes(name.trim().as_bytes()).ok()
 }
 
 /// An origin as browsers send it: `scheme://host[:port]`, no path, no trailing slash.

@@ -100,6 +100,13 @@ pub struct Config {
     /// Origins whose pages may call the API (CORS), e.g. `https://shop.example.com`; empty: only
     /// pages the server itself serves (same origin).
     pub cors_origins: Vec<String>,
+    /// Registrations per address (`crate::rate_limit`).
+    pub register_rate: crate::rate_limit::RateLimit,
+    /// Admin requests per address, counted before the key is checked.
+    pub admin_rate: crate::rate_limit::RateLimit,
+    /// The header a load balancer in front sets to the client's address (e.g. `x-forwarded-for`);
+    /// `None`: the TCP peer is the client.
+    pub client_ip_header: Option<axum::http::HeaderName>,
 }
 
 impl Config {
@@ -124,6 +131,18 @@ impl Config {
             static_dir: None,
             auto_round: None,
             cors_origins: Vec::new(),
+            // A burst of 30 then one a second: a page registers once per device; an office behind
+            // one NAT still gets hundreds an hour.
+            register_rate: crate::rate_limit::RateLimit {
+                per_minute: 60,
+                burst: 30,
+            },
+            // The dashboard makes ~1 request a second; key guesses get 5 a second at most.
+            admin_rate: crate::rate_limit::RateLimit {
+                per_minute: 300,
+                burst: 100,
+            },
+            client_ip_header: None,
         }
     }
 }

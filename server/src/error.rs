@@ -29,6 +29,12 @@ pub enum Error {
     /// 413: the body is larger than allowed.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429: this address sent too many requests of a kind; `Retry-After` says when to try again.
+    #[error("too many {what} from this address; retry in {} s", retry_after.as_secs().max(1))]
+    TooManyRequests {
+        what: &'static str,
+        retry_after: std::time::Duration,
+    },
     /// 422: a well-formed request whose content is invalid (a malformed or out-of-bound update).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
@@ -82,6 +88,7 @@ impl Error {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Database(_) | Self::Migrate(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -98,6 +105,7 @@ impl Error {
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::TooManyRequests { .. } => "rate_limited",
             Self::Database(_) | Self::Migrate(_) | Self::Internal(_) => "internal",
         }
     }
@@ -114,6 +122,14 @@ impl IntoResponse for Error {
             self.to_string()
         };
         let body = feedloop_core::protocol::ErrorBody::new(self.code(), message);
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::TooManyRequests { retry_after, .. } = self {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds.max(1)),
+            );
+        }
+        response
     }
 }

@@ -23,6 +23,7 @@ pub mod fedavg;
 pub mod metrics;
 pub mod onnx;
 pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod service;
 pub mod views;
@@ -36,6 +37,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+/// The header-name type of `Config::client_ip_header` (re-exported so the CLI needs no axum).
+pub use axum::http::HeaderName;
 pub use config::{Config, DeploymentKey, DriftConfig, DEFAULT_DATABASE_URL};
 pub use error::{Error, Result};
 pub use fedavg::{aggregate, fedavg_lattice, mean_of_lattice_sum, ServerOptimizer};
@@ -89,8 +92,13 @@ pub fn spawn_deadline_task(app: App) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(app.config().deadline_poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_forget = tokio::time::Instant::now();
         loop {
             tick.tick().await;
+            if last_forget.elapsed() >= std::time::Duration::from_secs(60) {
+                app.rate_limits().forget_idle();
+                last_forget = tokio::time::Instant::now();
+            }
             if let Err(e) = app.close_expired().await {
                 tracing::error!(error = %e, "closing expired rounds failed");
             }
@@ -133,9 +141,9 @@ pub async fn serve(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // E.g. too many open files: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -149,7 +157,11 @@ pub async fn serve(
         let connection = builder
             .serve_connection_with_upgrades(
                 TokioIo::new(stream),
-                TowerToHyperService::new(router.clone()),
+                // The peer address, for the rate limits (`rate_limit`).
+                TowerToHyperService::new(tower::Layer::layer(
+                    &axum::Extension(axum::extract::ConnectInfo(peer)),
+                    router.clone(),
+                )),
             )
             .into_owned();
         let connection = graceful.watch(connection);

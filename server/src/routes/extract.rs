@@ -72,24 +72,28 @@ impl FromRequestParts<App> for UploadAuth {
     }
 }
 
-/// The fingerprint of a valid admin key (`Authorization: Bearer`).
+/// The fingerprint of a valid admin key (`Authorization: Bearer`). Admin requests are rate
+/// limited per address before the key is checked (`crate::rate_limit`).
 pub struct AdminAuth(pub String);
 
 impl FromRequestParts<App> for AdminAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
+        app.rate_limits().admin(peer_address(parts, app))?;
         Ok(Self(app.admin(bearer(&parts.headers)?)?))
     }
 }
 
-/// The deployment key of a first contact (`X-Feedloop-Deployment-Key`).
+/// The deployment key of a first contact (`X-Feedloop-Deployment-Key`). Registrations are rate
+/// limited per address: the key is public (it ships in the page), so it cannot stop Sybils alone.
 pub struct DeploymentKey(pub String);
 
-impl<S: Send + Sync> FromRequestParts<S> for DeploymentKey {
+impl FromRequestParts<App> for DeploymentKey {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self> {
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
+        app.rate_limits().register(peer_address(parts, app))?;
         parts
             .headers
             .get(DEPLOYMENT_KEY_HEADER)
@@ -97,6 +101,26 @@ impl<S: Send + Sync> FromRequestParts<S> for DeploymentKey {
             .map(|v| Self(v.to_string()))
             .ok_or_else(|| Error::Unauthorized(format!("missing {DEPLOYMENT_KEY_HEADER} header")))
     }
+}
+
+/// The caller's address for rate limits: the rightmost value of `--client-ip-header` when
+/// configured (what the load balancer in front appended), else the TCP peer that
+/// [`crate::serve`] attached. `None` for requests without either (in-process calls).
+fn peer_address(parts: &Parts, app: &App) -> Option<std::net::IpAddr> {
+    if let Some(name) = &app.config().client_ip_header {
+        return parts
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|v| v.trim().parse().ok())
+            .next_back();
+    }
+    parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
 }
 
 /// Query parameters whose failure is the server's JSON error (`invalid_query`), not axum's text.

@@ -39,7 +39,50 @@ fn api() -> OpenApiRouter<App> {
 /// The OpenAPI document of [`api`].
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOCUMENT.get_or_init(|| api().split_for_parts().1)
+    DOCUMENT.get_or_init(|| {
+        let mut doc = api().split_for_parts().1;
+        document_rate_limits(&mut doc);
+        doc
+    })
+}
+
+/// The 429 of `crate::rate_limit` on every operation it covers: registration and every operation
+/// that takes an admin key (their extractors answer it before the handler runs).
+fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::{ObjectBuilder, Ref, Type};
+    use utoipa::openapi::{Content, Header, ResponseBuilder};
+    let response = ResponseBuilder::new()
+        .description("Too many requests of this kind from this address")
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .header(
+            "retry-after",
+            Header::new(ObjectBuilder::new().schema_type(Type::Integer)),
+        )
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let admin = operation.security.as_ref().is_some_and(|requirements| {
+                serde_json::to_value(requirements)
+                    .is_ok_and(|v| v.to_string().contains("\"adminKey\""))
+            });
+            if admin || path == feedloop_core::protocol::paths::REGISTER {
+                operation
+                    .responses
+                    .responses
+                    .insert("429".into(), response.clone().into());
+            }
+        }
+    }
 }
 
 /// The API router, the static pages (when configured) and JSON errors for everything else

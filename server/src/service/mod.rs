@@ -38,6 +38,7 @@ struct Inner {
     dimension: usize,
     head_dimensions: usize,
     http: reqwest::Client,
+    rate_limits: crate::rate_limit::RateLimits,
 }
 
 /// Unix milliseconds.
@@ -79,6 +80,10 @@ impl App {
                     .timeout(std::time::Duration::from_secs(10))
                     .build()
                     .map_err(|e| Error::internal(format!("HTTP client: {e}")))?,
+                rate_limits: crate::rate_limit::RateLimits::new(
+                    config.register_rate,
+                    config.admin_rate,
+                ),
                 config,
             }),
         };
@@ -130,6 +135,9 @@ impl App {
     }
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+    pub fn rate_limits(&self) -> &crate::rate_limit::RateLimits {
+        &self.inner.rate_limits
     }
     /// The update dimension (head parameter count).
     pub fn dimension(&self) -> usize {

@@ -132,11 +132,18 @@ async fn service_endpoints_and_admin_auth(backend: Backend) {
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
-/// A real listener on 127.0.0.1:0 with reqwest, and graceful shutdown (SQLite only: the
-/// transport does not depend on the backend).
+/// A real listener on 127.0.0.1:0 with reqwest, the TCP peer as the rate limits' address, and
+/// graceful shutdown (SQLite only: the transport does not depend on the backend).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_listener_serves_and_shuts_down_gracefully() {
-    let h = Harness::new(Backend::Sqlite, |_| {}).await.unwrap();
+    let h = Harness::new(Backend::Sqlite, |c| {
+        c.register_rate = feedloop_server::rate_limit::RateLimit {
+            per_minute: 1,
+            burst: 2,
+        };
+    })
+    .await
+    .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -159,6 +166,24 @@ async fn real_listener_serves_and_shuts_down_gracefully() {
     assert_eq!(r.status(), 201);
     let v: Value = r.json().await.unwrap();
     assert!(v["token"].as_str().unwrap().starts_with("v1."));
+    // The peer (127.0.0.1) is the address the limit counts: the burst of 2, then 429.
+    let statuses = [
+        client
+            .post(format!("http://{addr}/v1/clients/register"))
+            .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
+            .send()
+            .await
+            .unwrap(),
+        client
+            .post(format!("http://{addr}/v1/clients/register"))
+            .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
+            .send()
+            .await
+            .unwrap(),
+    ];
+    assert_eq!(statuses[0].status(), 201);
+    assert_eq!(statuses[1].status(), 429);
+    assert!(statuses[1].headers().contains_key("retry-after"));
     tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
@@ -252,4 +277,98 @@ async fn slow_headers_are_cut_off() {
         .expect("the server stops")
         .unwrap()
         .unwrap();
+}
+
+on_both_backends!(rate_limits_answer_429_per_address,);
+
+/// Registrations and admin requests are limited per address (here taken from `x-forwarded-for`,
+/// as behind a load balancer): past the burst a 429 with `Retry-After` and the JSON error body,
+/// before any handler runs; other addresses are unaffected.
+async fn rate_limits_answer_429_per_address(backend: Backend) {
+    use feedloop_server::rate_limit::RateLimit;
+    let Some(h) = Harness::new(backend, |c| {
+        c.register_rate = RateLimit {
+            per_minute: 1,
+            burst: 3,
+        };
+        c.admin_rate = RateLimit {
+            per_minute: 1,
+            burst: 4,
+        };
+        c.client_ip_header = Some(axum::http::HeaderName::from_static("x-forwarded-for"));
+    })
+    .await
+    else {
+        return;
+    };
+    let register = |from: &'static str| {
+        let h = &h;
+        async move {
+            h.raw(
+                Method::POST,
+                "/v1/clients/register",
+                &[
+                    ("x-feedloop-deployment-key", DEPLOYMENT_KEY),
+                    ("x-forwarded-for", from),
+                ],
+                vec![],
+            )
+            .await
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(register("203.0.113.7").await.0, StatusCode::CREATED);
+    }
+    // The balancer appends the real peer last: a client cannot dodge the limit with its own entry.
+    let (s, body) = register("198.51.100.1, 203.0.113.7").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    assert_eq!(register("198.51.100.2").await.0, StatusCode::CREATED);
+    let limited = h
+        .router
+        .clone()
+        .oneshot(
+            Request::post("/v1/clients/register")
+                .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
+                .header("x-forwarded-for", "203.0.113.7")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+
+    // Admin: every request counts before the key is checked, so once an address is blocked even
+    // the right key gets 429 — a guesser cannot tell a hit.
+    let admin = |key: &'static str, from: &'static str| {
+        let h = &h;
+        async move {
+            let bearer = format!("Bearer {key}");
+            h.raw(
+                Method::GET,
+                "/v1/admin/audit",
+                &[("authorization", &bearer), ("x-forwarded-for", from)],
+                vec![],
+            )
+            .await
+            .0
+        }
+    };
+    for _ in 0..4 {
+        assert_eq!(
+            admin("wrong-key-0123456789", "192.0.2.9").await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        admin(ADMIN_KEY, "192.0.2.9").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(admin(ADMIN_KEY, "192.0.2.10").await, StatusCode::OK);
 }
