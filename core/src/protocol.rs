@@ -394,6 +394,16 @@ pub struct Rollback {
     pub version: String,
 }
 
+/// `POST /v1/admin/clients/{clientId}/revoke`: the client's tokens are refused from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ClientRevocation {
+    pub client_id: String,
+    /// When it was first revoked (revoking again changes nothing).
+    pub revoked_at: UnixMillis,
+}
+
 /// One admin action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -42,6 +42,40 @@ impl Store {
         Ok(())
     }
 
+    /// `None`: no such client; `Some(None)`: active; `Some(Some(at))`: revoked at `at`.
+    pub async fn client_revocation(&self, client_id: &str) -> Result<Option<Option<i64>>> {
+        let row = sqlx::query("SELECT revoked_at FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<i64>, _>("revoked_at"))
+            .transpose()?)
+    }
+
+    /// Revokes a client (keeping the first revocation time); `None` if there is no such client.
+    pub async fn revoke_client(
+        conn: &mut AnyConnection,
+        client_id: &str,
+        now: i64,
+    ) -> Result<Option<i64>> {
+        sqlx::query(
+            "UPDATE clients SET revoked_at = COALESCE(revoked_at, $2) WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        let row = sqlx::query("SELECT revoked_at FROM clients WHERE client_id = $1")
+            .bind(client_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<Option<i64>, _>("revoked_at"))
+            .transpose()?
+            .flatten())
+    }
+
     pub async fn client_exists(&self, client_id: &str) -> Result<bool> {
         Ok(sqlx::query("SELECT 1 FROM clients WHERE client_id = $1")
             .bind(client_id)

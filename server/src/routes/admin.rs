@@ -4,7 +4,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use feedloop_core::protocol::{
-    AuditLog, ErrorBody, ModelVersion, NewRound, Rollback, Round, RoundChange,
+    AuditLog, ClientRevocation, ErrorBody, ModelVersion, NewRound, Rollback, Round, RoundChange,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,6 +21,26 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(close_round))
         .routes(routes!(rollback))
         .routes(routes!(audit))
+        .routes(routes!(revoke_client))
+}
+
+/// Revokes a client: its tokens are refused from now on (refresh, uploads, reports), on every
+/// replica. Revoking again changes nothing.
+#[utoipa::path(post, path = "/v1/admin/clients/{clientId}/revoke", tag = "admin",
+    security(("adminKey" = [])),
+    params(("clientId" = String, Path, description = "The client id from its token grant")),
+    responses(
+        (status = 200, description = "Revoked (now or before)", body = ClientRevocation),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 404, description = "No such client", body = ErrorBody),
+    ))]
+async fn revoke_client(
+    State(app): State<App>,
+    Path(client_id): Path<String>,
+    AdminAuth(fp): AdminAuth,
+) -> Result<Json<ClientRevocation>> {
+    Ok(Json(app.revoke_client(&fp, &client_id).await?))
 }
 
 /// Opens a round on the current version.

@@ -32,7 +32,7 @@ impl FromRequestParts<App> for ClientAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
-        Ok(Self(app.verify_token(bearer(&parts.headers)?)?))
+        Ok(Self(app.authenticate(bearer(&parts.headers)?).await?))
     }
 }
 
@@ -56,7 +56,7 @@ impl FromRequestParts<App> for UploadAuth {
             (Err(_), Some(token)) if !token.is_empty() => token,
             (Err(e), _) => return Err(e),
         };
-        let claims = app.verify_token(token)?;
+        let claims = app.authenticate(token).await?;
         let model_version = match parts.headers.get(MODEL_VERSION_HEADER) {
             Some(v) => Some(
                 v.to_str()

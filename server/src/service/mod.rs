@@ -191,8 +191,60 @@ impl App {
         self.config().token_ttl.as_millis() as i64
     }
 
+    /// The MAC and expiry of a token only (no storage): see [`App::authenticate`].
     pub fn verify_token(&self, token: &str) -> Result<Claims> {
         self.inner.signer.verify(token, now_ms())
+    }
+
+    /// A token's claims if it is valid *and still honoured*: its deployment is still configured
+    /// (removing a deployment key revokes all its clients) and its client exists and was not
+    /// revoked (`POST /v1/admin/clients/{id}/revoke`). One primary-key read per request, so a
+    /// revocation holds at once on every replica.
+    pub async fn authenticate(&self, token: &str) -> Result<Claims> {
+        let claims = self.verify_token(token)?;
+        if !self
+            .config()
+            .deployment_keys
+            .iter()
+            .any(|d| d.deployment == claims.deployment)
+        {
+            return Err(Error::Unauthorized(
+                "this token's deployment is no longer configured".into(),
+            ));
+        }
+        match self.store().client_revocation(&claims.client_id).await? {
+            Some(None) => Ok(claims),
+            Some(Some(_)) => Err(Error::Unauthorized("this client was revoked".into())),
+            None => Err(Error::Unauthorized("unknown client".into())),
+        }
+    }
+
+    /// Revokes a client's tokens (idempotent) and records it in the audit log.
+    pub async fn revoke_client(
+        &self,
+        admin_fingerprint: &str,
+        client_id: &str,
+    ) -> Result<feedloop_core::protocol::ClientRevocation> {
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        let revoked_at = Store::revoke_client(&mut tx, client_id, now)
+            .await?
+            .ok_or_else(|| Error::not_found("no_such_client", "no such client"))?;
+        if revoked_at == now {
+            Store::audit(
+                &mut tx,
+                admin_fingerprint,
+                "client.revoke",
+                &serde_json::json!({ "clientId": client_id }),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(feedloop_core::protocol::ClientRevocation {
+            client_id: client_id.to_string(),
+            revoked_at: feedloop_core::protocol::UnixMillis::new(revoked_at),
+        })
     }
 
     /// The admin key's fingerprint, or 401/403.

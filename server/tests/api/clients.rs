@@ -2,7 +2,88 @@
 
 use crate::harness::*;
 
-on_both_backends!(browser_sync_support,);
+on_both_backends!(browser_sync_support, revocation_by_client_and_by_deployment,);
+
+/// A revoked client's token is refused everywhere it is taken (refresh, reports, uploads) while
+/// other clients go on; revoking twice keeps the first time and logs once; an unknown client is
+/// 404; removing a deployment from the configuration refuses all of its tokens.
+async fn revocation_by_client_and_by_deployment(backend: Backend) {
+    let Some(mut h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    let (revoked, kept) = (h.register().await, h.register().await);
+    let client_id = token_client_id(&h, &revoked).await;
+    let path = format!("/v1/admin/clients/{client_id}/revoke");
+    let (s, first) = h.call(Method::POST, &path, Some(ADMIN_KEY), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, again) = h.call(Method::POST, &path, Some(ADMIN_KEY), None).await;
+    assert_eq!(
+        (s, &again["revokedAt"]),
+        (StatusCode::OK, &first["revokedAt"])
+    );
+    let (s, v) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&revoked), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("revoked"),
+        "{v}"
+    );
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/feedback",
+            Some(&revoked),
+            Some(json!({ "modelVersion": "1", "bit": true })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&kept), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, audit) = h
+        .call(Method::GET, "/v1/admin/audit", Some(ADMIN_KEY), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let revocations = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "client.revoke")
+        .count();
+    assert_eq!(revocations, 1);
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/admin/clients/nobody/revoke",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_such_client"))
+    );
+
+    // The site's deployment removed from the configuration (another site's stays).
+    h.config.deployment_keys = vec![feedloop_server::DeploymentKey {
+        deployment: "other".into(),
+        key: "other-site-key-0123456789".into(),
+    }];
+    h.restart().await;
+    let (s, v) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&kept), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer configured"),
+        "{v}"
+    );
+}
 
 /// What the browser client relies on: an automatic round that reopens on the new version, the
 /// model's ETag, `sendBeacon`'s query-parameter token, and the dashboard's static files.

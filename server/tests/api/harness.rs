@@ -452,3 +452,12 @@ pub fn documented_operations() -> std::collections::BTreeSet<String> {
     }
     all
 }
+
+/// The client id of a token (from a refresh's grant).
+pub async fn token_client_id(h: &Harness, token: &str) -> String {
+    let (s, grant) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{grant}");
+    grant["clientId"].as_str().unwrap().to_string()
+}

@@ -126,6 +126,26 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
     let stats = h.get("/v1/stats").await;
     assert_eq!(stats["versions"][1]["reports"], 1);
 
+    // Admin: revoking a client (its token is refused from then on).
+    let revoked = h.register().await;
+    let client_id = token_client_id(&h, &revoked).await;
+    let (s, v) = h
+        .call(
+            Method::POST,
+            &format!("/v1/admin/clients/{client_id}/revoke"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["clientId"].as_str()),
+        (StatusCode::OK, Some(client_id.as_str()))
+    );
+    let (s, _) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&revoked), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
     // Admin: rollback and the audit log.
     let (s, v) = h
         .call(
@@ -152,6 +172,7 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
         "round.update",
         "round.close",
         "model.rollback",
+        "client.revoke",
     ] {
         assert!(actions.contains(&action), "{action} in {actions:?}");
     }
