@@ -115,6 +115,10 @@ pub struct ServeArgs {
     /// x-forwarded-for; its rightmost value is used). Without it the TCP peer is the client.
     #[arg(long, env = "FEEDLOOP_CLIENT_IP_HEADER")]
     client_ip_header: Option<String>,
+    /// SQLite durability per commit: `full` (default) fsyncs before an update is acknowledged, so
+    /// it survives power loss; `normal` survives a killed process only (faster; BENCHMARKS.md).
+    #[arg(long, env = "FEEDLOOP_SQLITE_SYNCHRONOUS", default_value = "full", value_parser = ["full", "normal"])]
+    sqlite_synchronous: String,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn")]
     log: String,
@@ -186,6 +190,10 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
                 .ok_or_else(|| format!("--client-ip-header {name:?} is not a header name"))
         })
         .transpose()?;
+    config.sqlite_synchronous = match args.sqlite_synchronous.as_str() {
+        "normal" => feedloop_server::SqliteSynchronous::Normal,
+        _ => feedloop_server::SqliteSynchronous::Full,
+    };
     if config.deployment_keys.is_empty() {
         tracing::warn!(
             "no deployment key configured: no client can register (--deployment-key site=KEY)"

@@ -13,8 +13,9 @@
 //!    exact integer FedAvg, server optimizer step, rewrite the ONNX file, publish) against the
 //!    cohort size, in-process.
 //!
-//! SQLite (a temp file, WAL, `synchronous = NORMAL`: a commit survives a killed process, which
-//! server/tests/crash.rs checks, but is not fsynced per commit); PostgreSQL too when
+//! SQLite (a temp file, WAL) twice: `synchronous = FULL`, the default (every commit fsynced, so an
+//! acknowledged update survives power loss), and `NORMAL` (survives a killed process, which
+//! server/tests/crash.rs checks, not an OS crash): the cost of that durability; PostgreSQL too when
 //! `FEEDLOOP_TEST_POSTGRES_URL` is set. Without `--bench` (e.g. `cargo test --benches`) it runs
 //! once with tiny sizes as a smoke test.
 
@@ -81,7 +82,7 @@ fn main() {
         .thread_name("client")
         .build()
         .unwrap();
-    let mut backends = vec!["sqlite"];
+    let mut backends = vec!["sqlite", "sqlite-normal"];
     if std::env::var_os("FEEDLOOP_TEST_POSTGRES_URL").is_some() {
         backends.push("postgres");
     } else {
@@ -117,8 +118,8 @@ fn main() {
         sizes.passes
     );
     println!();
-    println!("| d | payload bytes | updates/pass | bare axum 202 | feedloop sqlite | ratio | feedloop postgres | ratio |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| d | payload bytes | updates/pass | bare axum 202 | feedloop sqlite (FULL) | ratio | sqlite (NORMAL) | ratio | feedloop postgres | ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &(d, n) in &sizes.ingest {
         let t = Instant::now();
         let payloads = privatized_payloads(d, n);
@@ -144,7 +145,7 @@ fn main() {
         };
 
         let mut row = format!("| {d} | {payload_len} | {n} | {bare:.0} |");
-        for backend in ["sqlite", "postgres"] {
+        for backend in ["sqlite", "sqlite-normal", "postgres"] {
             if !backends.contains(&backend) {
                 row.push_str(" – | – |");
                 continue;
@@ -398,7 +399,7 @@ async fn config(backend: &str, model: Arc<[u8]>) -> (Config, TempDir) {
             .as_nanos()
             % 1_000_000_000_000
     );
-    let (url, dir) = if backend == "sqlite" {
+    let (url, dir) = if backend.starts_with("sqlite") {
         let dir = std::env::temp_dir().join(format!("feedloop-bench-{unique}"));
         std::fs::create_dir_all(&dir).unwrap();
         (format!("sqlite://{}/feedloop.db", dir.display()), Some(dir))
@@ -419,6 +420,9 @@ async fn config(backend: &str, model: Arc<[u8]>) -> (Config, TempDir) {
         (format!("{base}/{name}{query}"), None)
     };
     let mut config = Config::new(url);
+    if backend == "sqlite-normal" {
+        config.sqlite_synchronous = feedloop_server::SqliteSynchronous::Normal;
+    }
     config.deployment_keys = vec![format!("site={DEPLOYMENT_KEY}").parse().unwrap()];
     config.admin_keys = vec![ADMIN_KEY.to_string()];
     config.base_model = model;

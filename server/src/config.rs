@@ -107,6 +107,28 @@ pub struct Config {
     /// The header a load balancer in front sets to the client's address (e.g. `x-forwarded-for`);
     /// `None`: the TCP peer is the client.
     pub client_ip_header: Option<axum::http::HeaderName>,
+    /// SQLite's `synchronous` (WAL): `Full` fsyncs every commit, so an acknowledged update survives
+    /// an OS crash or power loss; `Normal` survives a killed process only. Ignored on PostgreSQL.
+    pub sqlite_synchronous: SqliteSynchronous,
+}
+
+/// SQLite's durability per commit (`PRAGMA synchronous`, in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SqliteSynchronous {
+    /// Every commit is fsynced before it returns (the default: an acknowledgement means stored).
+    #[default]
+    Full,
+    /// Commits are fsynced at checkpoints: faster, but the last commits can be lost on power loss.
+    Normal,
+}
+
+impl SqliteSynchronous {
+    pub fn pragma(self) -> &'static str {
+        match self {
+            Self::Full => "PRAGMA synchronous = FULL",
+            Self::Normal => "PRAGMA synchronous = NORMAL",
+        }
+    }
 }
 
 impl Config {
@@ -143,6 +165,7 @@ impl Config {
                 burst: 100,
             },
             client_ip_header: None,
+            sqlite_synchronous: SqliteSynchronous::Full,
         }
     }
 }

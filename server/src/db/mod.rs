@@ -105,7 +105,7 @@ pub const VERSION_COLUMNS: &str = "version, parent_version, round_id, head, onnx
 impl Store {
     /// Connects and runs the migrations. SQLite files (and their directory) are created, in WAL
     /// mode.
-    pub async fn connect(url: &str) -> Result<Self> {
+    pub async fn connect(url: &str, synchronous: crate::config::SqliteSynchronous) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -137,7 +137,7 @@ impl Store {
                         sqlx::query("PRAGMA busy_timeout = 10000")
                             .execute(&mut *conn)
                             .await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL")
+                        sqlx::query(synchronous.pragma())
                             .execute(&mut *conn)
                             .await?;
                     }

@@ -53,7 +53,7 @@ impl App {
     /// Connects, migrates, and bootstraps version 1 from the base model.
     pub async fn new(config: Config) -> Result<Self> {
         config.check_secrets().map_err(Error::internal)?;
-        let store = Store::connect(&config.database_url).await?;
+        let store = Store::connect(&config.database_url, config.sqlite_synchronous).await?;
         let base = RewardModel::from_bytes(&config.base_model)
             .map_err(|e| Error::internal(format!("base model: {e}")))?;
         let head = base.head().to_vector();
