@@ -55,12 +55,53 @@ pub fn app(state: App) -> Router {
             config.request_timeout,
         ))
         .layer(cors(&config.cors_origins))
+        .layer(security_headers())
+        // Every answer carries an `x-request-id` (the caller's, or a new UUID), also in the log.
+        .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         // The path, never the query: a beacon's `?access_token=` must not reach the logs.
         .layer(TraceLayer::new_for_http().make_span_with(
             |req: &axum::http::Request<axum::body::Body>| {
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path())
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), id)
             },
         ))
+        .layer(tower_http::request_id::SetRequestIdLayer::x_request_id(
+            tower_http::request_id::MakeRequestUuid,
+        ))
+}
+
+/// Headers for every answer, the dashboard's pages included: no MIME sniffing, no framing by
+/// other sites (clickjacking the admin dashboard), no referrer leaking ids to other origins.
+fn security_headers() -> tower::layer::util::Stack<
+    tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue>,
+    tower::layer::util::Stack<
+        tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue>,
+        tower::layer::util::Stack<
+            tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue>,
+            tower::layer::util::Identity,
+        >,
+    >,
+> {
+    use axum::http::{header, HeaderValue};
+    use tower_http::set_header::SetResponseHeaderLayer;
+    tower::ServiceBuilder::new()
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("frame-ancestors 'none'"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ))
+        .into_inner()
 }
 
 /// CORS for pages on other origins (the package syncing from a site the server does not serve):

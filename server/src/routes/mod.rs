@@ -91,17 +91,54 @@ pub fn router(app: App) -> Router {
     let (router, _) = api().split_for_parts();
     let router = router.method_not_allowed_fallback(method_not_allowed);
     // Everything outside the API: the dashboard and demo pages when a static folder is given.
-    let router = match app.config().static_dir.clone() {
-        Some(dir) => router.fallback_service(
-            tower_http::services::ServeDir::new(dir)
-                .append_index_html_on_directories(true)
-                .not_found_service(axum::handler::HandlerWithoutStateExt::into_service(
-                    not_found,
-                )),
-        ),
-        None => router.fallback(not_found),
+    let router = match app.config().static_dir.is_some() {
+        true => router.fallback(static_file),
+        false => router.fallback(not_found),
     };
     router.with_state(app)
+}
+
+/// A file of `--static-dir`, never a dotfile (`.env`, `.git/…`) and never one a symlink leads to
+/// outside the folder; anything else is the JSON 404.
+async fn static_file(
+    axum::extract::State(app): axum::extract::State<App>,
+    request: axum::extract::Request,
+) -> Response {
+    use tower::ServiceExt;
+    let Some(dir) = app.config().static_dir.clone() else {
+        return not_found().await.into_response();
+    };
+    if !static_path_allowed(&dir, request.uri().path()) {
+        return not_found().await.into_response();
+    }
+    let served = tower_http::services::ServeDir::new(dir)
+        .append_index_html_on_directories(true)
+        .oneshot(request)
+        .await;
+    match served {
+        Ok(response) if response.status() != StatusCode::NOT_FOUND => response.into_response(),
+        _ => not_found().await.into_response(),
+    }
+}
+
+fn static_path_allowed(root: &std::path::Path, path: &str) -> bool {
+    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+        return false;
+    };
+    let segments: Vec<&str> = decoded
+        .split(['/', '\\'])
+        .filter(|s| !s.is_empty())
+        .collect();
+    if segments.iter().any(|s| s.starts_with('.')) {
+        return false;
+    }
+    let candidate = segments.iter().fold(root.to_path_buf(), |p, s| p.join(s));
+    match (candidate.canonicalize(), root.canonicalize()) {
+        (Ok(real), Ok(root)) => real.starts_with(root),
+        // Missing: ServeDir answers 404 (the JSON one, above).
+        (Err(_), _) => true,
+        (_, Err(_)) => false,
+    }
 }
 
 /// This document.

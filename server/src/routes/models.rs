@@ -76,18 +76,44 @@ async fn get_model(
     Ok(Json(v.to_wire(current, true)))
 }
 
-/// The version's ONNX file (the base model with this version's head).
+/// The version's ONNX file (the base model with this version's head). Its ETag is the file's
+/// recorded SHA-256; a version's file never changes, so it may be cached for good.
 #[utoipa::path(get, path = "/v1/models/{version}/model.onnx", tag = "models",
-    params(("version" = String, Path, description = "A model version")),
+    params(
+        ("version" = String, Path, description = "A model version"),
+        ("if-none-match" = Option<String>, Header, description = "The ETag of a copy the client has"),
+    ),
     responses(
-        (status = 200, description = "The ONNX file", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 200, description = "The ONNX file", content_type = "application/octet-stream", body = Vec<u8>,
+            headers(("etag" = String, description = "`\"sha256-<hex>\"` of the file"))),
+        (status = 304, description = "The copy named in If-None-Match is this file"),
         (status = 400, description = "Not a version", body = ErrorBody),
         (status = 404, description = "No such version", body = ErrorBody),
     ))]
-async fn get_onnx(State(app): State<App>, Path(version): Path<String>) -> Result<Response> {
+async fn get_onnx(
+    State(app): State<App>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
     let version = id(&version, "model version")?;
-    let bytes = app.onnx(version).await?;
+    let etag = format!("\"sha256-{}\"", app.onnx_digest(version).await?);
+    let cache = [
+        (header::ETAG, etag.clone()),
+        (
+            header::CACHE_CONTROL,
+            "public, max-age=31536000, immutable".to_string(),
+        ),
+    ];
+    let unchanged = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    if unchanged {
+        return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
+    }
+    let (_, bytes) = app.onnx(version).await?;
     Ok((
+        cache,
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_string()),
             (
@@ -95,7 +121,7 @@ async fn get_onnx(State(app): State<App>, Path(version): Path<String>) -> Result
                 format!("attachment; filename=\"feedloop-v{version}.onnx\""),
             ),
         ],
-        bytes,
+        axum::body::Bytes::from_owner(bytes),
     )
         .into_response())
 }

@@ -39,6 +39,8 @@ struct Inner {
     head_dimensions: usize,
     http: reqwest::Client,
     rate_limits: crate::rate_limit::RateLimits,
+    /// The last ONNX file served: (version, bytes).
+    onnx_cache: std::sync::Mutex<Option<(i64, Arc<[u8]>)>>,
 }
 
 /// Unix milliseconds.
@@ -80,6 +82,7 @@ impl App {
                     .timeout(std::time::Duration::from_secs(10))
                     .build()
                     .map_err(|e| Error::internal(format!("HTTP client: {e}")))?,
+                onnx_cache: std::sync::Mutex::new(None),
                 rate_limits: crate::rate_limit::RateLimits::new(
                     config.register_rate,
                     config.admin_rate,
@@ -138,6 +141,9 @@ impl App {
     }
     pub fn rate_limits(&self) -> &crate::rate_limit::RateLimits {
         &self.inner.rate_limits
+    }
+    fn onnx_cache(&self) -> &std::sync::Mutex<Option<(i64, Arc<[u8]>)>> {
+        &self.inner.onnx_cache
     }
     /// The update dimension (head parameter count).
     pub fn dimension(&self) -> usize {

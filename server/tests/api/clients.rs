@@ -100,6 +100,84 @@ async fn browser_sync_support(backend: Backend) {
     else {
         return;
     };
+    // Dotfiles, and files a symlink leads to outside the folder, are never served.
+    std::fs::write(site.join(".env"), "SECRET=1").unwrap();
+    std::fs::create_dir_all(site.join(".git")).unwrap();
+    std::fs::write(site.join(".git/config"), "[core]").unwrap();
+    let outside = std::env::temp_dir().join(unique("feedloop-outside"));
+    std::fs::write(&outside, "outside the static folder").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&outside, site.join("linked.txt")).unwrap();
+    for path in [
+        "/.env",
+        "/.git/config",
+        "/%2eenv",
+        "/dashboard/../.env",
+        "/linked.txt",
+    ] {
+        let (s, body) = h.raw(Method::GET, path, &[], vec![]).await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "{path}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        assert!(!String::from_utf8_lossy(&body).contains("SECRET"));
+    }
+    let _ = std::fs::remove_file(&outside);
+    // Every answer: security headers and a request id (the caller's, or a new one).
+    let response = h
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/dashboard/")
+                .header("x-request-id", "trace-me-42")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let headers = response.headers();
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert_eq!(headers["content-security-policy"], "frame-ancestors 'none'");
+    assert_eq!(headers["referrer-policy"], "no-referrer");
+    assert_eq!(headers["x-request-id"], "trace-me-42");
+    let response = h
+        .router
+        .clone()
+        .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"].len(), 36, "a UUID");
+
+    // The ONNX file: an ETag of its recorded digest, cached for good, 304 on a match.
+    let response = h
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/v1/models/1/model.onnx")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let etag = response.headers()["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with("\"sha256-"), "{etag}");
+    assert!(response.headers()["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("immutable"));
+    let (s, body) = h
+        .raw(
+            Method::GET,
+            "/v1/models/1/model.onnx",
+            &[("if-none-match", &etag)],
+            vec![],
+        )
+        .await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+
     // Static files outside /v1; unknown paths stay JSON 404s.
     let (s, page) = h.raw(Method::GET, "/dashboard/", &[], vec![]).await;
     assert_eq!(
