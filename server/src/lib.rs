@@ -48,14 +48,14 @@ pub use service::App;
 /// tracing.
 pub fn app(state: App) -> Router {
     let config = state.config().clone();
-    routes::router(state)
+    let router = routes::router(state)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
-        .layer(cors(&config.cors_origins))
-        .layer(security_headers())
+        .layer(cors(&config.cors_origins));
+    with_security_headers(router)
         // Every answer carries an `x-request-id` (the caller's, or a new UUID), also in the log.
         .layer(tower_http::request_id::PropagateRequestIdLayer::x_request_id())
         // The path, never the query: a beacon's `?access_token=` must not reach the logs.
@@ -76,19 +76,10 @@ pub fn app(state: App) -> Router {
 
 /// Headers for every answer, the dashboard's pages included: no MIME sniffing, no framing by
 /// other sites (clickjacking the admin dashboard), no referrer leaking ids to other origins.
-fn security_headers() -> tower::layer::util::Stack<
-    tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue>,
-    tower::layer::util::Stack<
-        tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue>,
-        tower::layer::util::Stack<
-            tower_http::set_header::SetResponseHeaderLayer<axum::http::HeaderValue>,
-            tower::layer::util::Identity,
-        >,
-    >,
-> {
+fn with_security_headers(router: Router) -> Router {
     use axum::http::{header, HeaderValue};
     use tower_http::set_header::SetResponseHeaderLayer;
-    tower::ServiceBuilder::new()
+    router
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
@@ -101,7 +92,6 @@ fn security_headers() -> tower::layer::util::Stack<
             header::REFERRER_POLICY,
             HeaderValue::from_static("no-referrer"),
         ))
-        .into_inner()
 }
 
 /// CORS for pages on other origins (the package syncing from a site the server does not serve):

@@ -28,6 +28,9 @@ pub struct App {
     inner: Arc<Inner>,
 }
 
+/// The last ONNX file served: (version, bytes).
+type OnnxCache = std::sync::Mutex<Option<(i64, Arc<[u8]>)>>;
+
 struct Inner {
     config: Config,
     store: Store,
@@ -39,8 +42,7 @@ struct Inner {
     head_dimensions: usize,
     http: reqwest::Client,
     rate_limits: crate::rate_limit::RateLimits,
-    /// The last ONNX file served: (version, bytes).
-    onnx_cache: std::sync::Mutex<Option<(i64, Arc<[u8]>)>>,
+    onnx_cache: OnnxCache,
 }
 
 /// Unix milliseconds.
@@ -142,7 +144,7 @@ impl App {
     pub fn rate_limits(&self) -> &crate::rate_limit::RateLimits {
         &self.inner.rate_limits
     }
-    fn onnx_cache(&self) -> &std::sync::Mutex<Option<(i64, Arc<[u8]>)>> {
+    fn onnx_cache(&self) -> &OnnxCache {
         &self.inner.onnx_cache
     }
     /// The update dimension (head parameter count).
