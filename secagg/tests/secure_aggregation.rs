@@ -55,6 +55,11 @@ fn fastrand_like(seed: u64) -> impl FnMut() -> f32 {
     }
 }
 
+/// A device's report of `lattice` for the setup's round.
+fn seal(s: &Setup, lattice: feedloop_privacy::LatticeUpdate, rng: &mut ChaCha20Rng) -> Report {
+    seal_report(lattice, &s.round, s.leader.public(), s.helper.public(), rng).unwrap()
+}
+
 /// Both aggregators' output shares of one report (the leader ↔ helper exchange, through bytes).
 fn verify(s: &Setup, report: &Report) -> Result<(OutputShare, OutputShare), SecAggError> {
     let report = Report::from_bytes(&report.to_bytes())?;
@@ -85,14 +90,7 @@ fn cohort() -> &'static Cohort {
             for (sum, z) in lattice_sum.iter_mut().zip(lattice.values()) {
                 *sum += z;
             }
-            let report = seal_report(
-                lattice,
-                &s.round,
-                s.leader.public(),
-                s.helper.public(),
-                &mut rng,
-            )
-            .unwrap();
+            let report = seal(&s, lattice, &mut rng);
             outputs.push(verify(&s, &report).expect("an honest report verifies"));
         }
         Cohort {
@@ -165,29 +163,11 @@ fn the_helper_noise_hides_one_device_among_fake_clients() {
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let honest = clip_to_lattice(&update(99), &s.config, &mut rng).unwrap();
     let honest_values = honest.values().to_vec();
-    let mut outputs = vec![verify(
-        &s,
-        &seal_report(
-            honest,
-            &s.round,
-            s.leader.public(),
-            s.helper.public(),
-            &mut rng,
-        )
-        .unwrap(),
-    )
-    .unwrap()];
+    let mut outputs = vec![verify(&s, &seal(&s, honest, &mut rng)).unwrap()];
     // The fake clients: 999 real, valid reports of the zero update.
     for _ in 0..999 {
         let zero = clip_to_lattice(&vec![0.0f32; DIMENSION], &s.config, &mut rng).unwrap();
-        let report = seal_report(
-            zero,
-            &s.round,
-            s.leader.public(),
-            s.helper.public(),
-            &mut rng,
-        )
-        .unwrap();
+        let report = seal(&s, zero, &mut rng);
         outputs.push(verify(&s, &report).unwrap());
     }
     let (a, k) = s.config.lattice_variance();
@@ -239,14 +219,7 @@ fn the_leaders_share_does_not_depend_on_the_input() {
         let mut counts = vec![0u64; 256];
         for _ in 0..40 {
             let lattice = clip_to_lattice(&values, &s.config, &mut rng).unwrap();
-            let report = seal_report(
-                lattice,
-                &s.round,
-                s.leader.public(),
-                s.helper.public(),
-                &mut rng,
-            )
-            .unwrap();
+            let report = seal(&s, lattice, &mut rng);
             for element in
                 feedloop_secagg::verify::leader_view(&s.round, &s.leader, &report).unwrap()
             {

@@ -167,20 +167,16 @@ async fn real_listener_serves_and_shuts_down_gracefully() {
     let v: Value = r.json().await.unwrap();
     assert!(v["token"].as_str().unwrap().starts_with("v1."));
     // The peer (127.0.0.1) is the address the limit counts: the burst of 2, then 429.
-    let statuses = [
-        client
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let r = client
             .post(format!("http://{addr}/v1/clients/register"))
             .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
             .send()
             .await
-            .unwrap(),
-        client
-            .post(format!("http://{addr}/v1/clients/register"))
-            .header("x-feedloop-deployment-key", DEPLOYMENT_KEY)
-            .send()
-            .await
-            .unwrap(),
-    ];
+            .unwrap();
+        statuses.push(r);
+    }
     assert_eq!(statuses[0].status(), 201);
     assert_eq!(statuses[1].status(), 429);
     assert!(statuses[1].headers().contains_key("retry-after"));
