@@ -104,23 +104,26 @@ impl FromRequestParts<App> for DeploymentKey {
 }
 
 /// The caller's address for rate limits: the rightmost value of `--client-ip-header` when
-/// configured (what the load balancer in front appended), else the TCP peer that
-/// [`crate::serve`] attached. `None` for requests without either (in-process calls).
+/// configured and present (what the load balancer in front appended), else the TCP peer that
+/// [`crate::serve`] attached — so a request that reaches the server without the balancer is still
+/// limited. `None` for requests with neither (in-process calls).
 fn peer_address(parts: &Parts, app: &App) -> Option<std::net::IpAddr> {
-    if let Some(name) = &app.config().client_ip_header {
-        return parts
+    let forwarded = app.config().client_ip_header.as_ref().and_then(|name| {
+        parts
             .headers
             .get_all(name)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|v| v.trim().parse().ok())
-            .next_back();
-    }
-    parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip())
+            .next_back()
+    });
+    forwarded.or_else(|| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip())
+    })
 }
 
 /// Query parameters whose failure is the server's JSON error (`invalid_query`), not axum's text.

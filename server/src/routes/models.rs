@@ -96,7 +96,8 @@ async fn get_onnx(
     headers: HeaderMap,
 ) -> Result<Response> {
     let version = id(&version, "model version")?;
-    let etag = format!("\"sha256-{}\"", app.onnx_digest(version).await?);
+    let row = app.version(version).await?;
+    let etag = format!("\"sha256-{}\"", row.onnx_sha256);
     let cache = [
         (header::ETAG, etag.clone()),
         (
@@ -111,7 +112,7 @@ async fn get_onnx(
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
-    let (_, bytes) = app.onnx(version).await?;
+    let bytes = app.onnx(&row, version)?;
     Ok((
         cache,
         [

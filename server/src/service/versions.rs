@@ -17,24 +17,18 @@ impl App {
 
     /// The ONNX file of a version (rebuilt from the base model; checked against the digest
     /// recorded at publication).
-    /// A version's ONNX file and its SHA-256 (hex, as recorded at publication). The last file
-    /// built is kept: nearly every download is of the current version, so it is rebuilt once per
-    /// version instead of once per request.
-    pub async fn onnx(&self, version: i64) -> Result<(String, std::sync::Arc<[u8]>)> {
-        let v = self.version(version).await?;
+    /// A version's ONNX file (`v` is its row, already read for the ETag). The last file built is
+    /// kept: nearly every download is of the current version, so it is rebuilt once per version
+    /// instead of once per request.
+    pub fn onnx(&self, v: &crate::db::VersionRow, version: i64) -> Result<std::sync::Arc<[u8]>> {
         if let Some((cached, bytes)) = self.onnx_cache().lock().expect("not poisoned").as_ref() {
             if *cached == version {
-                return Ok((v.onnx_sha256, bytes.clone()));
+                return Ok(bytes.clone());
             }
         }
-        let bytes: std::sync::Arc<[u8]> = self.build_onnx(&v, version)?.into();
+        let bytes: std::sync::Arc<[u8]> = self.build_onnx(v, version)?.into();
         *self.onnx_cache().lock().expect("not poisoned") = Some((version, bytes.clone()));
-        Ok((v.onnx_sha256, bytes))
-    }
-
-    /// The recorded SHA-256 of a version's ONNX file (its ETag), without building it.
-    pub async fn onnx_digest(&self, version: i64) -> Result<String> {
-        Ok(self.version(version).await?.onnx_sha256)
+        Ok(bytes)
     }
 
     fn build_onnx(&self, v: &crate::db::VersionRow, version: i64) -> Result<Vec<u8>> {

@@ -141,15 +141,12 @@ async fn real_listener_serves_and_shuts_down_gracefully() {
             per_minute: 1,
             burst: 2,
         };
+        // Configured but not sent (a request that bypassed the balancer): the peer still counts.
+        c.client_ip_header = Some(axum::http::HeaderName::from_static("x-forwarded-for"));
     })
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(feedloop_server::serve(h.app.clone(), listener, async {
-        let _ = rx.await;
-    }));
+    let (addr, tx, server) = listen(&h).await;
     let client = reqwest::Client::new();
     let r = client
         .get(format!("http://{addr}/healthz"))
@@ -232,12 +229,7 @@ async fn slow_headers_are_cut_off() {
     })
     .await
     .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(feedloop_server::serve(h.app.clone(), listener, async {
-        let _ = rx.await;
-    }));
+    let (addr, tx, server) = listen(&h).await;
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut closed = false;
     for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
@@ -367,4 +359,21 @@ async fn rate_limits_answer_429_per_address(backend: Backend) {
         StatusCode::TOO_MANY_REQUESTS
     );
     assert_eq!(admin(ADMIN_KEY, "192.0.2.10").await, StatusCode::OK);
+}
+
+/// `serve` on 127.0.0.1:0: its address, the shutdown trigger and the server task.
+async fn listen(
+    h: &Harness,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(feedloop_server::serve(h.app.clone(), listener, async {
+        let _ = rx.await;
+    }));
+    (addr, tx, server)
 }
