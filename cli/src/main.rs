@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod loadtest_cmd;
 mod privacy_cmd;
 mod serve_cmd;
 mod simulate_cmd;
@@ -43,6 +44,9 @@ enum Command {
     Audit(privacy_cmd::AuditCommand),
     /// Run the federated averaging server (feedloop-server).
     Serve(Box<serve_cmd::ServeArgs>),
+    /// Drive running servers with concurrent simulated devices; report throughput, errors,
+    /// latencies and stalls, and verify every acknowledged update is stored.
+    Loadtest(Box<loadtest_cmd::LoadtestArgs>),
     /// Simulate federated rounds with simulated users: accuracy against privacy (ε).
     Simulate(Box<simulate_cmd::SimulateArgs>),
 }
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Privacy(command) => privacy_cmd::privacy(command),
         Command::Audit(command) => privacy_cmd::audit(command),
         Command::Serve(args) => serve_cmd::serve(*args),
+        Command::Loadtest(args) => loadtest_cmd::loadtest(*args),
         Command::Simulate(args) => simulate_cmd::simulate(*args),
     };
     match result.and_then(|value| print_json(&value)) {

@@ -43,6 +43,10 @@ pub struct ServeArgs {
     /// Client token lifetime in seconds (overrides --token-ttl-hours; short lifetimes are for tests).
     #[arg(long, env = "FEEDLOOP_TOKEN_TTL_SECONDS")]
     token_ttl_seconds: Option<u64>,
+    /// Days a client id stays valid after registering: refreshes never extend a token past it
+    /// (a leaked token cannot be renewed forever); the device then registers again.
+    #[arg(long, env = "FEEDLOOP_SESSION_MAX_AGE_DAYS", default_value_t = 90)]
+    session_max_age_days: u64,
     /// δ for the reported ε per participant.
     #[arg(long, env = "FEEDLOOP_DELTA", default_value_t = 1e-6)]
     delta: f64,
@@ -138,6 +142,7 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
             .unwrap_or(args.token_ttl_hours * 3600)
             .max(1),
     );
+    config.session_max_age = Duration::from_secs(args.session_max_age_days.max(1) * 86_400);
     config.delta = args.delta;
     let optimizer = ServerOptimizer::from_name(&args.optimizer)?;
     config.optimizer = match args.server_lr {

@@ -444,7 +444,8 @@ impl Drop for TempDir {
 async fn register(app: &App, n: usize) -> Vec<(Claims, String)> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(app.register(DEPLOYMENT_KEY).await.unwrap());
+        let issued = app.register(DEPLOYMENT_KEY).await.unwrap();
+        out.push((issued.claims, issued.token));
     }
     out
 }

@@ -72,6 +72,10 @@ pub struct Config {
     pub token_secret: Option<Vec<u8>>,
     /// Lifetime of a client token.
     pub token_ttl: Duration,
+    /// How long a client id stays valid after it registered: refreshes renew its token up to
+    /// then, never past it, so a leaked token cannot be kept alive forever; the device then
+    /// registers again (a new id).
+    pub session_max_age: Duration,
     /// δ for reporting ε per participant.
     pub delta: f64,
     /// The server optimizer applied to the FedAvg mean.
@@ -140,6 +144,7 @@ impl Config {
             admin_keys: Vec::new(),
             token_secret: None,
             token_ttl: Duration::from_secs(7 * 24 * 3600),
+            session_max_age: Duration::from_secs(90 * 24 * 3600),
             delta: 1e-6,
             optimizer: ServerOptimizer::default(),
             rr_epsilon: 1.0,

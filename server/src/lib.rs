@@ -13,13 +13,15 @@
 //! (stored rows as the protocol bodies of `feedloop_core::protocol`), [`service`] (behaviour:
 //! rounds, publishing, versions, drift), [`db`] (every SQL statement), [`fedavg`] (aggregation and
 //! server optimizers), [`onnx`] (publishing heads as ONNX), [`auth`] (tokens, keys), [`metrics`],
-//! [`openapi`] (the generated document's frame), [`config`], [`error`].
+//! [`openapi`] (the generated document's frame), [`config`], [`error`], [`json_errors`] (the JSON
+//! body of errors no handler wrote), [`rate_limit`].
 
 pub mod auth;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod fedavg;
+pub mod json_errors;
 pub mod metrics;
 pub mod onnx;
 pub mod openapi;
@@ -45,8 +47,8 @@ pub use error::{Error, Result};
 pub use fedavg::{aggregate, fedavg_lattice, mean_of_lattice_sum, ServerOptimizer};
 pub use service::App;
 
-/// The full HTTP stack: routes, body limit, timeout, CORS for the configured origins, request
-/// tracing.
+/// The full HTTP stack: routes, body limit, timeout, JSON error bodies and request-head limits,
+/// CORS for the configured origins, security headers, request ids, tracing, panics as 500s.
 pub fn app(state: App) -> Router {
     let config = state.config().clone();
     let router = routes::router(state)
@@ -55,6 +57,11 @@ pub fn app(state: App) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
+        // Every error answer, the layers' included, is the JSON error body.
+        .layer(axum::middleware::map_response(
+            json_errors::json_error_bodies,
+        ))
+        .layer(axum::middleware::from_fn(json_errors::limit_request_head))
         .layer(cors(&config.cors_origins));
     with_security_headers(router)
         // Every answer carries an `x-request-id` (the caller's, or a new UUID), also in the log.

@@ -5,7 +5,6 @@ use feedloop_core::protocol::{
     VersionNoise, VersionPrivacy, VersionStats,
 };
 
-use crate::auth::Claims;
 use crate::db::{AuditRow, RoundRow, VersionRow};
 use crate::service::drift::RateEstimate;
 
@@ -121,15 +120,15 @@ impl AuditRow {
     }
 }
 
-impl Claims {
-    /// The token answer; `ttl_ms` is the lifetime the token was issued with.
-    pub fn grant(&self, token: String, ttl_ms: i64) -> TokenGrant {
+impl crate::service::IssuedToken {
+    /// The token answer.
+    pub fn grant(self) -> TokenGrant {
         TokenGrant {
-            client_id: self.client_id.clone(),
-            deployment: self.deployment.clone(),
-            token,
-            issued_at: UnixMillis(self.expires_at - ttl_ms),
-            expires_at: UnixMillis(self.expires_at),
+            client_id: self.claims.client_id,
+            deployment: self.claims.deployment,
+            token: self.token,
+            issued_at: UnixMillis(self.issued_at),
+            expires_at: UnixMillis(self.claims.expires_at),
         }
     }
 }

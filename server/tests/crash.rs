@@ -34,6 +34,17 @@ const SENDERS: usize = 16;
 /// were acknowledged (so that the remaining senders still have requests in flight).
 const KILL_AFTER: Duration = Duration::from_millis(750);
 
+mod two_replicas_one_killed_during_load {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::two_replicas_one_killed_during_load(super::Backend::Sqlite).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::two_replicas_one_killed_during_load(super::Backend::Postgres).await;
+    }
+}
+
 mod sigkill_during_ingest {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite() {
@@ -177,11 +188,16 @@ struct Server {
 impl Server {
     /// Starts `feedloop serve` on a free loopback port and waits until it listens.
     fn start(bin: &Path, database: &str) -> Self {
+        Self::start_with(bin, database, AUTO_ROUND)
+    }
+
+    /// The same with another automatic round.
+    fn start_with(bin: &Path, database: &str, auto_round: &str) -> Self {
         let mut child = Command::new(bin)
             .args(["serve", "--addr", "127.0.0.1:0", "--database", database])
             .arg("--deployment-key")
             .arg(format!("site={DEPLOYMENT_KEY}"))
-            .args(["--admin-key", ADMIN_KEY, "--auto-round", AUTO_ROUND])
+            .args(["--admin-key", ADMIN_KEY, "--auto-round", auto_round])
             .args(["--log", "info,sqlx=warn"])
             // 3,000 clients from one address: a load test, not the Sybils the limit is for.
             .args(["--register-rate-per-minute", "0"])
@@ -565,4 +581,101 @@ async fn start(bin: &Path, database: &str) -> Server {
     tokio::task::spawn_blocking(move || Server::start(&bin, &database))
         .await
         .unwrap()
+}
+
+/// Rounds that close every few dozen updates, so closes happen on both replicas during the load.
+const BUSY_ROUND: &str =
+    r#"{"clipNorm":1,"granularity":0.01,"noiseStddev":4,"minCohort":5,"targetCount":40}"#;
+
+/// Two replicas started together on one fresh database (one bootstrap), `feedloop loadtest`
+/// driving both with rounds closing all the time, one replica SIGKILLed mid-load: the load
+/// generator then verifies against the database that every acknowledged update is stored, that at
+/// most one round is open, that every published round made one version and that every version's
+/// parent is an earlier one; no answer is a server error; the killed replica restarts on the same
+/// database and the invariants still hold.
+async fn two_replicas_one_killed_during_load(backend: Backend) {
+    let Some((database, dir)) = fresh_database(backend).await else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED two_replicas_one_killed_during_load::postgres: FEEDLOOP_TEST_POSTGRES_URL is \
+             unset (run server/tests/postgres.sh)"
+        );
+        return;
+    };
+    let _dir = TempDir(dir);
+    let bin = feedloop_bin();
+    let (a, b) = {
+        let (bin_a, db_a) = (bin.clone(), database.clone());
+        let (bin_b, db_b) = (bin.clone(), database.clone());
+        let a = tokio::task::spawn_blocking(move || Server::start_with(&bin_a, &db_a, BUSY_ROUND));
+        let b = tokio::task::spawn_blocking(move || Server::start_with(&bin_b, &db_b, BUSY_ROUND));
+        (a.await.unwrap(), b.await.unwrap())
+    };
+    let load = Command::new(&bin)
+        .args(["loadtest", "--url", &a.base_url(), "--url", &b.base_url()])
+        .args([
+            "--clients",
+            "16",
+            "--seconds",
+            "6",
+            "--ceiling-seconds",
+            "0",
+        ])
+        .args(["--verify-database", &database])
+        .env("FEEDLOOP_DEPLOYMENT_KEY", DEPLOYMENT_KEY)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let killed_log = a.log_text();
+    a.kill();
+    let output = tokio::task::spawn_blocking(move || load.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "feedloop loadtest failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    let _ = writeln!(std::io::stderr(), "two replicas ({backend:?}): {report}");
+    let verification = &report["verification"];
+    assert_eq!(verification["acknowledgedMissing"], 0, "{report}");
+    assert_eq!(verification["ok"], true, "{report}");
+    assert!(
+        verification["publishedRounds"].as_u64().unwrap() >= 2,
+        "{report}"
+    );
+    assert!(report["acknowledged"].as_u64().unwrap() > 100, "{report}");
+    // The only failures are the devices of the killed replica losing their connection.
+    for key in report["errorsByStatus"].as_object().unwrap().keys() {
+        assert!(
+            key.starts_with("transport/"),
+            "{key}: {report}\nreplica B's log:\n{}\nreplica A's log before the kill:\n{killed_log}",
+            b.log_text()
+        );
+    }
+
+    // The killed replica comes back on the same database; the lineage is still linear.
+    let a = start(&bin, &database).await;
+    let http = reqwest::Client::new();
+    let models = get_json(&http, &a.base_url(), "/v1/models").await;
+    assert_eq!(
+        models["versions"].as_array().unwrap().len() as u64,
+        verification["versions"].as_u64().unwrap(),
+        "{models}"
+    );
+    let rounds = get_json(&http, &a.base_url(), "/v1/rounds?limit=1000").await;
+    let open = rounds["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "open")
+        .count();
+    assert!(open <= 1, "{rounds}");
+    drop(b);
 }

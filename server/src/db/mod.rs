@@ -84,6 +84,13 @@ pub struct VersionRow {
     pub flagged_at: Option<i64>,
 }
 
+/// A registered client: when it registered, and when it was revoked (if it was).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ClientStanding {
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
 /// One audit-log entry.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct AuditRow {
@@ -118,8 +125,9 @@ impl Store {
             )));
         };
         let mut url = url.to_string();
+        let mut sqlite_file = None;
         if backend == Backend::Sqlite {
-            prepare_sqlite_path(&url)?;
+            sqlite_file = prepare_sqlite_path(&url)?;
             if !url.contains("mode=") && !url.contains(":memory:") {
                 url.push_str(if url.contains('?') {
                     "&mode=rwc"
@@ -151,6 +159,12 @@ impl Store {
                 .execute(&pool)
                 .await?;
         }
+        // sqlx locks migrations on PostgreSQL (an advisory lock) but not on SQLite: replicas
+        // started together on one SQLite file take a file lock next to it instead.
+        let _migrating = match &sqlite_file {
+            Some(path) => Some(lock_migrations(path).await?),
+            None => None,
+        };
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool, backend })
     }
@@ -178,13 +192,14 @@ pub fn is_unique_violation(e: &Error) -> bool {
     matches!(e, Error::Database(sqlx::Error::Database(d)) if d.is_unique_violation())
 }
 
-fn prepare_sqlite_path(url: &str) -> Result<()> {
+/// Creates the folder of a SQLite file; the file's path (`None` for in-memory databases).
+fn prepare_sqlite_path(url: &str) -> Result<Option<std::path::PathBuf>> {
     let path = url
         .trim_start_matches("sqlite://")
         .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path.contains(":memory:") {
-        return Ok(());
+        return Ok(None);
     }
     if let Some(dir) = std::path::Path::new(path).parent() {
         if !dir.as_os_str().is_empty() {
@@ -192,7 +207,28 @@ fn prepare_sqlite_path(url: &str) -> Result<()> {
                 .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
     }
-    Ok(())
+    Ok(Some(path.into()))
+}
+
+/// An exclusive lock on `<database>-migrate.lock`, held until dropped (waits for another
+/// process's migrations to finish).
+async fn lock_migrations(database: &std::path::Path) -> Result<std::fs::File> {
+    let mut name = database.as_os_str().to_owned();
+    name.push("-migrate.lock");
+    let path = std::path::PathBuf::from(name);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::internal(format!("cannot open {}: {e}", path.display())))?;
+        file.lock()
+            .map_err(|e| Error::internal(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(file)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("migration lock: {e}")))?
 }
 
 /// The URL without its password, for logs.

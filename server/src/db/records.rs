@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::{AuditRow, Store};
+use super::{AuditRow, ClientStanding, Store};
 use crate::error::{Error, Result};
 
 impl Store {
@@ -42,15 +42,14 @@ impl Store {
         Ok(())
     }
 
-    /// `None`: no such client; `Some(None)`: active; `Some(Some(at))`: revoked at `at`.
-    pub async fn client_revocation(&self, client_id: &str) -> Result<Option<Option<i64>>> {
-        let row = sqlx::query("SELECT revoked_at FROM clients WHERE client_id = $1")
-            .bind(client_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row
-            .map(|r| r.try_get::<Option<i64>, _>("revoked_at"))
-            .transpose()?)
+    /// When the client registered and whether it was revoked; `None`: no such client.
+    pub async fn client_standing(&self, client_id: &str) -> Result<Option<ClientStanding>> {
+        Ok(sqlx::query_as::<_, ClientStanding>(
+            "SELECT created_at, revoked_at FROM clients WHERE client_id = $1",
+        )
+        .bind(client_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Revokes a client (keeping the first revocation time); `None` if there is no such client.

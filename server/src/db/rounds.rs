@@ -193,6 +193,16 @@ impl Store {
         Ok(())
     }
 
+    /// A closing round that publishes nothing because its base version is no longer current.
+    pub async fn mark_aborted(conn: &mut AnyConnection, round_id: i64, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE rounds SET status = 'aborted', close_reason = $1 WHERE round_id = $2")
+            .bind(reason)
+            .bind(round_id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
+
     /// Aborts every open round (a rollback); how many.
     pub async fn abort_open_rounds(conn: &mut AnyConnection, now: i64) -> Result<u64> {
         Ok(sqlx::query(
@@ -271,6 +281,17 @@ impl Store {
             .bind(round_id)
             .fetch_all(conn)
             .await?,
+        )
+    }
+
+    /// Every stored update of a round as (client id, payload SHA-256): what a load test checks
+    /// its acknowledged updates against.
+    pub async fn update_digests(&self, round_id: i64) -> Result<Vec<(String, String)>> {
+        Ok(
+            sqlx::query_as("SELECT client_id, payload_sha256 FROM updates WHERE round_id = $1")
+                .bind(round_id)
+                .fetch_all(&self.pool)
+                .await?,
         )
     }
 }

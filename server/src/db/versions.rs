@@ -53,6 +53,17 @@ impl Store {
             .map_err(|_| Error::internal("corrupt current_version setting"))
     }
 
+    /// The current version as this transaction sees it.
+    pub async fn current_version_in(conn: &mut AnyConnection) -> Result<i64> {
+        let v: Option<String> =
+            sqlx::query_scalar("SELECT value FROM settings WHERE key = 'current_version'")
+                .fetch_optional(conn)
+                .await?;
+        v.ok_or_else(|| Error::internal("no current version"))?
+            .parse()
+            .map_err(|_| Error::internal("corrupt current_version setting"))
+    }
+
     pub async fn insert_version(conn: &mut AnyConnection, v: &VersionRow) -> Result<()> {
         if v.clip_norm.is_none() {
             // The base version has no noise parameters. sqlx 0.8.6's Any driver encodes a NULL

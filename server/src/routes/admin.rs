@@ -33,6 +33,7 @@ pub fn routes() -> OpenApiRouter<App> {
         (status = 200, description = "Revoked (now or before)", body = ClientRevocation),
         (status = 401, description = "Invalid admin key", body = ErrorBody),
         (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 400, description = "Not a client id", body = ErrorBody),
         (status = 404, description = "No such client", body = ErrorBody),
     ))]
 async fn revoke_client(
@@ -40,6 +41,14 @@ async fn revoke_client(
     Path(client_id): Path<String>,
     AdminAuth(fp): AdminAuth,
 ) -> Result<Json<ClientRevocation>> {
+    // Ids are 32 hex digits (`App::register`); anything else never reaches the database (where
+    // PostgreSQL would refuse a NUL byte with a server error).
+    if client_id.len() != 32 || !client_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(crate::Error::bad_request(
+            "invalid_id",
+            format!("`{}` is not a client id", client_id.escape_debug()),
+        ));
+    }
     Ok(Json(app.revoke_client(&fp, &client_id).await?))
 }
 

@@ -33,26 +33,23 @@ async fn register(
     State(app): State<App>,
     DeploymentKey(key): DeploymentKey,
 ) -> Result<(StatusCode, NoStore, Json<TokenGrant>)> {
-    let (claims, token) = app.register(&key).await?;
-    Ok((
-        StatusCode::CREATED,
-        NO_STORE,
-        Json(claims.grant(token, app.token_ttl_ms())),
-    ))
+    let issued = app.register(&key).await?;
+    Ok((StatusCode::CREATED, NO_STORE, Json(issued.grant())))
 }
 
-/// A later expiry for the holder of a valid token (same client id).
+/// A later expiry for the holder of a valid token (same client id), never past the end of the
+/// client's session (`--session-max-age-days` after it registered).
 #[utoipa::path(post, path = "/v1/clients/refresh", tag = "clients",
     security(("clientToken" = [])),
     responses(
         (status = 200, description = "A fresh token", body = TokenGrant,
             headers(("cache-control" = String, description = "`no-store`"))),
-        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 401, description = "Missing, invalid, expired or revoked token, or the session ended", body = ErrorBody),
     ))]
 async fn refresh(
     State(app): State<App>,
     ClientAuth(claims): ClientAuth,
-) -> (NoStore, Json<TokenGrant>) {
-    let (claims, token) = app.refresh(&claims);
-    (NO_STORE, Json(claims.grant(token, app.token_ttl_ms())))
+) -> Result<(NoStore, Json<TokenGrant>)> {
+    let issued = app.refresh(&claims).await?;
+    Ok((NO_STORE, Json(issued.grant())))
 }

@@ -42,6 +42,7 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
     DOCUMENT.get_or_init(|| {
         let mut doc = api().split_for_parts().1;
         document_rate_limits(&mut doc);
+        document_other_errors(&mut doc);
         doc
     })
 }
@@ -81,6 +82,40 @@ fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
                     .responses
                     .insert("429".into(), response.clone().into());
             }
+        }
+    }
+}
+
+/// Every operation can also answer a client error no handler chose — a malformed path or query
+/// (400), a timeout (408), a body, target or headers too large (413, 414, 431) — always with the
+/// JSON error body (`crate::json_errors`): documented once per operation as `4XX`.
+fn document_other_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::schema::Ref;
+    use utoipa::openapi::{Content, ResponseBuilder};
+    let response = ResponseBuilder::new()
+        .description(
+            "Any other client error (malformed path or query, timeout, body, target or headers too \
+             large): the JSON error body",
+        )
+        .content(
+            "application/json",
+            Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            operation
+                .responses
+                .responses
+                .entry("4XX".into())
+                .or_insert_with(|| response.clone().into());
         }
     }
 }

@@ -14,7 +14,7 @@ use feedloop_core::RewardModel;
 
 use crate::auth::{self, Claims, TokenSigner};
 use crate::config::Config;
-use crate::db::{Store, VersionRow};
+use crate::db::{is_unique_violation, Store, VersionRow};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::onnx::{rewrite_head, sha256_hex};
@@ -46,6 +46,14 @@ struct Inner {
 }
 
 /// Unix milliseconds.
+/// A signed token with its claims and when it was issued (unix ms).
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub claims: Claims,
+    pub token: String,
+    pub issued_at: i64,
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -103,7 +111,7 @@ impl App {
         }
         let onnx = rewrite_head(&self.inner.config.base_model, head, "1")?;
         let mut tx = self.store().begin().await?;
-        Store::insert_version(
+        let inserted = Store::insert_version(
             &mut tx,
             &VersionRow {
                 version: 1,
@@ -125,7 +133,16 @@ impl App {
                 flagged_at: None,
             },
         )
-        .await?;
+        .await;
+        match inserted {
+            // Another replica started on the same fresh database and bootstrapped first.
+            Err(e) if is_unique_violation(&e) => {
+                drop(tx);
+                tracing::info!("model version 1 was bootstrapped by another server process");
+                return Ok(());
+            }
+            other => other?,
+        }
         Store::set_current_version(&mut tx, 1).await?;
         tx.commit().await?;
         tracing::info!("bootstrapped model version 1 from the base model");
@@ -165,7 +182,7 @@ impl App {
     // ----- clients -----
 
     /// First contact: a new client id and its token.
-    pub async fn register(&self, deployment_key: &str) -> Result<(Claims, String)> {
+    pub async fn register(&self, deployment_key: &str) -> Result<IssuedToken> {
         let deployment = auth::deployment_for(&self.config().deployment_keys, deployment_key)
             .ok_or_else(|| Error::Unauthorized("unknown deployment key".into()))?
             .to_string();
@@ -178,20 +195,48 @@ impl App {
         let claims = Claims {
             client_id,
             deployment,
-            expires_at: now + self.token_ttl_ms(),
+            expires_at: self.token_expiry(now, now),
         };
-        let token = self.inner.signer.issue(&claims);
-        Ok((claims, token))
+        Ok(self.issue(claims, now))
     }
 
-    /// A fresh token for the holder of a valid one.
-    pub fn refresh(&self, claims: &Claims) -> (Claims, String) {
+    /// A fresh token for the holder of a valid one, expiring no later than the client's session
+    /// (`Config::session_max_age` after it registered); refused once the session is over.
+    pub async fn refresh(&self, claims: &Claims) -> Result<IssuedToken> {
+        let standing = self
+            .store()
+            .client_standing(&claims.client_id)
+            .await?
+            .ok_or_else(|| Error::Unauthorized("unknown client".into()))?;
+        let now = now_ms();
+        let expires_at = self.token_expiry(standing.created_at, now);
+        if expires_at <= now {
+            return Err(Error::Unauthorized(format!(
+                "this client's session ended {} days after it registered; register again",
+                self.config().session_max_age.as_secs() / 86_400
+            )));
+        }
         let claims = Claims {
-            expires_at: now_ms() + self.token_ttl_ms(),
+            expires_at,
             ..claims.clone()
         };
-        let token = self.inner.signer.issue(&claims);
-        (claims, token)
+        Ok(self.issue(claims, now))
+    }
+
+    fn issue(&self, claims: Claims, issued_at: i64) -> IssuedToken {
+        IssuedToken {
+            token: self.inner.signer.issue(&claims),
+            claims,
+            issued_at,
+        }
+    }
+
+    /// A token issued at `now` to a client registered at `registered`: one lifetime, cut at the
+    /// end of the session.
+    fn token_expiry(&self, registered: i64, now: i64) -> i64 {
+        let session_end =
+            registered.saturating_add(self.config().session_max_age.as_millis() as i64);
+        now.saturating_add(self.token_ttl_ms()).min(session_end)
     }
 
     /// The token lifetime in milliseconds (the unit of `Claims::expires_at`).
@@ -220,9 +265,9 @@ impl App {
                 "this token's deployment is no longer configured".into(),
             ));
         }
-        match self.store().client_revocation(&claims.client_id).await? {
-            Some(None) => Ok(claims),
-            Some(Some(_)) => Err(Error::Unauthorized("this client was revoked".into())),
+        match self.store().client_standing(&claims.client_id).await? {
+            Some(c) if c.revoked_at.is_none() => Ok(claims),
+            Some(_) => Err(Error::Unauthorized("this client was revoked".into())),
             None => Err(Error::Unauthorized("unknown client".into())),
         }
     }

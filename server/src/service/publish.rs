@@ -90,6 +90,20 @@ impl App {
             .await?;
         }
         let round = Store::round_in(&mut tx, round_id).await?;
+        // Never publish on a parent that is no longer current (a rollback, or another replica,
+        // moved it): the lineage stays linear, and the round says why it published nothing.
+        let current = Store::current_version_in(&mut tx).await?;
+        if current != round.model_version {
+            Store::mark_aborted(&mut tx, round_id, "stale_parent").await?;
+            tx.commit().await?;
+            tracing::warn!(
+                round = round_id,
+                base = round.model_version,
+                current,
+                "round closed on a version that is no longer current; nothing published"
+            );
+            return self.round(round_id).await;
+        }
         let payloads = Store::payloads(&mut tx, round_id).await?;
         let n = payloads.len() as i64;
         if n < round.min_cohort {

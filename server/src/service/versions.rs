@@ -55,17 +55,20 @@ impl App {
     async fn rollback_locked(&self, admin_fp: &str, version: i64) -> Result<VersionRow> {
         let _guard = self.lifecycle().lock().await;
         let target = self.version(version).await?;
-        let current = self.store().current_version().await?;
+        let now = now_ms();
+        let mut tx = self.store().begin().await?;
+        // Rounds first, then the current-version setting: the order a round close takes them in,
+        // so a close and a rollback on two replicas wait for each other instead of deadlocking;
+        // whichever commits second sees the other's result.
+        let aborted = Store::abort_open_rounds(&mut tx, now).await?;
+        let current = Store::current_version_in(&mut tx).await?;
         if version == current {
             return Err(Error::conflict(
                 "already_current",
                 format!("version {version} is already current"),
             ));
         }
-        let now = now_ms();
-        let mut tx = self.store().begin().await?;
         Store::set_current_version(&mut tx, version).await?;
-        let aborted = Store::abort_open_rounds(&mut tx, now).await?;
         Store::clear_optimizer_state(&mut tx).await?;
         Store::audit(
             &mut tx,

@@ -2,7 +2,62 @@
 
 use crate::harness::*;
 
-on_both_backends!(browser_sync_support, revocation_by_client_and_by_deployment,);
+on_both_backends!(
+    browser_sync_support,
+    revocation_by_client_and_by_deployment,
+    refresh_never_outlives_the_session,
+);
+
+/// Tokens expire no later than `session_max_age` after registration, however often they are
+/// refreshed; a token from before a shorter setting is refused at refresh (the page registers
+/// again).
+async fn refresh_never_outlives_the_session(backend: Backend) {
+    let hour = Duration::from_secs(3600);
+    let Some(mut h) = Harness::new(backend, |c| {
+        c.token_ttl = 24 * hour;
+        c.session_max_age = 2 * hour;
+    })
+    .await
+    else {
+        return;
+    };
+    let (s, bytes) = h
+        .raw(
+            Method::POST,
+            "/v1/clients/register",
+            &[("x-feedloop-deployment-key", DEPLOYMENT_KEY)],
+            vec![],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let grant: Value = serde_json::from_slice(&bytes).unwrap();
+    let registered = grant["issuedAt"].as_i64().unwrap();
+    let session_end = registered + 2 * 3_600_000;
+    assert_eq!(grant["expiresAt"].as_i64().unwrap(), session_end, "{grant}");
+    let token = grant["token"].as_str().unwrap().to_string();
+    let (s, refreshed) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(refreshed["expiresAt"].as_i64().unwrap(), session_end);
+
+    // The operator shortens sessions: the still-unexpired token cannot be renewed.
+    h.config.session_max_age = Duration::from_millis(1);
+    h.restart().await;
+    let (s, v) = h
+        .call(Method::POST, "/v1/clients/refresh", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("register again"),
+        "{v}"
+    );
+    // Registering again is the way back (a new client id).
+    h.register().await;
+}
 
 /// A revoked client's token is refused everywhere it is taken (refresh, reports, uploads) while
 /// other clients go on; revoking twice keeps the first time and logs once; an unknown client is
@@ -56,7 +111,7 @@ async fn revocation_by_client_and_by_deployment(backend: Backend) {
     let (s, v) = h
         .call(
             Method::POST,
-            "/v1/admin/clients/nobody/revoke",
+            "/v1/admin/clients/0123456789abcdef0123456789abcdef/revoke",
             Some(ADMIN_KEY),
             None,
         )
@@ -64,6 +119,18 @@ async fn revocation_by_client_and_by_deployment(backend: Backend) {
     assert_eq!(
         (s, v["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("no_such_client"))
+    );
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/admin/clients/nobody/revoke",
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_id"))
     );
 
     // The site's deployment removed from the configuration (another site's stays).

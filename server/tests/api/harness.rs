@@ -406,7 +406,14 @@ pub fn conforms(
     let path = uri.split('?').next().unwrap_or(uri);
     let (template, op) = operation(method, path)?;
     let name = format!("{method} {template}");
-    let listed = &op["responses"][status.as_str()];
+    // An exact status wins over its range (`4XX`), as OpenAPI says.
+    let exact = &op["responses"][status.as_str()];
+    let range = format!("{}XX", status.as_u16() / 100);
+    let listed = if exact.is_object() {
+        exact
+    } else {
+        &op["responses"][range.as_str()]
+    };
     assert!(
         listed.is_object(),
         "{name} answered {status}, which the OpenAPI document does not list for it: {}",

@@ -8,6 +8,7 @@ mod harness;
 
 mod clients;
 mod feedback;
+mod hostile;
 mod models;
 mod openapi;
 mod ops;
