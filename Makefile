@@ -14,7 +14,7 @@ DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli cli-test test test-fmt \
+.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli cli-test test test-fmt test-fuzz \
         test-native test-server-postgres test-python test-wasm test-pkg test-types test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
 
 help:
@@ -99,7 +99,7 @@ model:
 
 # ---- tests ----------------------------------------------------------------------------------
 
-test: setup test-fmt test-native test-server-postgres test-python test-wasm test-pkg test-types test-e2e
+test: setup test-fmt test-native test-server-postgres test-fuzz test-python test-wasm test-pkg test-types test-e2e
 	@echo "make test: all layers passed"
 
 test-fmt:
@@ -120,6 +120,11 @@ test-native: setup-gpu
 # on loopback (`cargo test --workspace` runs it on SQLite).
 test-server-postgres:
 	server/tests/postgres.sh
+
+# Property-based HTTP fuzzing of the real server over its generated OpenAPI document (schemathesis):
+# as an admin, as a client and without credentials; no server error, every answer as documented.
+test-fuzz: setup-python cli-test
+	server/tests/fuzz-openapi.sh
 
 # The committed fixtures must still be what Hugging Face tokenizers and onnxruntime produce, and
 # what dp-accounting and OpenDP compute for the privacy accountants.

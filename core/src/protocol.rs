@@ -295,6 +295,7 @@ pub struct ModelList {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct FeedbackReport {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
     pub model_version: String,
     pub bit: bool,
 }
@@ -357,19 +358,28 @@ pub struct Stats {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct NewRound {
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub clip_norm: f64,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub granularity: f64,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub noise_stddev: f64,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub min_cohort: i64,
+    /// At least `minCohort`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub target_count: Option<i64>,
+    /// In the future.
     #[serde(default)]
     pub deadline: Option<UnixMillis>,
     /// Alternative to `deadline`: seconds from now.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
     pub duration_seconds: Option<f64>,
     /// Must equal the model's parameter count when given.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub dimension: Option<i64>,
 }
 
@@ -379,8 +389,11 @@ pub struct NewRound {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct RoundChange {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub min_cohort: Option<i64>,
+    /// At least the (new) `minCohort`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub target_count: Option<i64>,
     #[serde(default)]
     pub deadline: Option<UnixMillis>,
@@ -391,6 +404,7 @@ pub struct RoundChange {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct Rollback {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
     pub version: String,
 }
 

@@ -28,7 +28,7 @@ pub fn routes() -> OpenApiRouter<App> {
 /// replica. Revoking again changes nothing.
 #[utoipa::path(post, path = "/v1/admin/clients/{clientId}/revoke", tag = "admin",
     security(("adminKey" = [])),
-    params(("clientId" = String, Path, description = "The client id from its token grant")),
+    params(("clientId" = String, Path, description = "The client id from its token grant (32 hex digits)", pattern = r"^[0-9a-f]{32}$")),
     responses(
         (status = 200, description = "Revoked (now or before)", body = ClientRevocation),
         (status = 401, description = "Invalid admin key", body = ErrorBody),
@@ -75,7 +75,7 @@ async fn open_round(
 /// Changes an open round's cohort or deadline (closing it if it reached a new target).
 #[utoipa::path(patch, path = "/v1/admin/rounds/{roundId}", tag = "admin",
     security(("adminKey" = [])),
-    params(("roundId" = String, Path, description = "An open round's id")),
+    params(("roundId" = String, Path, description = "An open round's id (a positive integer)", pattern = r"^[1-9][0-9]{0,17}$")),
     request_body = RoundChange,
     responses(
         (status = 200, description = "The round after the change", body = Round),
@@ -100,7 +100,7 @@ async fn change_round(
 /// Closes a round now (publishing a version when the cohort is large enough).
 #[utoipa::path(post, path = "/v1/admin/rounds/{roundId}/close", tag = "admin",
     security(("adminKey" = [])),
-    params(("roundId" = String, Path, description = "An open round's id")),
+    params(("roundId" = String, Path, description = "An open round's id (a positive integer)", pattern = r"^[1-9][0-9]{0,17}$")),
     responses(
         (status = 200, description = "The closed round", body = Round),
         (status = 400, description = "Not a round id", body = ErrorBody),

@@ -61,7 +61,7 @@ async fn current_model(State(app): State<App>, headers: HeaderMap) -> Result<Res
 
 /// One version, with its head.
 #[utoipa::path(get, path = "/v1/models/{version}", tag = "models",
-    params(("version" = String, Path, description = "A model version")),
+    params(("version" = String, Path, description = "A model version (a positive integer)", pattern = r"^[1-9][0-9]{0,17}$")),
     responses(
         (status = 200, description = "The version", body = ModelVersion),
         (status = 400, description = "Not a version", body = ErrorBody),
@@ -80,7 +80,7 @@ async fn get_model(
 /// recorded SHA-256; a version's file never changes, so it may be cached for good.
 #[utoipa::path(get, path = "/v1/models/{version}/model.onnx", tag = "models",
     params(
-        ("version" = String, Path, description = "A model version"),
+        ("version" = String, Path, description = "A model version (a positive integer)", pattern = r"^[1-9][0-9]{0,17}$"),
         ("if-none-match" = Option<String>, Header, description = "The ETag of a copy the client has"),
     ),
     responses(

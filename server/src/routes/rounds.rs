@@ -63,7 +63,7 @@ async fn current_round(State(app): State<App>) -> Result<Json<Round>> {
 
 /// One round.
 #[utoipa::path(get, path = "/v1/rounds/{roundId}", tag = "rounds",
-    params(("roundId" = String, Path, description = "A round id")),
+    params(("roundId" = String, Path, description = "A round id (a positive integer)", pattern = r"^[1-9][0-9]{0,17}$")),
     responses(
         (status = 200, description = "The round", body = Round),
         (status = 400, description = "Not a round id", body = ErrorBody),
@@ -79,7 +79,7 @@ async fn get_round(State(app): State<App>, Path(round_id): Path<String>) -> Resu
 #[utoipa::path(post, path = "/v1/rounds/{roundId}/updates", tag = "rounds",
     security(("clientToken" = [])),
     params(
-        ("roundId" = String, Path, description = "The open round's id"),
+        ("roundId" = String, Path, description = "The open round's id (a positive integer)", pattern = r"^[1-9][0-9]{0,17}$"),
         ("x-feedloop-model-version" = Option<String>, Header, description = "The model version the update was computed against"),
         BeaconQuery,
     ),
