@@ -16,6 +16,9 @@ pub struct Metrics {
     pub rr_reports: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
+    /// Group commits of the ingest writer, and the registrations and updates they carried.
+    pub ingest_batches: AtomicU64,
+    pub ingest_writes: AtomicU64,
 }
 
 impl Metrics {
@@ -44,6 +47,18 @@ impl Metrics {
             "feedloop_clients_registered_total",
             "Client tokens issued on first contact.",
             &self.clients_registered,
+        );
+        counter(
+            &mut out,
+            "feedloop_ingest_batches_total",
+            "Group commits of registrations and updates (one transaction each).",
+            &self.ingest_batches,
+        );
+        counter(
+            &mut out,
+            "feedloop_ingest_writes_total",
+            "Registrations and updates handed to the group commit.",
+            &self.ingest_writes,
         );
         counter(
             &mut out,

@@ -187,6 +187,19 @@ impl Store {
     }
 }
 
+/// `($1, $2, …), (…)`: `rows` tuples of `columns` numbered placeholders, for multi-row inserts.
+pub(crate) fn placeholders(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns)
+                .map(|c| format!("${}", r * columns + c))
+                .collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// True for a unique-constraint violation (a concurrent duplicate that slipped past the checks).
 pub fn is_unique_violation(e: &Error) -> bool {
     matches!(e, Error::Database(sqlx::Error::Database(d)) if d.is_unique_violation())

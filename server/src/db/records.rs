@@ -2,7 +2,7 @@
 
 use sqlx::{AnyConnection, Row};
 
-use super::{AuditRow, ClientStanding, Store};
+use super::{placeholders, AuditRow, ClientStanding, Store};
 use crate::error::{Error, Result};
 
 impl Store {
@@ -39,6 +39,26 @@ impl Store {
             .bind(now)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Registers several clients in one statement (the group commit of `service::ingest`).
+    pub async fn insert_clients(
+        conn: &mut AnyConnection,
+        clients: &[(&str, &str)],
+        now: i64,
+    ) -> Result<()> {
+        if clients.is_empty() {
+            return Ok(());
+        }
+        let values = placeholders(clients.len(), 3);
+        let sql =
+            format!("INSERT INTO clients (client_id, deployment, created_at) VALUES {values}");
+        let mut query = sqlx::query(&sql);
+        for (client_id, deployment) in clients {
+            query = query.bind(*client_id).bind(*deployment).bind(now);
+        }
+        query.execute(conn).await?;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! Rounds and the updates stored in them.
 
+use std::collections::HashSet;
+
 use sqlx::{AnyConnection, Row};
 
 use super::{RoundRow, Store, ROUND_COLUMNS};
@@ -122,6 +124,19 @@ impl Store {
         let bumped = sqlx::query(
             "UPDATE rounds SET received = received + 1 WHERE round_id = $1 AND status = 'open'",
         )
+        .bind(round_id)
+        .execute(conn)
+        .await?;
+        Ok(bumped.rows_affected() == 1)
+    }
+
+    /// Counts `n` more updates into an open round (a group commit's first write to the round,
+    /// which takes its lock); false when the round is no longer open.
+    pub async fn bump_received_by(conn: &mut AnyConnection, round_id: i64, n: i64) -> Result<bool> {
+        let bumped = sqlx::query(
+            "UPDATE rounds SET received = received + $1 WHERE round_id = $2 AND status = 'open'",
+        )
+        .bind(n)
         .bind(round_id)
         .execute(conn)
         .await?;
@@ -269,6 +284,74 @@ impl Store {
         .bind(now)
         .execute(conn)
         .await?;
+        Ok(())
+    }
+
+    /// Of these clients and payload digests, those the round already holds (one statement for a
+    /// whole group commit).
+    pub async fn already_in_round(
+        conn: &mut AnyConnection,
+        round_id: i64,
+        client_ids: &[&str],
+        digests: &[&str],
+    ) -> Result<(HashSet<String>, HashSet<String>)> {
+        let list = |from: usize, n: usize| {
+            (from..from + n)
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "SELECT client_id, payload_sha256 FROM updates WHERE round_id = $1 AND \
+             (client_id IN ({}) OR payload_sha256 IN ({}))",
+            list(2, client_ids.len()),
+            list(2 + client_ids.len(), digests.len()),
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(round_id);
+        for c in client_ids {
+            query = query.bind(*c);
+        }
+        for d in digests {
+            query = query.bind(*d);
+        }
+        let rows = query.fetch_all(conn).await?;
+        let clients = client_ids
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<HashSet<_>>();
+        let seen_clients = rows
+            .iter()
+            .filter(|(c, _)| clients.contains(c))
+            .map(|(c, _)| c.clone())
+            .collect();
+        let seen_digests = rows.into_iter().map(|(_, d)| d).collect();
+        Ok((seen_clients, seen_digests))
+    }
+
+    /// Stores several updates in one statement: (client id, base64 payload, payload SHA-256).
+    pub async fn insert_updates(
+        conn: &mut AnyConnection,
+        round_id: i64,
+        rows: &[(&str, &str, &str)],
+        now: i64,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO updates (round_id, client_id, payload, payload_sha256, received_at) VALUES {}",
+            super::placeholders(rows.len(), 5)
+        );
+        let mut query = sqlx::query(&sql);
+        for (client_id, payload, digest) in rows {
+            query = query
+                .bind(round_id)
+                .bind(*client_id)
+                .bind(*payload)
+                .bind(*digest)
+                .bind(now);
+        }
+        query.execute(conn).await?;
         Ok(())
     }
 

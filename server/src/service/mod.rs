@@ -3,6 +3,7 @@
 //! statistics and drift flags ([`drift`]). Storage goes through [`crate::db`].
 
 pub mod drift;
+pub mod ingest;
 pub mod publish;
 pub mod rounds;
 pub mod versions;
@@ -35,7 +36,7 @@ struct Inner {
     config: Config,
     store: Store,
     signer: TokenSigner,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     /// Serializes round opening/closing, publishing and rollback within this process.
     lifecycle: tokio::sync::Mutex<()>,
     dimension: usize,
@@ -43,9 +44,10 @@ struct Inner {
     http: reqwest::Client,
     rate_limits: crate::rate_limit::RateLimits,
     onnx_cache: OnnxCache,
+    /// The group-commit writer of registrations and updates.
+    ingest: ingest::Ingest,
 }
 
-/// Unix milliseconds.
 /// A signed token with its claims and when it was issued (unix ms).
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -54,6 +56,7 @@ pub struct IssuedToken {
     pub issued_at: i64,
 }
 
+/// Unix milliseconds.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -80,11 +83,13 @@ impl App {
                     .into_bytes()
             }
         };
+        let metrics = Arc::new(Metrics::default());
         let app = Self {
             inner: Arc::new(Inner {
                 signer: TokenSigner::new(secret),
+                ingest: ingest::Ingest::start(store.clone(), metrics.clone()),
                 store,
-                metrics: Metrics::default(),
+                metrics,
                 lifecycle: tokio::sync::Mutex::new(()),
                 dimension: head.len(),
                 head_dimensions,
@@ -172,6 +177,9 @@ impl App {
     fn head_dimensions(&self) -> usize {
         self.inner.head_dimensions
     }
+    fn ingest(&self) -> &ingest::Ingest {
+        &self.inner.ingest
+    }
     fn lifecycle(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.lifecycle
     }
@@ -188,8 +196,9 @@ impl App {
             .to_string();
         let client_id = crate::onnx::hex(&auth::random_bytes::<16>()?);
         let now = now_ms();
-        self.store()
-            .insert_client(&client_id, &deployment, now)
+        self.inner
+            .ingest
+            .register(client_id.clone(), deployment.clone(), now)
             .await?;
         Metrics::inc(&self.metrics().clients_registered);
         let claims = Claims {

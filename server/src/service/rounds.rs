@@ -293,42 +293,16 @@ impl App {
         .map_err(|e| Error::unprocessable("invalid_update", e.to_string()))?;
 
         let digest = sha256_hex(payload);
-        let now = now_ms();
-        let mut tx = self.store().begin().await?;
-        if !Store::bump_received(&mut tx, round_id).await? {
-            return Err(Error::conflict(
-                "round_closed",
-                format!("round {round_id} closed before the update arrived"),
-            ));
-        }
-        if Store::client_has_update(&mut tx, round_id, &claims.client_id).await? {
-            return Err(Error::conflict(
-                "duplicate_update",
-                format!("this client already submitted an update to round {round_id}"),
-            ));
-        }
-        if Store::payload_seen(&mut tx, round_id, &digest).await? {
-            return Err(Error::conflict(
-                "replayed_update",
-                "this exact payload was already submitted to this round",
-            ));
-        }
-        let encoded = STANDARD.encode(payload);
-        let inserted =
-            Store::insert_update(&mut tx, round_id, &claims.client_id, &encoded, &digest, now)
-                .await;
-        if let Err(e) = inserted {
-            return Err(if is_unique_violation(&e) {
-                Error::conflict(
-                    "duplicate_update",
-                    "a concurrent submission with this client or payload won",
-                )
-            } else {
-                e
-            });
-        }
-        let received = Store::received(&mut tx, round_id).await?;
-        tx.commit().await?;
+        let received = self
+            .ingest()
+            .update(
+                round_id,
+                claims.client_id.clone(),
+                STANDARD.encode(payload),
+                digest,
+                now_ms(),
+            )
+            .await?;
         tracing::debug!(round = round_id, received, "update stored");
         Ok(Accepted {
             round_id,

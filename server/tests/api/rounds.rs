@@ -7,7 +7,119 @@ on_both_backends!(
     below_minimum_cohort_nothing_is_published,
     bad_submissions_are_refused_without_state_change,
     deadline_closes_the_round,
+    concurrent_submissions_are_committed_together_and_each_judged,
 );
+
+/// Many submissions at once are stored by the group commit (several per transaction), and each
+/// gets the answer it would get alone: per round, one update per client and one per payload,
+/// `received` counts are distinct and end at the number stored, and a round closed meanwhile
+/// refuses the rest.
+async fn concurrent_submissions_are_committed_together_and_each_judged(backend: Backend) {
+    let Some(h) = Harness::new(backend, |_| {}).await else {
+        return;
+    };
+    let round = h.open_round(round_body(1, None)).await;
+    let tokens: Vec<String> = {
+        let mut t = Vec::new();
+        for _ in 0..60 {
+            t.push(h.register().await);
+        }
+        t
+    };
+    let shared = privatized(999, 131).to_bytes();
+    // Each client sends two different updates; clients 40..60 also send one shared payload.
+    let mut requests = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        requests.push((token.clone(), privatized(i as u32, 131).to_bytes()));
+        requests.push((token.clone(), privatized(1000 + i as u32, 131).to_bytes()));
+        if i >= 40 {
+            requests.push((token.clone(), shared.clone()));
+        }
+    }
+    let h = std::sync::Arc::new(h);
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|(token, payload)| {
+            let (h, round) = (h.clone(), round.clone());
+            tokio::spawn(async move { h.submit(&token, &round, Some("1"), payload).await })
+        })
+        .collect();
+    let mut received = Vec::new();
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    for t in tasks {
+        let (status, v) = t.await.unwrap();
+        if status == StatusCode::ACCEPTED {
+            received.push(v["received"].as_i64().unwrap());
+        } else {
+            assert_eq!(status, StatusCode::CONFLICT, "{v}");
+            *codes
+                .entry(v["error"]["code"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    // Exactly one update per client was stored; everything else was a duplicate or a replay.
+    assert_eq!(received.len(), 60, "{codes:?}");
+    received.sort();
+    assert_eq!(received, (1..=60).collect::<Vec<_>>());
+    assert_eq!(codes.values().sum::<usize>(), 60 + 20, "{codes:?}");
+    assert!(
+        codes
+            .keys()
+            .all(|c| c == "duplicate_update" || c == "replayed_update"),
+        "{codes:?}"
+    );
+    let stored = h
+        .get(&format!(
+            "/v1/rounds/{}",
+            round["roundId"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(stored["received"], 60);
+    // The writes were committed in groups (fewer transactions than writes).
+    let metrics = h.app.metrics();
+    let batches = metrics.ingest_batches.load(Ordering::Relaxed);
+    let writes = metrics.ingest_writes.load(Ordering::Relaxed);
+    eprintln!("group commit: {writes} writes in {batches} transactions");
+    assert_eq!(writes, 60 + 140);
+    assert!(
+        batches < writes,
+        "{writes} writes in {batches} transactions"
+    );
+
+    // After an admin close, concurrent late submissions are all refused as closed.
+    let round_id = round["roundId"].as_str().unwrap();
+    let (s, _) = h
+        .call(
+            Method::POST,
+            &format!("/v1/admin/rounds/{round_id}/close"),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let late: Vec<_> = (0..10)
+        .map(|i| {
+            let (h, round) = (h.clone(), round.clone());
+            tokio::spawn(async move {
+                let token = h.register().await;
+                h.submit(
+                    &token,
+                    &round,
+                    Some("1"),
+                    privatized(5000 + i, 131).to_bytes(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for t in late {
+        let (status, v) = t.await.unwrap();
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("round_closed"))
+        );
+    }
+}
 
 async fn round_publishes_fedavg_and_the_onnx_carries_the_new_head(backend: Backend) {
     let Some(h) = Harness::new(backend, |_| {}).await else {
