@@ -301,9 +301,12 @@ impl Store {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        // Two index searches (the primary key, the payload index), not an OR, which SQLite
+        // answers by scanning the whole round.
         let sql = format!(
-            "SELECT client_id, payload_sha256 FROM updates WHERE round_id = $1 AND \
-             (client_id IN ({}) OR payload_sha256 IN ({}))",
+            "SELECT client_id, payload_sha256 FROM updates WHERE round_id = $1 AND client_id IN ({}) \
+             UNION ALL \
+             SELECT client_id, payload_sha256 FROM updates WHERE round_id = $1 AND payload_sha256 IN ({})",
             list(2, client_ids.len()),
             list(2 + client_ids.len(), digests.len()),
         );

@@ -218,24 +218,31 @@ impl App {
             Ok(_) => Metrics::inc(&self.metrics().updates_accepted),
             Err(e) => self.metrics().reject(e.code()),
         }
-        let accepted = result?;
+        let (accepted, target_count) = result?;
         // Closing at the target count happens after the update is committed and acknowledged
         // in the log; a failure to close leaves the round open (closed later by admin/deadline).
-        let round = self.round(round_id).await?;
-        if round.status == RoundStatus::Open
-            && round.target_count.is_some_and(|t| round.received >= t)
+        // (The target read before the commit may be stale: confirm it on the round as stored.)
+        if target_count.is_some_and(|t| accepted.received >= t)
+            && self.reached_target(round_id).await
         {
             match self.close_round(round_id, "target_count", None).await {
-                Ok(closed) => {
+                Ok(closed) if closed.status != RoundStatus::Open => {
                     return Ok(Accepted {
                         closed: Some(closed),
                         ..accepted
                     })
                 }
+                Ok(_) => {}
                 Err(e) => tracing::error!(round = round_id, error = %e, "closing at target failed"),
             }
         }
         Ok(accepted)
+    }
+
+    async fn reached_target(&self, round_id: i64) -> bool {
+        self.round(round_id).await.is_ok_and(|r| {
+            r.status == RoundStatus::Open && r.target_count.is_some_and(|t| r.received >= t)
+        })
     }
 
     async fn submit_inner(
@@ -244,7 +251,7 @@ impl App {
         round_id: i64,
         model_version: Option<&str>,
         payload: &[u8],
-    ) -> Result<Accepted> {
+    ) -> Result<(Accepted, Option<i64>)> {
         let round = self.round(round_id).await?;
         if round.status != RoundStatus::Open {
             return Err(Error::conflict(
@@ -304,11 +311,14 @@ impl App {
             )
             .await?;
         tracing::debug!(round = round_id, received, "update stored");
-        Ok(Accepted {
-            round_id,
-            received,
-            closed: None,
-        })
+        Ok((
+            Accepted {
+                round_id,
+                received,
+                closed: None,
+            },
+            round.target_count,
+        ))
     }
 
     /// Closes a round: below the minimum cohort nothing is published; otherwise a new version is
