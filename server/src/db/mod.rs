@@ -33,6 +33,9 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// One connection of its own for the group-commit writer (`service::ingest`), so that its
+    /// transactions never queue behind the readers for a pooled connection.
+    ingest: AnyPool,
     backend: Backend,
 }
 
@@ -137,22 +140,25 @@ impl Store {
             }
         }
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        sqlx::query("PRAGMA busy_timeout = 10000")
-                            .execute(&mut *conn)
-                            .await?;
-                        sqlx::query(synchronous.pragma())
-                            .execute(&mut *conn)
-                            .await?;
-                    }
-                    Ok(())
+        let pool_of = |size: u32| {
+            AnyPoolOptions::new()
+                .max_connections(size)
+                .after_connect(move |conn, _| {
+                    Box::pin(async move {
+                        if backend == Backend::Sqlite {
+                            sqlx::query("PRAGMA busy_timeout = 10000")
+                                .execute(&mut *conn)
+                                .await?;
+                            sqlx::query(synchronous.pragma())
+                                .execute(&mut *conn)
+                                .await?;
+                        }
+                        Ok(())
+                    })
                 })
-            })
-            .connect_with(options)
+        };
+        let pool = pool_of(if backend == Backend::Sqlite { 4 } else { 10 })
+            .connect_with(options.clone())
             .await?;
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
@@ -166,7 +172,17 @@ impl Store {
             None => None,
         };
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, backend })
+        // No ping before each use: the writer uses its connection all the time, and a broken
+        // one fails its batch, which is retried on a fresh connection.
+        let ingest = pool_of(1)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            pool,
+            ingest,
+            backend,
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {
@@ -179,6 +195,11 @@ impl Store {
 
     pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction on the group-commit writer's own connection.
+    pub async fn begin_ingest(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(self.ingest.begin().await?)
     }
 
     pub async fn ping(&self) -> Result<()> {

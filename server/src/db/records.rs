@@ -32,12 +32,18 @@ impl Store {
 
     // ----- clients -----
 
-    pub async fn insert_client(&self, client_id: &str, deployment: &str, now: i64) -> Result<()> {
+    /// Registers one client on the group-commit writer's connection.
+    pub async fn insert_client_on_ingest(
+        &self,
+        client_id: &str,
+        deployment: &str,
+        now: i64,
+    ) -> Result<()> {
         sqlx::query("INSERT INTO clients (client_id, deployment, created_at) VALUES ($1, $2, $3)")
             .bind(client_id)
             .bind(deployment)
             .bind(now)
-            .execute(&self.pool)
+            .execute(&self.ingest)
             .await?;
         Ok(())
     }

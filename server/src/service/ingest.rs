@@ -155,7 +155,9 @@ async fn together(store: &Store, writes: Vec<Write>) -> std::result::Result<(), 
 
 /// Decides every write's outcome inside one transaction and commits it.
 async fn plan_and_commit(store: &Store, writes: &[Write]) -> Result<Vec<Outcome>> {
-    let mut tx = store.begin().await?;
+    let started = std::time::Instant::now();
+    let mut tx = store.begin_ingest().await?;
+    let begun = started.elapsed();
     let mut outcomes: Vec<Option<Outcome>> = (0..writes.len()).map(|_| None).collect();
 
     // Updates, round by round (nearly always one round): the round's row first (its lock, and
@@ -261,7 +263,15 @@ async fn plan_and_commit(store: &Store, writes: &[Write]) -> Result<Vec<Outcome>
             outcomes[c.0] = Some(Outcome::ClientStored);
         }
     }
+    let planned = started.elapsed();
     tx.commit().await?;
+    tracing::trace!(
+        writes = writes.len(),
+        begin_us = begun.as_micros() as u64,
+        statements_us = (planned - begun).as_micros() as u64,
+        commit_us = (started.elapsed() - planned).as_micros() as u64,
+        "group commit"
+    );
     Ok(outcomes
         .into_iter()
         .map(|o| o.expect("every write has an outcome"))
@@ -277,7 +287,11 @@ async fn alone(store: &Store, write: Write) {
             now,
             reply,
         } => {
-            let _ = reply.send(store.insert_client(&client_id, &deployment, now).await);
+            let _ = reply.send(
+                store
+                    .insert_client_on_ingest(&client_id, &deployment, now)
+                    .await,
+            );
         }
         Write::Update {
             round_id,
@@ -302,7 +316,7 @@ async fn update_alone(
     digest: &str,
     now: i64,
 ) -> Result<i64> {
-    let mut tx = store.begin().await?;
+    let mut tx = store.begin_ingest().await?;
     if !Store::bump_received(&mut tx, round_id).await? {
         return Err(Error::conflict(
             "round_closed",
