@@ -1,6 +1,7 @@
 //! The server's behaviour, independent of HTTP: clients, rounds and submissions ([`rounds`]),
-//! publishing a version ([`publish`]), versions and rollback ([`versions`]), randomized-response
-//! statistics and drift flags ([`drift`]). Storage goes through [`crate::db`].
+//! the group commit that stores registrations and updates ([`ingest`]), publishing a version
+//! ([`publish`]), versions and rollback ([`versions`]), randomized-response statistics and drift
+//! flags ([`drift`]). Storage goes through [`crate::db`].
 
 pub mod drift;
 pub mod ingest;
