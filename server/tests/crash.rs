@@ -45,6 +45,17 @@ mod two_replicas_one_killed_during_load {
     }
 }
 
+mod sigkill_during_close {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::sigkill_during_close(super::Backend::Sqlite).await;
+    }
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        super::sigkill_during_close(super::Backend::Postgres).await;
+    }
+}
+
 mod sigkill_during_ingest {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn sqlite() {
@@ -678,4 +689,147 @@ async fn two_replicas_one_killed_during_load(backend: Backend) {
         .count();
     assert!(open <= 1, "{rounds}");
     drop(b);
+}
+
+/// A round any admin close publishes (minimum cohort 1, no target).
+const CLOSABLE_ROUND: &str =
+    r#"{"clipNorm":1,"granularity":0.01,"noiseStddev":4,"minCohort":1,"durationSeconds":3600}"#;
+
+/// SIGKILL while an admin close is publishing a round of 1,500 updates: after a restart the close
+/// either happened entirely (the round published, one new version, current) or not at all (the
+/// round open with every update, version 1 current) — never `closing`, never a version without
+/// its round; closing again then publishes all 1,500.
+async fn sigkill_during_close(backend: Backend) {
+    const N: usize = 1500;
+    let Some((database, dir)) = fresh_database(backend).await else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED sigkill_during_close::postgres: FEEDLOOP_TEST_POSTGRES_URL is unset \
+             (run server/tests/postgres.sh)"
+        );
+        return;
+    };
+    let _dir = TempDir(dir);
+    let bin = feedloop_bin();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let server = {
+        let (bin, database) = (bin.clone(), database.clone());
+        tokio::task::spawn_blocking(move || Server::start_with(&bin, &database, CLOSABLE_ROUND))
+            .await
+            .unwrap()
+    };
+    let base = server.base_url();
+    let round = get_json(&http, &base, "/v1/rounds/current").await;
+    let round_id = round["roundId"].as_str().unwrap().to_string();
+    let dimension = round["dimension"].as_u64().unwrap() as usize;
+    let cfg = PrivatizerConfig::new(1.0, 0.01, 4.0).unwrap();
+    let stored = Arc::new(AtomicUsize::new(0));
+    {
+        let (http, base, round_id, stored) =
+            (http.clone(), base.clone(), round_id.clone(), stored.clone());
+        for_each_concurrently((0..N).collect(), move |seed: usize| {
+            let (http, base, round_id, stored) =
+                (http.clone(), base.clone(), round_id.clone(), stored.clone());
+            let cfg = cfg.clone();
+            async move {
+                let (id, token) = register(&http, &base).await;
+                let delta: Vec<f32> = (0..dimension)
+                    .map(|i| ((i as f32 * 0.37 + seed as f32 * 1.3).sin()) * 0.05)
+                    .collect();
+                let payload = privatize_with_os_rng(&delta, &cfg).unwrap().to_bytes();
+                let sha256 = sha256_hex(&payload);
+                let client = Client {
+                    id,
+                    token,
+                    payload,
+                    sha256,
+                };
+                let (status, body) = submit(&http, &base, &round_id, &client).await.unwrap();
+                assert_eq!(status, 202, "{body}");
+                stored.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .await;
+    }
+    assert_eq!(stored.load(Ordering::Relaxed), N);
+
+    // The close, and the kill while it runs.
+    let close = {
+        let (http, url) = (
+            http.clone(),
+            format!("{base}/v1/admin/rounds/{round_id}/close"),
+        );
+        tokio::spawn(async move { http.post(url).bearer_auth(ADMIN_KEY).send().await })
+    };
+    let kill_after = Duration::from_millis(8);
+    tokio::time::sleep(kill_after).await;
+    server.kill();
+    let answered = close.await.unwrap().is_ok();
+
+    let server = {
+        let (bin, database) = (bin.clone(), database.clone());
+        tokio::task::spawn_blocking(move || Server::start_with(&bin, &database, CLOSABLE_ROUND))
+            .await
+            .unwrap()
+    };
+    let base = server.base_url();
+    let round = get_json(&http, &base, &format!("/v1/rounds/{round_id}")).await;
+    let models = get_json(&http, &base, "/v1/models").await;
+    let versions = models["versions"].as_array().unwrap().len();
+    let outcome = round["status"].as_str().unwrap().to_string();
+    let _ = writeln!(
+        std::io::stderr(),
+        "sigkill_during_close ({backend:?}): after the kill the round is {outcome}, {versions} \
+         versions, the close was {}answered",
+        if answered { "" } else { "not " }
+    );
+    match outcome.as_str() {
+        "open" => {
+            assert_eq!(
+                (versions, models["current"].as_str()),
+                (1, Some("1")),
+                "{models}"
+            );
+            assert_eq!(round["received"].as_u64(), Some(N as u64), "{round}");
+            let started = Instant::now();
+            let r = http
+                .post(format!("{base}/v1/admin/rounds/{round_id}/close"))
+                .bearer_auth(ADMIN_KEY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let closed: Value = r.json().await.unwrap();
+            assert_eq!(closed["status"], "published", "{closed}");
+            assert_eq!(closed["cohortSize"].as_u64(), Some(N as u64), "{closed}");
+            // The close takes longer than the delay before the kill, so the kill fell inside it
+            // (the request reaches the server in well under a millisecond on loopback).
+            let took = started.elapsed();
+            let _ = writeln!(
+                std::io::stderr(),
+                "sigkill_during_close: a close takes {took:?}"
+            );
+            assert!(
+                took > kill_after,
+                "the close took {took:?}: the kill came after it"
+            );
+        }
+        "published" => {
+            assert!(!answered || versions == 2);
+            assert_eq!(
+                (versions, models["current"].as_str()),
+                (2, Some("2")),
+                "{models}"
+            );
+            assert_eq!(round["publishedVersion"], "2", "{round}");
+            assert_eq!(round["cohortSize"].as_u64(), Some(N as u64), "{round}");
+        }
+        other => panic!("after a kill during its close the round is {other}: {round}"),
+    }
+    let models = get_json(&http, &base, "/v1/models").await;
+    assert_eq!(models["versions"].as_array().unwrap().len(), 2, "{models}");
+    assert_eq!(models["versions"][1]["parentVersion"], "1", "{models}");
 }
