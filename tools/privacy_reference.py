@@ -4,6 +4,8 @@
 * RDP accountant: Google's dp-accounting (`dp_accounting.rdp.RdpAccountant`), Poisson-subsampled
   Gaussian over a grid of noise multipliers, sampling rates, step counts and deltas.
 * zCDP -> (eps, delta): OpenDP's `make_zCDP_to_approxDP` on a grid of rho and delta.
+* k-ary randomized response: dp-accounting's PLD accountant (`RandomizedResponseDpEvent` with
+  `num_buckets = k`, replace-one neighbours) on the most accurate table for a grid of epsilon and k.
 * Ledger replay: the dp_event JSON that `Ledger::to_json` emits, replayed with dp-accounting
   by `replay_ledger_event` (the same snippet as docs/PRIVACY.md).
 
@@ -106,6 +108,25 @@ def zcdp_grid():
     ]
 
 
+CATEGORICAL_EPSILONS = [0.25, 0.5, 1.0, 2.0, 4.0]
+CATEGORICAL_KS = [2, 3, 5, 10, 64]
+
+
+def categorical_grid():
+    """The epsilon dp-accounting's PLD accountant gives k-ary randomized response at delta = 0, for
+    the noise parameter of the most accurate eps-LDP table (k / (e^eps + k - 1))."""
+    from dp_accounting.pld import pld_privacy_accountant as pld_lib
+    cases = []
+    for eps in CATEGORICAL_EPSILONS:
+        for k in CATEGORICAL_KS:
+            noise = k / (math.exp(eps) + k - 1)
+            accountant = pld_lib.PLDAccountant(dp_accounting.NeighboringRelation.REPLACE_ONE)
+            accountant.compose(dp_accounting.RandomizedResponseDpEvent(noise, k))
+            cases.append({"requested_epsilon": eps, "categories": k, "noise_parameter": noise,
+                          "epsilon_pld": accountant.get_epsilon(0.0)})
+    return cases
+
+
 def ledger_case():
     multipliers = [r["noise_stddev"] / (2 * r["clip_norm"]) for r in LEDGER_RELEASES]
     events, last, count = [], None, 0
@@ -137,6 +158,7 @@ def compute():
         "rdp_poisson_gaussian": rdp_grid(),
         "zcdp_to_approx_dp": zcdp_grid(),
         "ledger_replay": ledger_case(),
+        "categorical_response": categorical_grid(),
     }
 
 

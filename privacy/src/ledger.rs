@@ -46,6 +46,16 @@ pub enum ReleaseParams {
         /// Keep probability numerator over 2^53.
         keep_numerator: u64,
     },
+    /// One k-ary randomized-response value (a rating, a kind).
+    CategoricalResponse {
+        /// Exact ε of the probability table.
+        epsilon: f64,
+        /// k.
+        categories: u32,
+        /// P(report = one given other category) numerator over 2^53 rounded down to a multiple
+        /// of k.
+        other_numerator: u64,
+    },
 }
 
 impl ReleaseParams {
@@ -54,6 +64,7 @@ impl ReleaseParams {
         match self {
             Self::DiscreteGaussian { .. } => Mechanism::DiscreteGaussian,
             Self::RandomizedResponse { .. } => Mechanism::RandomizedResponse,
+            Self::CategoricalResponse { .. } => Mechanism::CategoricalResponse,
         }
     }
 
@@ -65,7 +76,8 @@ impl ReleaseParams {
                 noise_stddev,
                 ..
             } => zcdp_rho_gaussian(2.0 * clip_norm, *noise_stddev),
-            Self::RandomizedResponse { epsilon, .. } => epsilon * epsilon / 2.0,
+            Self::RandomizedResponse { epsilon, .. }
+            | Self::CategoricalResponse { epsilon, .. } => epsilon * epsilon / 2.0,
         }
     }
 
@@ -84,6 +96,18 @@ impl ReleaseParams {
                     * (crate::randomized_response::KEEP_DENOMINATOR - keep_numerator) as f64
                     / crate::randomized_response::KEEP_DENOMINATOR as f64;
                 json!({"dp_event": "RandomizedResponseDpEvent", "noise_parameter": rr_noise, "num_buckets": 2})
+            }
+            Self::CategoricalResponse {
+                categories,
+                other_numerator,
+                ..
+            } => {
+                // With probability k·q the value is replaced by a uniform one (of k).
+                let k = u64::from(*categories);
+                let denominator = crate::randomized_response::KEEP_DENOMINATOR
+                    - crate::randomized_response::KEEP_DENOMINATOR % k.max(1);
+                let noise = k as f64 * *other_numerator as f64 / denominator as f64;
+                json!({"dp_event": "RandomizedResponseDpEvent", "noise_parameter": noise, "num_buckets": categories})
             }
         }
     }
@@ -150,6 +174,33 @@ impl ReleaseRecord {
                 keep_numerator: rr.keep_probability().0,
             },
             payload_sha256: sha256_hex(&[u8::from(reported_bit)]),
+        }
+    }
+}
+
+impl ReleaseRecord {
+    /// A record for one k-ary randomized-response value (payload: the reported category as 4
+    /// little-endian bytes).
+    pub fn for_categorical_response(
+        mechanism: &crate::categorical_response::CategoricalResponse,
+        reported: u32,
+        time_ms: u64,
+        purpose: &str,
+        round_id: &str,
+        model_version: &str,
+    ) -> Self {
+        let (_, other_numerator, _) = mechanism.probabilities();
+        Self {
+            time_ms,
+            purpose: purpose.to_owned(),
+            round_id: round_id.to_owned(),
+            model_version: model_version.to_owned(),
+            params: ReleaseParams::CategoricalResponse {
+                epsilon: mechanism.epsilon(),
+                categories: mechanism.categories(),
+                other_numerator,
+            },
+            payload_sha256: sha256_hex(&reported.to_le_bytes()),
         }
     }
 }

@@ -37,6 +37,7 @@
 pub mod accounting;
 pub mod audit;
 pub mod budget;
+pub mod categorical_response;
 mod error;
 mod exact;
 pub mod ledger;

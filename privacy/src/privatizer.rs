@@ -48,6 +48,8 @@ pub enum Mechanism {
     DiscreteGaussian,
     /// Binary randomized response ([`crate::randomized_response`]).
     RandomizedResponse,
+    /// k-ary randomized response ([`crate::categorical_response`]).
+    CategoricalResponse,
 }
 
 /// Privatizer parameters in model units. Validated on construction and on

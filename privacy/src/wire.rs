@@ -243,6 +243,7 @@ impl UpdateParams {
         match self.mechanism {
             Mechanism::DiscreteGaussian => MECHANISM_DISCRETE_GAUSSIAN,
             Mechanism::RandomizedResponse => 2,
+            Mechanism::CategoricalResponse => 3,
         }
     }
 }

@@ -154,3 +154,37 @@ fn rewriting_an_entry_with_a_valid_hash_still_breaks_the_chain() {
     let k = kinds(&Ledger::from_json(&v.to_string()).unwrap());
     assert_eq!(k, vec![(2, LedgerIssueKind::BrokenChain)]);
 }
+
+#[test]
+fn a_categorical_release_is_charged_and_replayable() {
+    use feedloop_privacy::categorical_response::CategoricalResponse;
+    let mut ledger = sample_ledger();
+    let before = ledger.total_rho();
+    let stars = CategoricalResponse::new(0.5, 5).unwrap();
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    let reported = stars.respond(3, &mut rng).unwrap();
+    let entry = ledger
+        .append(ReleaseRecord::for_categorical_response(
+            &stars,
+            reported,
+            3_000,
+            "star rating",
+            "round-4",
+            "m1",
+        ))
+        .unwrap()
+        .clone();
+    assert!((ledger.total_rho() - before - stars.rho()).abs() < 1e-15);
+    assert_eq!(kinds(&ledger), vec![]);
+    // The export names dp-accounting's event for it: k buckets, noise k·q.
+    let export: Value = serde_json::from_str(&ledger.to_json()).unwrap();
+    let text = export.to_string();
+    assert!(text.contains("\"num_buckets\":5"), "{text}");
+    assert!((stars.dp_accounting_noise_parameter() - 5.0 / (0.5f64.exp() + 4.0)).abs() < 1e-12);
+    // A tampered category count is caught like any other edit.
+    let mut v: Value = serde_json::from_str(&ledger.to_json()).unwrap();
+    let last = v["entries"].as_array().unwrap().len() - 1;
+    v["entries"][last]["params"]["categories"] = serde_json::json!(2);
+    let edited = Ledger::from_json(&v.to_string()).unwrap();
+    assert!(!edited.verify().is_empty(), "{entry:?}");
+}

@@ -130,3 +130,38 @@ fn ledger_export_replays_in_dp_accounting() {
         "ledger ε {eps} vs dp-accounting replay {want}"
     );
 }
+
+#[test]
+fn categorical_response_matches_dp_accountings_pld_for_k_buckets() {
+    use feedloop_privacy::categorical_response::CategoricalResponse;
+    let fx = fixture();
+    let cases = fx["categorical_response"].as_array().unwrap();
+    assert_eq!(cases.len(), 25);
+    for case in cases {
+        let eps = f(case, "requested_epsilon");
+        let k = case["categories"].as_u64().unwrap() as u32;
+        let mechanism = CategoricalResponse::new(eps, k).unwrap();
+        // The same table as the reference (up to the 2^53 grid) ...
+        assert!(
+            rel_err(
+                mechanism.dp_accounting_noise_parameter(),
+                f(case, "noise_parameter")
+            ) < 1e-12,
+            "{case}: noise parameter {}",
+            mechanism.dp_accounting_noise_parameter()
+        );
+        // ... and its exact ε is what dp-accounting's PLD accountant finds, within the PLD's
+        // value discretization (1e-4, rounded up), never above the request.
+        let pld = f(case, "epsilon_pld");
+        assert!(
+            mechanism.epsilon() <= eps,
+            "{case}: {}",
+            mechanism.epsilon()
+        );
+        assert!(
+            (pld - mechanism.epsilon()).abs() <= 2e-4,
+            "{case}: exact ε {} vs dp-accounting {pld}",
+            mechanism.epsilon()
+        );
+    }
+}
