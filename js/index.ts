@@ -20,7 +20,7 @@ export type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
-  ServerOptions, OpenRound, SettledUpload, SyncReport, PendingUpload, EmbeddedCatalog,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, MetricReport, PendingUpload, EmbeddedCatalog,
 } from "./feedloop_wasm.js";
 
 /** Where a model comes from: its bytes, or a URL to fetch it from. */

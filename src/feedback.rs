@@ -122,10 +122,15 @@ impl Ranker {
 }
 
 fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<FeedbackOutcome> {
-    Ok(inner
-        .borrow_mut()
-        .feedback
-        .record(raw, js_sys::Date::now())?)
+    let mut inner = inner.borrow_mut();
+    let outcome = inner.feedback.record(raw, js_sys::Date::now())?;
+    // A thumbs on the answer the model ranked first: the thumbs-up-rate metric of the global
+    // version in use, reported (privatized) at the next sync.
+    if let Some(up) = outcome.thumbs_on_top {
+        let version = inner.global_version.clone();
+        inner.privacy.observe_thumbs(&version, up);
+    }
+    Ok(outcome)
 }
 
 fn raw_feedback(event: JsValue) -> JsResult<RawFeedback> {

@@ -8,9 +8,10 @@
 //! state can reach this module: it has no function that accepts them.
 
 use feedloop_core::contribution::RoundConfig;
+use feedloop_core::metric_reports::MetricRelease;
 use feedloop_core::outbox::{QueuedUpload, SendOutcome};
 use feedloop_core::protocol::{
-    paths, ErrorBody, ModelVersion, Round, RoundStatus, TokenGrant, UnixMillis,
+    paths, ErrorBody, ModelVersion, Round, RoundStatus, Stats, TokenGrant, UnixMillis,
     DEPLOYMENT_KEY_HEADER, MODEL_VERSION_HEADER, UPDATE_CONTENT_TYPE,
 };
 use js_sys::{Promise, Reflect, Uint8Array};
@@ -355,6 +356,43 @@ pub async fn open_round(server: &ServerConfig) -> Result<Option<OpenRound>, NetE
     }
     let round: Round = checked(resp).await?;
     Ok((round.status == RoundStatus::Open).then(|| round.into()))
+}
+
+/// The ε the server de-biases thumbs-up reports for (`GET /v1/stats`).
+pub async fn rr_epsilon(server: &ServerConfig) -> Result<f64, NetError> {
+    let resp = request("GET", &server.endpoint(paths::STATS), &[], None).await?;
+    let stats: Stats = checked(resp).await?;
+    Ok(stats.rr_epsilon)
+}
+
+/// Sends one metric report. Only a [`MetricRelease`] can be sent: randomized, charged to the
+/// budget and in the ledger (`feedloop_core::metric_reports`). A report the server already holds
+/// (`409 duplicate_report`, e.g. sent before a lost answer) counts as delivered.
+pub async fn send_metric(
+    server: &ServerConfig,
+    token: &ClientToken,
+    release: &MetricRelease,
+) -> Result<(), NetError> {
+    let bearer = format!("Bearer {}", token.grant.token);
+    let body = serde_json::to_vec(release.report()).expect("a report serializes");
+    let resp = request(
+        "POST",
+        &server.endpoint(paths::FEEDBACK),
+        &[
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        Some(&body),
+    )
+    .await?;
+    if resp.ok() {
+        return Ok(());
+    }
+    let error = failure(&resp).await;
+    if error.code.as_deref() == Some("duplicate_report") {
+        return Ok(());
+    }
+    Err(error)
 }
 
 fn upload_path(upload: &QueuedUpload) -> String {

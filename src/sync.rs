@@ -1,5 +1,6 @@
 //! Sync with the feedloop server: pull the global model, contribute a privatized update to the open
-//! round, and deliver queued uploads (with backoff, and by `sendBeacon` when the page is hidden).
+//! round, deliver queued uploads (with backoff, and by `sendBeacon` when the page is hidden), and
+//! send the metric reports noted since the last sync (`feedloop_core::metric_reports`).
 //!
 //! The order of a sync is the privacy order: an upload is privatized and charged (`DevicePrivacy`),
 //! recorded and queued in one IndexedDB transaction, and only then handed to the network layer
@@ -53,6 +54,25 @@ struct SyncReport {
     settled: Vec<Settled>,
     /// Uploads still waiting (with backoff).
     queued: usize,
+    /// Metric reports this sync released (randomized, charged, in the ledger) and sent.
+    metrics: Vec<MetricSent>,
+}
+
+/// One metric report of a sync.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MetricSent {
+    /// What it measures ("thumbs": the thumbs-up rate of the answers this version ranked first).
+    kind: &'static str,
+    model_version: String,
+    /// SHA-256 of the released payload, as in the ledger.
+    sha256: String,
+    /// ε of the randomized response.
+    epsilon: f64,
+    /// Whether the server stored it (a report that could not be sent is not retried: its cost
+    /// is recorded, which can only over-count).
+    delivered: bool,
+    error: Option<String>,
 }
 
 /// One queued upload, for `pendingUploads()`.
@@ -285,7 +305,73 @@ async fn run_sync(
     }
     report.settled = settled;
     report.offline = offline;
+
+    // 4. Metric reports noted since the last sync.
+    if !offline {
+        match report_metrics(inner, name, server, &token).await? {
+            Ok(sent) => report.metrics = sent,
+            Err(why) => report.error = Some(why),
+        }
+    }
     finish(inner, report)
+}
+
+/// Releases and sends every noted metric report: each is randomized, charged and written to the
+/// ledger in IndexedDB before it is handed to the network layer, like an update. Stops at the
+/// first report the policy or the budget refuses (the note stays for a later sync) and returns
+/// why as the error.
+async fn report_metrics(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
+    server: &ServerConfig,
+    token: &ClientToken,
+) -> Result<Result<Vec<MetricSent>, String>, JsValue> {
+    if inner
+        .borrow()
+        .privacy
+        .state()
+        .pending_metrics
+        .thumbs
+        .is_empty()
+    {
+        return Ok(Ok(Vec::new()));
+    }
+    let epsilon = match network::rr_epsilon(server).await {
+        Ok(e) => e,
+        Err(e) => return Ok(Err(format!("metric reports wait: {e}"))),
+    };
+    let mut sent = Vec::new();
+    loop {
+        let now = now_ms();
+        let (release, privacy) = {
+            let mut inner = inner.borrow_mut();
+            let mut rng = secure_rng()?;
+            match inner.privacy.release_thumbs(epsilon, now, &mut rng) {
+                Ok(Some(release)) => (release, inner.privacy.clone()),
+                Ok(None) => break,
+                Err(e) => return Ok(Err(format!("a metric report was refused: {e}"))),
+            }
+        };
+        let (written, outbox) = indexeddb::save_privacy(name, &privacy, None, now)
+            .await
+            .map_err(Error::Storage)?;
+        {
+            let mut inner = inner.borrow_mut();
+            inner.privacy = written;
+            inner.outbox = outbox;
+        }
+        let result = network::send_metric(server, token, &release).await;
+        sent.push(MetricSent {
+            kind: "thumbs",
+            model_version: release.report().model_version.clone(),
+            sha256: release.ledger_entry().payload_sha256.clone(),
+            // ρ = ε²/2 for randomized response.
+            epsilon: (2.0 * release.ledger_entry().rho).sqrt(),
+            delivered: result.is_ok(),
+            error: result.err().map(|e| e.to_string()),
+        });
+    }
+    Ok(Ok(sent))
 }
 
 fn stop(

@@ -152,6 +152,15 @@ export interface SyncReport {
   settled: SettledUpload[];
   /** Uploads still waiting. */
   queued: number;
+  /** Metric reports this sync released and sent: one randomized-response bit per model version
+   *  ("did the answer it ranked first get a thumbs up"), charged and in the ledger first. */
+  metrics: MetricReport[];
+}
+
+/** One metric report of a sync. */
+export interface MetricReport {
+  kind: "thumbs"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean;
+  error: string | null;
 }
 
 /** An upload waiting to be delivered (privatized and in the ledger already). */

@@ -54,6 +54,9 @@ pub struct DevicePrivacyState {
     pub ledger: Ledger,
     pub contributed_delta: Vec<f32>,
     pub contributed_base: String,
+    /// Metric verdicts noted but not reported yet ([`crate::metric_reports`]).
+    #[serde(default)]
+    pub pending_metrics: crate::metric_reports::PendingMetrics,
 }
 
 impl DevicePrivacyState {
@@ -108,12 +111,23 @@ impl DevicePrivacyState {
         } else {
             stored
         };
+        // Notes of both tabs, less what either already reported.
+        let mut pending_metrics = crate::metric_reports::PendingMetrics::merge(
+            &stored.pending_metrics,
+            &mine.pending_metrics,
+        );
+        pending_metrics.thumbs.retain(|version, _| {
+            !ledger.entries().iter().any(|e| {
+                e.purpose == crate::metric_reports::THUMBS_PURPOSE && e.model_version == *version
+            })
+        });
         Ok(Self {
             policy: mine.policy.clone(),
             budget,
             ledger,
             contributed_delta: newer.contributed_delta.clone(),
             contributed_base: newer.contributed_base.clone(),
+            pending_metrics,
         })
     }
 }
@@ -259,6 +273,7 @@ impl DevicePrivacy {
                 ledger,
                 contributed_delta: vec![0.0; parameter_count],
                 contributed_base: base_version.to_string(),
+                pending_metrics: Default::default(),
             },
         })
     }
@@ -278,6 +293,10 @@ impl DevicePrivacy {
 
     pub fn state(&self) -> &DevicePrivacyState {
         &self.state
+    }
+
+    pub(crate) fn state_mut(&mut self) -> &mut DevicePrivacyState {
+        &mut self.state
     }
 
     /// Wraps a state (e.g. a merge of two tabs' states).

@@ -73,6 +73,8 @@ struct CandidateRecord {
     context: Arc<str>,
     /// φ against `context`, in head-parameter order.
     features: Vec<f32>,
+    /// Whether the model ranked it first in its last ranking (for the thumbs-up-rate metric).
+    ranked_first: bool,
 }
 
 /// What recording one event did.
@@ -88,6 +90,10 @@ pub struct FeedbackOutcome {
     /// The (first named) candidate's personal score before and after.
     pub score_before: f32,
     pub score_after: f32,
+    /// A thumbs verdict on the candidate the model last ranked first: the observation of the
+    /// thumbs-up-rate metric (`DevicePrivacy::observe_thumbs`). Stays on the device.
+    #[serde(skip)]
+    pub thumbs_on_top: Option<bool>,
 }
 
 /// One entry of the local activity log.
@@ -387,17 +393,20 @@ impl FeedbackLoop {
         let features = self.features(&context, &texts)?;
         let theta = self.state.learning.personal_parameters(&self.global);
         let scores: Vec<f32> = features.iter().map(|x| dot(&theta, x)).collect();
-        for (c, x) in candidates.iter().zip(features) {
-            self.remember(c.id, c.text, context.clone(), x);
-        }
-        Ok(crate::model::rank_scores(&scores)
+        let ranked: Vec<RankedCandidate> = crate::model::rank_scores(&scores)
             .into_iter()
             .map(|r| RankedCandidate {
                 id: candidates[r.index].id.to_string(),
                 index: r.index,
                 score: r.score,
             })
-            .collect())
+            .collect();
+        let first = ranked.first().map(|r| r.id.clone());
+        for (c, x) in candidates.iter().zip(features) {
+            let ranked_first = first.as_deref() == Some(c.id);
+            self.remember(c.id, c.text, context.clone(), x, ranked_first);
+        }
+        Ok(ranked)
     }
 
     /// Validates and records one event, and learns from it at once. An event about a candidate that
@@ -477,6 +486,14 @@ impl FeedbackLoop {
             }
         }
         let score_after = self.personal_score(&primary);
+        let thumbs_on_top = match &event.signal {
+            Signal::Thumbs { candidate, up } => self
+                .candidates
+                .get(candidate)
+                .filter(|c| c.ranked_first)
+                .map(|_| *up),
+            _ => None,
+        };
         let id = self.next_id();
         self.state.activity.push_back(Activity {
             id,
@@ -501,6 +518,7 @@ impl FeedbackLoop {
             },
             score_before,
             score_after,
+            thumbs_on_top,
         })
     }
 
@@ -630,11 +648,19 @@ impl FeedbackLoop {
             .collect())
     }
 
-    fn remember(&mut self, id: &str, text: &str, context: Arc<str>, features: Vec<f32>) {
+    fn remember(
+        &mut self,
+        id: &str,
+        text: &str,
+        context: Arc<str>,
+        features: Vec<f32>,
+        ranked_first: bool,
+    ) {
         let record = CandidateRecord {
             text: text.to_string(),
             context,
             features,
+            ranked_first,
         };
         if self.candidates.insert(id.to_string(), record).is_none() {
             self.candidate_order.push_back(id.to_string());

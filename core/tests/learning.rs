@@ -574,3 +574,51 @@ fn the_personal_head_scores_what_rank_scores() {
         assert!(fl.learning_state().delta.iter().any(|d| *d != 0.0));
     }
 }
+
+#[test]
+fn a_thumbs_on_the_top_answer_is_the_thumbs_up_rate_observation() {
+    let samples = samples();
+    let mut fl = new_loop(3);
+    let ranked: Vec<String> = rank_sample(&mut fl, &samples[0])
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let thumbs = |fl: &mut FeedbackLoop, candidate: &str, up: bool| {
+        fl.record(
+            RawFeedback {
+                candidate: Some(candidate.to_string()),
+                up: Some(up),
+                ..event("thumbs")
+            },
+            NOW,
+        )
+        .unwrap()
+        .thumbs_on_top
+    };
+    assert_eq!(thumbs(&mut fl, &ranked[0], true), Some(true));
+    assert_eq!(
+        thumbs(&mut fl, &ranked[1], false),
+        None,
+        "not the top answer"
+    );
+    // Other kinds are no thumbs observation, even on the top answer.
+    let copy = fl
+        .record(
+            RawFeedback {
+                candidate: Some(ranked[0].clone()),
+                ..event("copy")
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(copy.thumbs_on_top, None);
+    // After re-ranking, "first" is whatever the model ranks first now.
+    let again: Vec<String> = rank_sample(&mut fl, &samples[0])
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(thumbs(&mut fl, &again[0], false), Some(false));
+    if again[0] != ranked[0] {
+        assert_eq!(thumbs(&mut fl, &ranked[0], true), None);
+    }
+}

@@ -4,7 +4,8 @@
 // request body the pages send is captured: the only bodies are privatized updates (FLDP), each one
 // recorded in the sending device's ledger, with no candidate text and no feedback event in them.
 // Then the upload queue: a failed upload waits in IndexedDB and leaves by sendBeacon when the page is
-// hidden. Last, the dashboard shows the rounds and versions and rolls back with the admin key.
+// hidden, and a thumbs on the top answer is reported once per version as one randomized bit, in the
+// ledger first. Last, the dashboard shows the rounds and versions and rolls back with the admin key.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -168,6 +169,32 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     assert.equal(confirm.queued, 0, JSON.stringify(confirm));
     assert.equal(confirm.settled[0]?.delivered, true);
     assert.equal(confirm.settled[0]?.sha256, failed.contribution.sha256);
+
+    // The thumbs-down on the answer v2 ranked first was noted (and saved with the privacy state
+    // before the reload); this sync reported it: one randomized bit for v2, in the ledger first.
+    assert.equal(confirm.metrics.length, 1, JSON.stringify(confirm));
+    const [metric] = confirm.metrics;
+    assert.equal(metric.kind, "thumbs");
+    assert.equal(metric.modelVersion, "2");
+    assert.equal(metric.delivered, true, JSON.stringify(metric));
+    const reports = bodies.filter((b) => b.url.endsWith("/v1/feedback"));
+    assert.equal(reports.length, 1);
+    const sent = JSON.parse(reports[0].body.toString("utf8"));
+    assert.deepEqual(Object.keys(sent).sort(), ["bit", "modelVersion"], "nothing but the version and the bit");
+    assert.equal(sent.modelVersion, "2");
+    assert.equal(typeof sent.bit, "boolean");
+    const ledger = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger()));
+    const { createHash } = await import("node:crypto");
+    const sha = createHash("sha256").update(Buffer.from([sent.bit ? 1 : 0])).digest("hex");
+    const entry = ledger.entries.find((e) => e.round_id === "thumbs@2");
+    assert.ok(entry, "the report is in the ledger");
+    assert.equal(entry.payload_sha256, sha, "the ledger records the exact bit sent");
+    assert.equal(entry.payload_sha256, metric.sha256);
+    const stats = await json(server.base, "/v1/stats");
+    assert.equal(stats.versions.find((v) => v.version === "2").reports, 1, "the dashboard's rate has a report");
+    // A later sync sends no second report for v2.
+    await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-up"]');
+    assert.equal((await sync(page)).metrics.length, 0);
     assert.deepEqual(problems, []);
   });
 

@@ -6,7 +6,7 @@ import { expectTypeOf } from "expect-type";
 
 import { Ranker, diagnostics } from "feedloop";
 import type {
-  RankerOptions, FeedbackEvent, FeedbackKind, FeedbackOutcome, SyncReport, OpenRound, SettledUpload,
+  RankerOptions, FeedbackEvent, FeedbackKind, FeedbackOutcome, SyncReport, MetricReport, OpenRound, SettledUpload,
   RankedCandidate, CandidateInput, ModelSource, GpuMode, ServerOptions, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, Explanation, Activity, LearningState, ModelInfo, PrivacyReport, InspectedUpload,
   RoundConfig, PendingUpload, EmbeddedCatalog, StorageStatus, RankerErrorEvent, FlagCategory,
@@ -218,8 +218,13 @@ expectTypeOf<SyncReport>().toHaveProperty("contribution").toEqualTypeOf<
 expectTypeOf<SyncReport>().toHaveProperty("skipped").toEqualTypeOf<string | null>();
 expectTypeOf<SyncReport>().toHaveProperty("settled").toEqualTypeOf<SettledUpload[]>();
 expectTypeOf<SyncReport>().toHaveProperty("queued").toEqualTypeOf<number>();
+expectTypeOf<SyncReport>().toHaveProperty("metrics").toEqualTypeOf<MetricReport[]>();
+expectTypeOf<MetricReport>().toEqualTypeOf<{
+  kind: "thumbs"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean; error: string | null;
+}>();
 expectTypeOf<keyof SyncReport>().toEqualTypeOf<
-  "offline" | "error" | "clientId" | "modelVersion" | "modelUpdated" | "round" | "contribution" | "skipped" | "settled" | "queued"
+  "offline" | "error" | "clientId" | "modelVersion" | "modelUpdated" | "round" | "contribution" | "skipped" | "settled"
+  | "queued" | "metrics"
 >();
 expectTypeOf<OpenRound>().toExtend<RoundConfig>();
 expectTypeOf<OpenRound>().toExtend<{ minCohort: number; targetCount: number | null; deadline: number | null }>();

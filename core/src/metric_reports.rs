@@ -1,0 +1,247 @@
+//! Metric reports: what the device tells the server about how good a model version is, privatized.
+//!
+//! Today one metric: **the thumbs-up rate on the answers a version ranked first.** When the user
+//! gives a thumbs up or down to the candidate the model ranked first, the device notes the verdict
+//! for the global model version it was using ([`DevicePrivacy::observe_thumbs`]; the last verdict
+//! per version counts). At the next sync it reports each noted version once, as one ε-randomized
+//! response bit ([`DevicePrivacy::release_thumbs`]): the budget pays ρ = ε²/2, the ledger records
+//! the release with its purpose, and only then does the bit exist for the network — as a
+//! [`MetricRelease`], which only that method builds. The server de-biases the bits per version
+//! (`GET /v1/stats`); it announces the ε it de-biases for, and a device whose policy allows less
+//! per release refuses (the server cannot weaken a device's privacy).
+//!
+//! The raw verdict never leaves the device; what leaves is `{modelVersion, bit}` with the bit
+//! flipped with probability 1 − p (p = e^ε/(1+e^ε) on the 2^53 grid).
+
+use std::collections::BTreeMap;
+
+use feedloop_privacy::ledger::{LedgerEntry, ReleaseRecord};
+use feedloop_privacy::randomized_response::RandomizedResponse;
+use rand_core::CryptoRng;
+use serde::{Deserialize, Serialize};
+
+use crate::contribution::DevicePrivacy;
+use crate::error::{Error, Result};
+use crate::protocol::FeedbackReport;
+
+/// Why a thumbs report leaves the device, as written in the ledger.
+pub const THUMBS_PURPOSE: &str = "thumbs-up rate of the top-ranked answer";
+
+/// The global model version a device uses before its first sync: no server knows it.
+pub const BUNDLED_VERSION: &str = "bundled";
+
+/// Verdicts noted but not reported yet: per global model version, whether the last thumbs on an
+/// answer that version ranked first was up.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PendingMetrics {
+    #[serde(default)]
+    pub thumbs: BTreeMap<String, bool>,
+}
+
+impl PendingMetrics {
+    /// Another tab's notes and this tab's: both, this tab's verdict where both noted one.
+    pub fn merge(stored: &Self, mine: &Self) -> Self {
+        let mut thumbs = stored.thumbs.clone();
+        thumbs.extend(mine.thumbs.iter().map(|(k, v)| (k.clone(), *v)));
+        Self { thumbs }
+    }
+}
+
+/// A randomized, charged and recorded metric report: persist the device's privacy state, then
+/// send [`MetricRelease::report`].
+#[derive(Debug)]
+pub struct MetricRelease {
+    report: FeedbackReport,
+    ledger_entry: LedgerEntry,
+}
+
+impl MetricRelease {
+    /// The body of `POST /v1/feedback`: the version and the randomized bit.
+    pub fn report(&self) -> &FeedbackReport {
+        &self.report
+    }
+
+    /// The ledger entry recording this release.
+    pub fn ledger_entry(&self) -> &LedgerEntry {
+        &self.ledger_entry
+    }
+}
+
+/// The budget key (and ledger round id) of a version's thumbs report: one per version.
+fn release_id(model_version: &str) -> String {
+    format!("thumbs@{model_version}")
+}
+
+impl DevicePrivacy {
+    /// Notes a thumbs verdict on the answer ranked first under `model_version`; reported at the
+    /// next sync unless that version was already reported (one report per version) or is the
+    /// bundled model (no server knows it).
+    pub fn observe_thumbs(&mut self, model_version: &str, up: bool) {
+        if model_version == BUNDLED_VERSION || self.thumbs_reported(model_version) {
+            return;
+        }
+        self.state_mut()
+            .pending_metrics
+            .thumbs
+            .insert(model_version.to_string(), up);
+    }
+
+    /// Whether this device's ledger already has the thumbs report of `model_version`.
+    pub fn thumbs_reported(&self, model_version: &str) -> bool {
+        let id = release_id(model_version);
+        self.state()
+            .ledger
+            .entries()
+            .iter()
+            .any(|e| e.purpose == THUMBS_PURPOSE && e.round_id == id)
+    }
+
+    /// Randomizes the verdict of one noted version with ε-randomized response (`epsilon`: what the
+    /// server de-biases for), charges the budget, appends the ledger entry and forgets the note.
+    /// `None` when nothing is noted. Refused, with nothing changed, when the policy or the budget
+    /// does not allow ρ = ε²/2 (the note stays for a later sync).
+    pub fn release_thumbs<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
+        let Some((version, up)) = self
+            .state()
+            .pending_metrics
+            .thumbs
+            .iter()
+            .next()
+            .map(|(v, up)| (v.clone(), *up))
+        else {
+            return Ok(None);
+        };
+        let rr = RandomizedResponse::new(epsilon)
+            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?;
+        let id = release_id(&version);
+        let mut state = self.state().clone();
+        state
+            .budget
+            .charge(&state.policy, &id, rr.rho(), now_ms)
+            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?;
+        let bit = rr.respond(up, rng);
+        let entry = state
+            .ledger
+            .append(ReleaseRecord::for_randomized_response(
+                &rr,
+                bit,
+                now_ms,
+                THUMBS_PURPOSE,
+                &id,
+                &version,
+            ))
+            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?
+            .clone();
+        state.pending_metrics.thumbs.remove(&version);
+        *self.state_mut() = state;
+        Ok(Some(MetricRelease {
+            report: FeedbackReport {
+                model_version: version,
+                bit,
+            },
+            ledger_entry: entry,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chacha20::rand_core::SeedableRng;
+    use feedloop_privacy::budget::{PrivacyPolicy, DAY_MS};
+    use feedloop_privacy::ledger::sha256_hex;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn device(max_rho_per_release: f64) -> DevicePrivacy {
+        let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, max_rho_per_release).unwrap();
+        DevicePrivacy::new(policy, 3, "1").unwrap()
+    }
+
+    #[test]
+    fn one_report_per_version_charged_and_recorded() {
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(1);
+        assert!(d.release_thumbs(1.0, NOW, &mut rng).unwrap().is_none());
+        d.observe_thumbs("2", false);
+        d.observe_thumbs("2", true); // the last verdict counts
+        d.observe_thumbs(BUNDLED_VERSION, true); // ignored
+        let release = d.release_thumbs(1.0, NOW, &mut rng).unwrap().unwrap();
+        assert_eq!(release.report().model_version, "2");
+        let entry = release.ledger_entry();
+        assert_eq!(entry.purpose, THUMBS_PURPOSE);
+        assert_eq!(entry.model_version, "2");
+        // The ledger hashes exactly the bit that leaves.
+        assert_eq!(
+            entry.payload_sha256,
+            sha256_hex(&[u8::from(release.report().bit)])
+        );
+        let rr = RandomizedResponse::new(1.0).unwrap();
+        assert!((d.state().budget.lifetime_rho() - rr.rho()).abs() < 1e-15);
+        assert!(d.thumbs_reported("2"));
+        // Nothing noted any more, and a new verdict for version 2 is not noted again.
+        d.observe_thumbs("2", false);
+        assert!(d.release_thumbs(1.0, NOW, &mut rng).unwrap().is_none());
+        assert_eq!(d.state().ledger.entries().len(), 1);
+        // A new version is reported on its own.
+        d.observe_thumbs("3", true);
+        assert!(d.release_thumbs(1.0, NOW + 1, &mut rng).unwrap().is_some());
+        assert_eq!(d.state().ledger.entries().len(), 2);
+        assert!(d.state().ledger.verify().is_empty());
+    }
+
+    #[test]
+    fn the_server_cannot_ask_for_more_epsilon_than_the_policy_allows() {
+        // At most ρ = 0.1 per release: ε = 1 (ρ = 0.5) is refused and nothing changes.
+        let mut d = device(0.1);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(2);
+        d.observe_thumbs("2", true);
+        let before = d.state().clone();
+        assert!(d.release_thumbs(1.0, NOW, &mut rng).is_err());
+        assert_eq!(d.state(), &before);
+        // ε = 0.4 (ρ = 0.08) is allowed.
+        assert!(d.release_thumbs(0.4, NOW, &mut rng).unwrap().is_some());
+    }
+
+    #[test]
+    fn the_bit_is_randomized_response() {
+        // Over many devices whose verdict is "up", the reported ones come at rate p.
+        let rr = RandomizedResponse::new(1.0).unwrap();
+        let (n, d) = rr.keep_probability();
+        let p = n as f64 / d as f64;
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(3);
+        let devices = 4000;
+        let mut ones = 0;
+        for _ in 0..devices {
+            let mut dev = device(0.5);
+            dev.observe_thumbs("2", true);
+            ones += u32::from(
+                dev.release_thumbs(1.0, NOW, &mut rng)
+                    .unwrap()
+                    .unwrap()
+                    .report()
+                    .bit,
+            );
+        }
+        let rate = f64::from(ones) / f64::from(devices);
+        let se = (p * (1.0 - p) / f64::from(devices)).sqrt();
+        assert!((rate - p).abs() < 5.0 * se, "{rate} vs {p}");
+    }
+
+    #[test]
+    fn notes_of_two_tabs_merge() {
+        let mut a = PendingMetrics::default();
+        a.thumbs.insert("2".into(), true);
+        let mut b = PendingMetrics::default();
+        b.thumbs.insert("2".into(), false);
+        b.thumbs.insert("3".into(), true);
+        let merged = PendingMetrics::merge(&a, &b);
+        assert_eq!(merged.thumbs.get("2"), Some(&false));
+        assert_eq!(merged.thumbs.get("3"), Some(&true));
+    }
+}
