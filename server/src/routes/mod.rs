@@ -63,27 +63,17 @@ fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
             Header::new(ObjectBuilder::new().schema_type(Type::Integer)),
         )
         .build();
-    for (path, item) in doc.paths.paths.iter_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for operation in operations.into_iter().flatten() {
-            let admin = operation.security.as_ref().is_some_and(|requirements| {
-                serde_json::to_value(requirements)
-                    .is_ok_and(|v| v.to_string().contains("\"adminKey\""))
-            });
-            if admin || path == feedloop_core::protocol::paths::REGISTER {
-                operation
-                    .responses
-                    .responses
-                    .insert("429".into(), response.clone().into());
-            }
+    for_each_operation(doc, |path, operation| {
+        let admin = operation.security.as_ref().is_some_and(|requirements| {
+            serde_json::to_value(requirements).is_ok_and(|v| v.to_string().contains("\"adminKey\""))
+        });
+        if admin || path == feedloop_core::protocol::paths::REGISTER {
+            operation
+                .responses
+                .responses
+                .insert("429".into(), response.clone().into());
         }
-    }
+    });
 }
 
 /// Every operation can also answer a client error no handler chose — a malformed path or query
@@ -102,7 +92,21 @@ fn document_other_errors(doc: &mut utoipa::openapi::OpenApi) {
             Content::new(Some(Ref::from_schema_name("ErrorBody"))),
         )
         .build();
-    for item in doc.paths.paths.values_mut() {
+    for_each_operation(doc, |_, operation| {
+        operation
+            .responses
+            .responses
+            .entry("4XX".into())
+            .or_insert_with(|| response.clone().into());
+    });
+}
+
+/// Calls `f` with the path and every operation of the document.
+fn for_each_operation(
+    doc: &mut utoipa::openapi::OpenApi,
+    mut f: impl FnMut(&str, &mut utoipa::openapi::path::Operation),
+) {
+    for (path, item) in doc.paths.paths.iter_mut() {
         let operations = [
             &mut item.get,
             &mut item.put,
@@ -111,11 +115,7 @@ fn document_other_errors(doc: &mut utoipa::openapi::OpenApi) {
             &mut item.patch,
         ];
         for operation in operations.into_iter().flatten() {
-            operation
-                .responses
-                .responses
-                .entry("4XX".into())
-                .or_insert_with(|| response.clone().into());
+            f(path, operation);
         }
     }
 }

@@ -16,6 +16,26 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
         served,
         serde_json::to_value(feedloop_server::routes::document()).unwrap()
     );
+    // Registration and every admin operation document the rate limit's 429 (with Retry-After);
+    // every operation documents the JSON body of the errors no handler writes (4XX).
+    for (path, item) in served["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = &op["responses"];
+            assert!(responses["4XX"].is_object(), "{method} {path}: no 4XX");
+            let admin = op["security"].to_string().contains("adminKey");
+            if admin || path == "/v1/clients/register" {
+                assert!(
+                    responses["429"]["headers"]["retry-after"].is_object(),
+                    "{method} {path}: no 429 with Retry-After"
+                );
+            } else {
+                assert!(
+                    responses["429"].is_null(),
+                    "{method} {path}: 429 not expected"
+                );
+            }
+        }
+    }
     for schema in [
         "TokenGrant",
         "Round",
