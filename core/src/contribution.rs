@@ -116,11 +116,9 @@ impl DevicePrivacyState {
             &stored.pending_metrics,
             &mine.pending_metrics,
         );
-        pending_metrics.thumbs.retain(|version, _| {
-            !ledger.entries().iter().any(|e| {
-                e.purpose == crate::metric_reports::THUMBS_PURPOSE && e.model_version == *version
-            })
-        });
+        pending_metrics
+            .thumbs
+            .retain(|version, _| !crate::metric_reports::thumbs_reported_in(&ledger, version));
         Ok(Self {
             policy: mine.policy.clone(),
             budget,

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 
-use feedloop_privacy::ledger::{LedgerEntry, ReleaseRecord};
+use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseRecord};
 use feedloop_privacy::randomized_response::RandomizedResponse;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,15 @@ fn release_id(model_version: &str) -> String {
     format!("thumbs@{model_version}")
 }
 
+/// Whether `ledger` has the thumbs report of `model_version`.
+pub(crate) fn thumbs_reported_in(ledger: &Ledger, model_version: &str) -> bool {
+    let id = release_id(model_version);
+    ledger
+        .entries()
+        .iter()
+        .any(|e| e.purpose == THUMBS_PURPOSE && e.round_id == id)
+}
+
 impl DevicePrivacy {
     /// Notes a thumbs verdict on the answer ranked first under `model_version`; reported at the
     /// next sync unless that version was already reported (one report per version) or is the
@@ -88,12 +97,7 @@ impl DevicePrivacy {
 
     /// Whether this device's ledger already has the thumbs report of `model_version`.
     pub fn thumbs_reported(&self, model_version: &str) -> bool {
-        let id = release_id(model_version);
-        self.state()
-            .ledger
-            .entries()
-            .iter()
-            .any(|e| e.purpose == THUMBS_PURPOSE && e.round_id == id)
+        thumbs_reported_in(&self.state().ledger, model_version)
     }
 
     /// Randomizes the verdict of one noted version with ε-randomized response (`epsilon`: what the

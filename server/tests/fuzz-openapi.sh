@@ -36,14 +36,21 @@ trap cleanup EXIT
     --auto-round '{"clipNorm":1,"granularity":0.01,"noiseStddev":4,"minCohort":1000,"durationSeconds":3600}' \
     --register-rate-per-minute 0 --admin-rate-per-minute 0 --log warn 2>"$workdir/server.log" &
 server_pid=$!
+# python3's urllib, not curl: nothing beyond what `make test` already needs.
+healthy() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' "$base/healthz" 2>/dev/null; }
 for _ in $(seq 1 100); do
-    curl -fsS "$base/healthz" >/dev/null 2>&1 && break
+    healthy && break
     sleep 0.1
 done
-curl -fsS "$base/healthz" >/dev/null || { cat "$workdir/server.log" >&2; exit 1; }
+healthy || { cat "$workdir/server.log" >&2; exit 1; }
 
-token="$(curl -fsS -X POST -H "x-feedloop-deployment-key: $site_key" "$base/v1/clients/register" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
+token="$(python3 - "$base" "$site_key" <<'PY'
+import json, sys, urllib.request
+request = urllib.request.Request(sys.argv[1] + "/v1/clients/register", method="POST",
+                                 headers={"x-feedloop-deployment-key": sys.argv[2]})
+print(json.load(urllib.request.urlopen(request, timeout=10))["token"])
+PY
+)"
 
 # One worker: hypothesis parses lambda sources with `ast` on each worker thread, and CPython 3.11's
 # parser is not safe for that ("AST constructor recursion depth mismatch", seen once in CI).

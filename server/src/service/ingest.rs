@@ -102,6 +102,28 @@ fn stopped() -> Error {
     Error::internal("the ingest writer stopped")
 }
 
+// The refusals, the same whether an update is stored in a batch or alone.
+fn round_closed(round_id: i64) -> Error {
+    Error::conflict(
+        "round_closed",
+        format!("round {round_id} closed before the update arrived"),
+    )
+}
+
+fn duplicate(round_id: i64) -> Error {
+    Error::conflict(
+        "duplicate_update",
+        format!("this client already submitted an update to round {round_id}"),
+    )
+}
+
+fn replayed() -> Error {
+    Error::conflict(
+        "replayed_update",
+        "this exact payload was already submitted to this round",
+    )
+}
+
 async fn writer(store: Store, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -189,10 +211,7 @@ async fn plan_and_commit(store: &Store, writes: &[Write]) -> Result<Vec<Outcome>
             .collect();
         if !Store::bump_received_by(&mut tx, *round_id, 0).await? {
             for &i in indices {
-                outcomes[i] = Some(Outcome::Update(Err(Error::conflict(
-                    "round_closed",
-                    format!("round {round_id} closed before the update arrived"),
-                ))));
+                outcomes[i] = Some(Outcome::Update(Err(round_closed(*round_id))));
             }
             continue;
         }
@@ -206,15 +225,9 @@ async fn plan_and_commit(store: &Store, writes: &[Write]) -> Result<Vec<Outcome>
         for (&i, u) in indices.iter().zip(&updates) {
             // Only an accepted update claims its client and payload for the rest of the batch.
             let refused = if held_clients.contains(u.0) || batch_clients.contains(u.0) {
-                Some(Error::conflict(
-                    "duplicate_update",
-                    format!("this client already submitted an update to round {round_id}"),
-                ))
+                Some(duplicate(*round_id))
             } else if held_digests.contains(u.2) || batch_digests.contains(u.2) {
-                Some(Error::conflict(
-                    "replayed_update",
-                    "this exact payload was already submitted to this round",
-                ))
+                Some(replayed())
             } else {
                 None
             };
@@ -318,22 +331,13 @@ async fn update_alone(
 ) -> Result<i64> {
     let mut tx = store.begin_ingest().await?;
     if !Store::bump_received(&mut tx, round_id).await? {
-        return Err(Error::conflict(
-            "round_closed",
-            format!("round {round_id} closed before the update arrived"),
-        ));
+        return Err(round_closed(round_id));
     }
     if Store::client_has_update(&mut tx, round_id, client_id).await? {
-        return Err(Error::conflict(
-            "duplicate_update",
-            format!("this client already submitted an update to round {round_id}"),
-        ));
+        return Err(duplicate(round_id));
     }
     if Store::payload_seen(&mut tx, round_id, digest).await? {
-        return Err(Error::conflict(
-            "replayed_update",
-            "this exact payload was already submitted to this round",
-        ));
+        return Err(replayed());
     }
     let inserted =
         Store::insert_update(&mut tx, round_id, client_id, payload_base64, digest, now).await;
