@@ -15,7 +15,7 @@ DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli cli-test test test-fmt test-fuzz \
-        test-native test-server-postgres test-python test-wasm test-pkg test-types test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
+        test-native test-server-postgres test-python test-wasm test-pkg test-types test-packaging setup-packaging test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -99,7 +99,7 @@ model:
 
 # ---- tests ----------------------------------------------------------------------------------
 
-test: setup test-fmt test-native test-server-postgres test-fuzz test-python test-wasm test-pkg test-types test-e2e
+test: setup test-fmt test-native test-server-postgres test-fuzz test-python test-wasm test-pkg test-types test-packaging test-e2e
 	@echo "make test: all layers passed"
 
 test-fmt:
@@ -152,6 +152,20 @@ test-pkg: pkg
 test-types: pkg
 	node_modules/.bin/tsc --noEmit -p js
 	node_modules/.bin/tsc --noEmit -p tests/types
+
+# The packaging matrix (tests/packaging/README.md): the package as `npm pack` makes it, installed the
+# way an app installs it, in each bundler, framework and runtime there (pinned in its own lock file).
+PACKAGING = tests/packaging
+setup-packaging: $(PACKAGING)/node_modules/.package-lock.json
+$(PACKAGING)/node_modules/.package-lock.json: $(PACKAGING)/package.json $(PACKAGING)/package-lock.json
+	cd $(PACKAGING) && npm ci --no-audit --no-fund
+	@touch $@
+
+test-packaging: pkg setup-node setup-browser setup-packaging
+	rm -rf $(PACKAGING)/.pack && mkdir -p $(PACKAGING)/.pack
+	npm pack ./pkg --pack-destination $(PACKAGING)/.pack --silent
+	cd $(PACKAGING) && npm install --no-save --no-audit --no-fund .pack/feedloop-*.tgz
+	node --test $(PACKAGING)/
 
 test-e2e: www setup-browser cli-test
 	node --test tests/e2e/

@@ -1,14 +1,16 @@
 // feedloop — the npm package entry. It initializes the wasm module once, fetches the bundled
 // default model (or yours), and hands back a Ranker. Everything else happens in Rust.
 //
-// Files are located with `new URL(..., import.meta.url)`, which webpack 5, Vite, Rollup and a plain
-// <script type="module"> all resolve, so no path has to be hosted or configured by hand.
+// Where the wasm and the model come from, in browsers, bundlers, Workers and Node, is load.ts.
 //
 // TypeScript (strict), compiled by `tsc -p js` into pkg/ (tools/build-pkg.sh), which also writes the
 // package's index.d.ts. The types of what the wasm layer returns come from the wasm-bindgen output
 // (`feedloop_wasm.d.ts`, the typescript_custom_section in src/lib.rs), found through `rootDirs`.
 
-import initWasm, { WasmRanker, sampleDiscreteGaussian, privatizeBenchmarkUpdate } from "./feedloop_wasm.js";
+/// <reference lib="dom" preserve="true" />
+import { WasmRanker, sampleDiscreteGaussian, privatizeBenchmarkUpdate } from "./feedloop_wasm.js";
+import { describe, initialize, modelBytes } from "./load.js";
+import type { ModelSource, WasmSource } from "./load.js";
 import type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
@@ -22,9 +24,15 @@ export type {
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
   ServerOptions, OpenRound, SettledUpload, SyncReport, MetricReport, PendingUpload, EmbeddedCatalog,
 } from "./feedloop_wasm.js";
+export type { ModelSource, WasmSource } from "./load.js";
 
-/** Where a model comes from: its bytes, or a URL to fetch it from. */
-export type ModelSource = Uint8Array | ArrayBuffer | ArrayBufferView | URL | string;
+// `[Symbol.dispose]` (for `using ranker = await Ranker.create()`) without asking projects for the
+// ESNext.Disposable lib: the same declaration as that lib and @types/node, which merge with it.
+declare global {
+  interface SymbolConstructor {
+    readonly dispose: unique symbol;
+  }
+}
 
 /** When `scoreCatalog` may use WebGPU. */
 export type GpuMode = "auto" | "always" | "off";
@@ -32,6 +40,13 @@ export type GpuMode = "auto" | "always" | "off";
 export interface RankerOptions {
   /** An ONNX model meeting the feedloop contract; the bundled default model when absent. */
   model?: ModelSource;
+  /**
+   * The wasm module, for setups that host the package's files themselves (a CDN; esbuild, which
+   * copies no `new URL` assets): a URL, a Response, its bytes or a compiled WebAssembly.Module.
+   * The package's own `feedloop_wasm_bg.wasm` when absent. One module serves the whole page: the
+   * first create() that loads it decides, later ones share it.
+   */
+  wasm?: WasmSource;
   /** IndexedDB database for what the device learns ("feedloop" where IndexedDB exists); false: memory only. */
   storage?: string | false;
   /** How much each kind of feedback teaches, and the per-candidate cap. */
@@ -67,69 +82,6 @@ export interface RankerEventMap {
   saved: CustomEvent<{ revision: number }>;
   sync: CustomEvent<SyncReport>;
   error: RankerErrorEvent;
-}
-
-const WASM_URL = new URL("./feedloop_wasm_bg.wasm", import.meta.url);
-const DEFAULT_MODEL_URL = new URL("./feedloop-default.onnx", import.meta.url);
-
-let wasmReady: Promise<void> | null = null;
-
-function isFileUrl(url: unknown): url is URL {
-  return url instanceof URL && url.protocol === "file:";
-}
-
-// Node has no fetch() for file: URLs; read those from disk. `webpackIgnore` keeps bundlers from
-// trying to pack node:fs into a browser build.
-async function readFileUrl(url: URL): Promise<Uint8Array> {
-  const fs = await import(/* webpackIgnore: true */ "node:fs/promises");
-  return new Uint8Array(await fs.readFile(url));
-}
-
-function initialize(): Promise<void> {
-  if (!wasmReady) {
-    wasmReady = (async () => {
-      const source = isFileUrl(WASM_URL) ? await readFileUrl(WASM_URL) : WASM_URL;
-      await initWasm({ module_or_path: source });
-    })();
-    wasmReady.catch(() => {
-      wasmReady = null; // let a later create() retry, e.g. after a network error
-    });
-  }
-  return wasmReady;
-}
-
-async function modelBytes(model: ModelSource | undefined | null): Promise<Uint8Array> {
-  if (model === undefined || model === null) return fetchBytes(DEFAULT_MODEL_URL);
-  if (model instanceof Uint8Array) return model;
-  if (model instanceof ArrayBuffer) return new Uint8Array(model);
-  if (ArrayBuffer.isView(model)) return new Uint8Array(model.buffer, model.byteOffset, model.byteLength);
-  if (typeof model === "string" || model instanceof URL) {
-    const base = typeof location !== "undefined" ? location.href : import.meta.url;
-    return fetchBytes(new URL(model, base));
-  }
-  throw new TypeError(
-    `feedloop: options.model must be a Uint8Array, an ArrayBuffer, a URL or a URL string, got ${describe(model)}`,
-  );
-}
-
-async function fetchBytes(url: URL): Promise<Uint8Array> {
-  if (isFileUrl(url)) return readFileUrl(url);
-  let response;
-  try {
-    response = await fetch(url);
-  } catch (cause) {
-    throw new Error(`feedloop: could not fetch the model from ${url}: ${(cause as Error).message}`, { cause });
-  }
-  if (!response.ok) {
-    throw new Error(`feedloop: could not fetch the model from ${url}: HTTP ${response.status}`);
-  }
-  return new Uint8Array(await response.arrayBuffer());
-}
-
-function describe(value: unknown): string {
-  if (value === null) return "null";
-  if (Array.isArray(value)) return "an array";
-  return typeof value === "object" ? value.constructor?.name ?? "object" : typeof value;
 }
 
 const DEFAULT_STORAGE = "feedloop";
@@ -178,6 +130,7 @@ export class Ranker extends EventTarget {
   #syncTimer: ReturnType<typeof setTimeout> | null = null;
   #syncEvery = 0;
   #onOnline: (() => void) | null = null;
+  #freed = false;
 
   /** Use `await Ranker.create()`; the constructor is not public API. */
   private constructor(inner: WasmRanker, storage: string | null = null) {
@@ -208,13 +161,13 @@ export class Ranker extends EventTarget {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
-    const known = ["model", "storage", "weights", "learning", "privacy", "server", "sync", "gpu"];
+    const known = ["model", "wasm", "storage", "weights", "learning", "privacy", "server", "sync", "gpu"];
     for (const key of Object.keys(options)) {
       if (!known.includes(key)) {
         throw new TypeError(`feedloop: unknown option \`${key}\`; expected one of ${known.join(", ")}`);
       }
     }
-    const [bytes] = await Promise.all([modelBytes(options.model), initialize()]);
+    const [bytes] = await Promise.all([modelBytes(options.model), initialize(options.wasm)]);
     const learning: LearningOptions = {};
     if (options.weights !== undefined) learning.weights = options.weights;
     if (options.learning !== undefined) learning.learning = options.learning;
@@ -599,8 +552,10 @@ export class Ranker extends EventTarget {
     this.dispatchEvent(event);
   }
 
-  /** Frees the wasm memory held by this ranker; it cannot be used afterwards. */
+  /** Frees the wasm memory held by this ranker; it cannot be used afterwards. Safe to call twice. */
   free(): void {
+    if (this.#freed) return;
+    this.#freed = true;
     this.stopSync();
     if (this.#onHidden) document.removeEventListener("visibilitychange", this.#onHidden);
     this.#inner.free();

@@ -9,7 +9,20 @@ import { flagCategories } from "./feedloop_wasm.js";
 
 export type FeedbackControl = "thumbs" | "stars" | "flag" | "edit";
 
-export interface FeedbackWidgetOptions {
+/**
+ * How the widgets get their stylesheet. By default a `<style id="feedloop-widget-style">` is added to
+ * the document's head once. Under a Content Security Policy without `'unsafe-inline'` styles, pass
+ * the page's `styleNonce` (the style element carries it), or `injectStyle: false` and load
+ * `feedloop/widget.css` (the same rules, `WIDGET_CSS`) with your own stylesheets.
+ */
+export interface WidgetStyleOptions {
+  /** The nonce of the page's `style-src` policy, set on the injected `<style>`. */
+  styleNonce?: string;
+  /** false: inject nothing (the page loads feedloop/widget.css itself). Default true. */
+  injectStyle?: boolean;
+}
+
+export interface FeedbackWidgetOptions extends WidgetStyleOptions {
   /** How screen readers name the candidate ("this answer" by default). */
   label?: string;
   /** The candidate's text, prefilled in the editor. */
@@ -21,7 +34,7 @@ export interface FeedbackWidgetOptions {
   onError?: (error: Error) => void;
 }
 
-export interface ComparisonOptions {
+export interface ComparisonOptions extends WidgetStyleOptions {
   question?: string;
   /** Labels of the two options (default "A" and "B"). */
   texts?: [string, string];
@@ -35,7 +48,8 @@ export interface MountedWidget {
 }
 
 const STYLE_ID = "feedloop-widget-style";
-const CSS = `
+/** The widgets' stylesheet (also shipped as feedloop/widget.css). */
+export const WIDGET_CSS = `
 .feedloop-widget { display: flex; flex-wrap: wrap; gap: .25rem; align-items: center; font: inherit; }
 .feedloop-widget button { font: inherit; font-size: .9em; padding: .15rem .45rem; border: 1px solid currentColor;
   border-radius: .3rem; background: transparent; color: inherit; cursor: pointer; opacity: .8; }
@@ -58,11 +72,12 @@ function flags(): [FlagCategory, string][] {
   return flagCategories().map((value) => [value, value.charAt(0).toUpperCase() + value.slice(1)]);
 }
 
-function injectStyle(doc: Document): void {
-  if (doc.getElementById(STYLE_ID)) return;
+function injectStyle(doc: Document, options: WidgetStyleOptions): void {
+  if (options.injectStyle === false || doc.getElementById(STYLE_ID)) return;
   const style = doc.createElement("style");
   style.id = STYLE_ID;
-  style.textContent = CSS;
+  if (options.styleNonce !== undefined) style.nonce = options.styleNonce;
+  style.textContent = WIDGET_CSS;
   doc.head.append(style);
 }
 
@@ -97,7 +112,8 @@ function el<K extends keyof HTMLElementTagNameMap>(
  *
  * Options: `label` (how screen readers name the candidate, default "this answer"), `text` (the
  * candidate's text, shown in the editor), `controls` (subset of ["thumbs", "stars", "flag", "edit"]),
- * `onFeedback(outcome)` and `onError(error)` callbacks.
+ * `onFeedback(outcome)` and `onError(error)` callbacks, and the style options (`styleNonce`,
+ * `injectStyle`) for pages with a Content Security Policy.
  */
 export function mountFeedback(
   container: HTMLElement,
@@ -106,7 +122,7 @@ export function mountFeedback(
   options: FeedbackWidgetOptions = {},
 ): MountedWidget {
   const doc = container.ownerDocument;
-  injectStyle(doc);
+  injectStyle(doc, options);
   const label = options.label ?? "this answer";
   const controls = new Set(options.controls ?? ["thumbs", "stars", "flag", "edit"]);
   const status = el(doc, "span", { class: "feedloop-status", role: "status", "aria-live": "polite" });
@@ -231,7 +247,7 @@ export function mountComparison(
   options: ComparisonOptions = {},
 ): MountedWidget {
   const doc = container.ownerDocument;
-  injectStyle(doc);
+  injectStyle(doc, options);
   const [textA, textB] = options.texts ?? ["A", "B"];
   const status = el(doc, "span", { class: "feedloop-status", role: "status", "aria-live": "polite" });
   const question = el(doc, "span", { textContent: options.question ?? "Which is better?" });

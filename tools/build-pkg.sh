@@ -18,6 +18,10 @@ node_modules/.bin/wasm-opt -Oz --strip-debug --strip-producers \
 # they import (js/tsconfig.json's rootDirs find it in $OUT.tmp/); tsc writes index.js, widget.js and
 # their .d.ts, and fails the build on a type error.
 node_modules/.bin/tsc -p js/tsconfig.json --outDir "$OUT.tmp"
+# The widgets' stylesheet as a file, for pages whose CSP forbids injected styles: the one definition
+# is WIDGET_CSS in js/widget.ts.
+node -e 'import(process.argv[1]).then((m) => require("fs").writeFileSync(process.argv[2], m.WIDGET_CSS.trimStart()))' \
+  "$PWD/$OUT.tmp/widget.js" "$OUT.tmp/widget.css"
 cp models/feedloop-default.onnx "$OUT.tmp/"
 cp README.md LICENSE NOTICE "$OUT.tmp/"
 # The manifest is js/package.json, checked in; its version must be the crate's, and every file it

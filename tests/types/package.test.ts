@@ -7,11 +7,11 @@ import { expectTypeOf } from "expect-type";
 import { Ranker, diagnostics } from "feedloop";
 import type {
   RankerOptions, FeedbackEvent, FeedbackKind, FeedbackOutcome, SyncReport, MetricReport, OpenRound, SettledUpload,
-  RankedCandidate, CandidateInput, ModelSource, GpuMode, ServerOptions, FeedbackWeights, LearningConfig,
+  RankedCandidate, CandidateInput, ModelSource, WasmSource, GpuMode, ServerOptions, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, Explanation, Activity, LearningState, ModelInfo, PrivacyReport, InspectedUpload,
   RoundConfig, PendingUpload, EmbeddedCatalog, StorageStatus, RankerErrorEvent, FlagCategory,
 } from "feedloop";
-import { mountFeedback, mountComparison } from "feedloop/widget";
+import { mountFeedback, mountComparison, WIDGET_CSS } from "feedloop/widget";
 import type { FeedbackWidgetOptions, ComparisonOptions, MountedWidget, FeedbackControl } from "feedloop/widget";
 // The same module by its path in pkg/, as a relative import sees it.
 import { Ranker as RankerByPath } from "../../pkg/index.js";
@@ -27,8 +27,10 @@ expectTypeOf(RankerByPath).toEqualTypeOf(Ranker);
 
 // The same keys as the run-time check in Ranker.create.
 expectTypeOf<keyof RankerOptions>().toEqualTypeOf<
-  "model" | "storage" | "weights" | "learning" | "privacy" | "server" | "sync" | "gpu"
+  "model" | "wasm" | "storage" | "weights" | "learning" | "privacy" | "server" | "sync" | "gpu"
 >();
+expectTypeOf<RankerOptions["wasm"]>().toEqualTypeOf<WasmSource | undefined>();
+expectTypeOf<WasmSource>().toEqualTypeOf<URL | string | Response | ArrayBuffer | ArrayBufferView | WebAssembly.Module>();
 expectTypeOf<RankerOptions["model"]>().toEqualTypeOf<ModelSource | undefined>();
 expectTypeOf<ModelSource>().toEqualTypeOf<Uint8Array | ArrayBuffer | ArrayBufferView | URL | string>();
 expectTypeOf<RankerOptions["storage"]>().toEqualTypeOf<string | false | undefined>();
@@ -188,6 +190,10 @@ expectTypeOf(comparison).toEqualTypeOf<MountedWidget>();
 expectTypeOf<FeedbackControl>().toEqualTypeOf<"thumbs" | "stars" | "flag" | "edit">();
 expectTypeOf<FeedbackWidgetOptions>().toHaveProperty("controls").toEqualTypeOf<FeedbackControl[] | undefined>();
 expectTypeOf<ComparisonOptions>().toHaveProperty("texts").toEqualTypeOf<[string, string] | undefined>();
+// Pages with a Content Security Policy: the style carries the page's nonce, or is not injected at all.
+mountFeedback(container, ranker, "a1", { styleNonce: "r4nd0m" });
+mountComparison(container, ranker, ["a1", "a2"], { injectStyle: false });
+expectTypeOf(WIDGET_CSS).toEqualTypeOf<string>();
 
 // @ts-expect-error an unknown control
 mountFeedback(container, ranker, "a1", { controls: ["emoji"] });
