@@ -124,7 +124,13 @@ async function fetchFile(url: URL, what: string): Promise<Response | Uint8Array>
   } catch (cause) {
     throw new Error(`feedloop: could not fetch ${what} from ${url}: ${(cause as Error).message}`, { cause });
   }
-  if (!response.ok) throw new Error(`feedloop: could not fetch ${what} from ${url}: HTTP ${response.status}`);
+  if (!response.ok) {
+    // Vite's dev server refuses files outside its allow-list, e.g. a `file:`-linked package's.
+    const hint = response.status === 403 && url.pathname.startsWith("/@fs/")
+      ? `; Vite's dev server serves files outside the project only if server.fs.allow lists their folder`
+      : "";
+    throw new Error(`feedloop: could not fetch ${what} from ${url}: HTTP ${response.status}${hint}`);
+  }
   return response;
 }
 

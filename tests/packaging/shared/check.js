@@ -13,11 +13,17 @@ const CANDIDATES = [
 
 export async function rankAndThumbsDown(Ranker, options = {}) {
   const ranker = await Ranker.create({ storage: false, ...options });
+  const result = thumbsDownTheTop(ranker);
+  ranker.free();
+  ranker.free(); // safe twice
+  return result;
+}
+
+// On a ranker the app holds (React's hook, Vue's composable).
+export function thumbsDownTheTop(ranker) {
   const before = ranker.rank(CONTEXT, CANDIDATES);
   const outcome = ranker.thumbs(before[0].id, false);
   const after = ranker.rank(CONTEXT, CANDIDATES);
-  ranker.free();
-  ranker.free(); // safe twice
   return {
     top: before[0].index,
     topScoreBefore: before[0].score,

@@ -1,0 +1,4 @@
+import { Ranker } from "feedloop";
+import { report, twice } from "../shared/check.js";
+
+report(twice(Ranker));
