@@ -374,16 +374,18 @@ describe("Node", () => {
   });
 });
 
-describe("TypeScript strict, skipLibCheck off, no ESNext libs", () => {
-  const tsc = at("node_modules/typescript/bin/tsc");
-  for (const project of ["ts-dom", "ts-node"]) {
-    test(project === "ts-dom" ? "a browser project (DOM lib)" : "a Node-only project (no DOM lib, @types/node)", async () => {
-      await run(process.execPath, [tsc, "--noEmit", "-p", at(project)]).catch((error) => {
-        assert.fail(`tsc -p ${project}:\n${error.stdout}${error.stderr}`);
+// TypeScript 5.9 (tsc in JavaScript) and 7.0 (the native compiler; `typescript7`, an npm alias).
+for (const [version, tsc] of [["5.9", "node_modules/typescript/bin/tsc"], ["7.0", "node_modules/typescript7/bin/tsc"]]) {
+  describe(`TypeScript ${version} strict, skipLibCheck off, no ESNext libs`, () => {
+    for (const project of ["ts-dom", "ts-node"]) {
+      test(project === "ts-dom" ? "a browser project (DOM lib)" : "a Node-only project (no DOM lib, @types/node)", async () => {
+        await run(process.execPath, [at(tsc), "--noEmit", "-p", at(project)]).catch((error) => {
+          assert.fail(`tsc ${version} -p ${project}:\n${error.stdout}${error.stderr}`);
+        });
       });
-    });
-  }
-});
+    }
+  });
+}
 
 test("the package's own files: what npm pack put in", async () => {
   const manifest = JSON.parse(await readFile(path.join(installed, "package.json"), "utf8"));
