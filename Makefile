@@ -70,7 +70,8 @@ www: pkg
 # The demo and the dashboard, served by the real server (embedded SQLite under data/). One round is
 # always open: it publishes a new version as soon as 2 devices contributed, or after 30 s with at
 # least 1 (so one person alone sees versions appear; two tabs share one device's IndexedDB and
-# count as one device). The keys below are for this local demo only.
+# count as one device). A tab contributes once "Sharing" is switched on in its privacy panel (the
+# user's consent). The keys below are for this local demo only.
 DEMO_DEPLOYMENT_KEY ?= feedloop-demo-deployment-key
 DEMO_ADMIN_KEY      ?= feedloop-demo-admin-key
 DEMO_ROUND          ?= {"clipNorm":1,"granularity":0.001,"noiseStddev":4,"minCohort":1,"targetCount":2,"durationSeconds":30}

@@ -56,8 +56,17 @@ export interface RankerOptions {
   /** The device's privacy policy (ε = 8 at δ = 1e-6 per 30 days, ρ ≤ 0.5 per release by default). */
   privacy?: PrivacyPolicyOptions;
   /**
-   * A feedloop server to sync with (needs `storage`): the device adopts newer global models and
-   * contributes privatized updates to open rounds. Nothing else leaves the device.
+   * The user's consent to contributing: `true` once they agreed (your consent banner or settings),
+   * `false` when they declined or withdrew. Absent: what this device recorded before, and no
+   * consent if it never was given. Without consent the device learns and personalizes, may
+   * download newer global models, and sends nothing: no update, no metric report. Each change
+   * is recorded in the privacy ledger. See `setConsent`.
+   */
+  consent?: boolean;
+  /**
+   * A feedloop server to sync with (needs `storage`): the device adopts newer global models and,
+   * once the user consents (`consent`), contributes privatized updates to open rounds. Nothing
+   * else leaves the device.
    */
   server?: ServerOptions;
   /** How often to sync automatically (default every 60 s, ±20 %); `intervalMs: 0`: only `sync()`. */
@@ -81,6 +90,7 @@ export interface RankerEventMap {
   feedback: CustomEvent<FeedbackOutcome>;
   saved: CustomEvent<{ revision: number }>;
   sync: CustomEvent<SyncReport>;
+  consent: CustomEvent<{ granted: boolean }>;
   error: RankerErrorEvent;
 }
 
@@ -117,6 +127,7 @@ export interface Ranker {
  *   retries on the next change, so nothing is dropped.
  * - `saved`: `event.detail.revision` after the state was durably written to IndexedDB.
  * - `sync`: `event.detail` is the SyncReport of every sync.
+ * - `consent`: `event.detail.granted` after `setConsent` changed it.
  */
 export class Ranker extends EventTarget {
   #inner: WasmRanker;
@@ -161,7 +172,7 @@ export class Ranker extends EventTarget {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
-    const known = ["model", "wasm", "storage", "weights", "learning", "privacy", "server", "sync", "gpu"];
+    const known = ["model", "wasm", "storage", "weights", "learning", "privacy", "consent", "server", "sync", "gpu"];
     for (const key of Object.keys(options)) {
       if (!known.includes(key)) {
         throw new TypeError(`feedloop: unknown option \`${key}\`; expected one of ${known.join(", ")}`);
@@ -177,6 +188,9 @@ export class Ranker extends EventTarget {
     const sync = syncOptions(options.sync);
     if (options.server !== undefined && !storage) {
       throw new Error("feedloop: syncing with a server needs persistent storage (IndexedDB) for the privacy budget");
+    }
+    if (options.consent !== undefined && typeof options.consent !== "boolean") {
+      throw new TypeError(`feedloop: options.consent must be true or false, got ${describe(options.consent)}`);
     }
     const gpu = options.gpu === undefined ? "auto" : options.gpu === false ? "off" : options.gpu;
     const ranker = new Ranker(inner, storage);
@@ -196,6 +210,8 @@ export class Ranker extends EventTarget {
         setTimeout(() => ranker.#report(error), 0);
       }
     }
+    // After the restore: a stored choice is replaced only by an explicit one.
+    if (options.consent !== undefined) await inner.setConsent(storage ?? undefined, options.consent);
     if (options.server !== undefined) {
       inner.beacon(storage!, options.server); // validates the server options now (sends nothing yet)
       ranker.#server = options.server;
@@ -401,6 +417,26 @@ export class Ranker extends EventTarget {
   /** The privacy policy, what has been spent and remains, and the ledger of every release (each also a dp-accounting DpEvent). */
   privacyReport(): PrivacyReport {
     return this.#inner.privacyReport();
+  }
+
+  /** Whether the user's consent to contributing stands (see `options.consent`). */
+  get consent(): boolean {
+    return this.#inner.consent;
+  }
+
+  /**
+   * Records the user's consent to contributing (`true`: updates and metric reports may leave the
+   * device, privatized and within the budget) or its withdrawal (`false`: nothing more is sent,
+   * and uploads still queued are deleted; what was spent stays spent and recorded). Saved durably
+   * and written to the privacy ledger; resolves to whether it changed.
+   */
+  async setConsent(granted: boolean): Promise<boolean> {
+    if (typeof granted !== "boolean") {
+      throw new TypeError(`feedloop: setConsent(granted) takes true or false, got ${describe(granted)}`);
+    }
+    const changed = await this.#inner.setConsent(this.#storage ?? undefined, granted);
+    if (changed) this.dispatchEvent(new CustomEvent("consent", { detail: { granted } }));
+    return changed;
   }
 
   /** The ledger as JSON (check it with `feedloop privacy verify-ledger`). */

@@ -6,21 +6,21 @@
 import type { Ranker } from "./index.js";
 import type { FeedbackOutcome, FlagCategory } from "./feedloop_wasm.js";
 import { flagCategories } from "./feedloop_wasm.js";
+import { el, injectStyle } from "./dom.js";
+import type { WidgetStyleOptions } from "./dom.js";
+
+export { WIDGET_CSS } from "./dom.js";
+export type { WidgetStyleOptions } from "./dom.js";
+export { mountPrivacyPanel } from "./privacy-panel.js";
+export type { PrivacyPanelOptions } from "./privacy-panel.js";
+
+/** The core's flag categories with their labels ("off-topic" → "Off-topic"). Called once a ranker
+ *  exists, so the wasm module is initialized. */
+function flags(): [FlagCategory, string][] {
+  return flagCategories().map((value) => [value, value.charAt(0).toUpperCase() + value.slice(1)]);
+}
 
 export type FeedbackControl = "thumbs" | "stars" | "flag" | "edit";
-
-/**
- * How the widgets get their stylesheet. By default a `<style id="feedloop-widget-style">` is added to
- * the document's head once. Under a Content Security Policy without `'unsafe-inline'` styles, pass
- * the page's `styleNonce` (the style element carries it), or `injectStyle: false` and load
- * `feedloop/widget.css` (the same rules, `WIDGET_CSS`) with your own stylesheets.
- */
-export interface WidgetStyleOptions {
-  /** The nonce of the page's `style-src` policy, set on the injected `<style>`. */
-  styleNonce?: string;
-  /** false: inject nothing (the page loads feedloop/widget.css itself). Default true. */
-  injectStyle?: boolean;
-}
 
 export interface FeedbackWidgetOptions extends WidgetStyleOptions {
   /** How screen readers name the candidate ("this answer" by default). */
@@ -47,56 +47,6 @@ export interface MountedWidget {
   destroy(): void;
 }
 
-const STYLE_ID = "feedloop-widget-style";
-/** The widgets' stylesheet (also shipped as feedloop/widget.css). */
-export const WIDGET_CSS = `
-.feedloop-widget { display: flex; flex-wrap: wrap; gap: .25rem; align-items: center; font: inherit; }
-.feedloop-widget button { font: inherit; font-size: .9em; padding: .15rem .45rem; border: 1px solid currentColor;
-  border-radius: .3rem; background: transparent; color: inherit; cursor: pointer; opacity: .8; }
-.feedloop-widget button:hover, .feedloop-widget button:focus-visible { opacity: 1; }
-.feedloop-widget button:focus-visible { outline: 2px solid Highlight; outline-offset: 1px; }
-.feedloop-widget button[aria-pressed="true"], .feedloop-widget button[aria-checked="true"] { opacity: 1; font-weight: bold; background: color-mix(in srgb, currentColor 15%, transparent); }
-.feedloop-stars { display: inline-flex; gap: 0; }
-.feedloop-stars button { border-radius: 0; border-left-width: 0; }
-.feedloop-stars button:first-child { border-radius: .3rem 0 0 .3rem; border-left-width: 1px; }
-.feedloop-stars button:last-child { border-radius: 0 .3rem .3rem 0; }
-.feedloop-edit { display: flex; flex-direction: column; gap: .25rem; width: 100%; }
-.feedloop-edit textarea { font: inherit; width: 100%; min-height: 4em; }
-.feedloop-status { font-size: .85em; opacity: .75; }
-.feedloop-sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); white-space: nowrap; }
-`;
-
-/** The core's flag categories with their labels ("off-topic" → "Off-topic"). Called once a ranker
- *  exists, so the wasm module is initialized. */
-function flags(): [FlagCategory, string][] {
-  return flagCategories().map((value) => [value, value.charAt(0).toUpperCase() + value.slice(1)]);
-}
-
-function injectStyle(doc: Document, options: WidgetStyleOptions): void {
-  if (options.injectStyle === false || doc.getElementById(STYLE_ID)) return;
-  const style = doc.createElement("style");
-  style.id = STYLE_ID;
-  if (options.styleNonce !== undefined) style.nonce = options.styleNonce;
-  style.textContent = WIDGET_CSS;
-  doc.head.append(style);
-}
-
-// `props`: "class", attributes ("aria-*", "role", "type") and any other property of the element.
-function el<K extends keyof HTMLElementTagNameMap>(
-  doc: Document,
-  tag: K,
-  props: Record<string, string | number | boolean> = {},
-  children: (Node | string)[] = [],
-): HTMLElementTagNameMap[K] {
-  const node = doc.createElement(tag);
-  for (const [key, value] of Object.entries(props)) {
-    if (key === "class") node.className = value as string;
-    else if (key.startsWith("aria-") || key === "role" || key === "type") node.setAttribute(key, value as string);
-    else (node as unknown as Record<string, unknown>)[key] = value;
-  }
-  node.append(...children);
-  return node;
-}
 
 /**
  * Thumbs, stars, flag and edit-in-place for one ranked candidate: mounts feedback controls for

@@ -235,7 +235,9 @@ pub async fn save_privacy(
         .map_err(|e| e.to_string())?;
     let stored_outbox = request(&store.get(&OUTBOX_KEY.into()).map_err(describe)?).await?;
     let mut outbox = read_outbox(&stored_outbox, &written);
-    if let Some(upload) = upload {
+    // Another tab may have withdrawn consent meanwhile: then the upload is not queued (its cost
+    // stays recorded, which can only over-count).
+    if let Some(upload) = upload.filter(|_| written.consented()) {
         outbox.push(upload, now_ms);
     }
     store

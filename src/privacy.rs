@@ -26,6 +26,43 @@ impl Ranker {
         to_js(&self.inner.borrow().privacy.report(now_ms()))
     }
 
+    /// Whether the user's consent to contributing stands (the ledger's last consent change).
+    #[wasm_bindgen(getter)]
+    pub fn consent(&self) -> bool {
+        self.inner.borrow().privacy.consented()
+    }
+
+    /// Records the user's consent to contributing (`true`) or its withdrawal (`false`) in the
+    /// ledger and, with storage `name`, saves it durably together with the upload queue, which a
+    /// withdrawal empties (the core's `Outbox::from_json`). Resolves to whether consent changed.
+    #[wasm_bindgen(js_name = setConsent, unchecked_return_type = "Promise<boolean>")]
+    pub fn set_consent(&self, name: Option<String>, granted: bool) -> Promise {
+        let inner = self.inner.clone();
+        future_to_promise(async move {
+            let now = now_ms();
+            let (changed, mine) = {
+                let mut guard = inner.borrow_mut();
+                let inner = &mut *guard;
+                let changed = inner
+                    .privacy
+                    .set_consent(granted, now, &inner.global_version)
+                    .map_err(Error::from)?;
+                (changed, inner.privacy.clone())
+            };
+            if let Some(name) = name {
+                let (written, outbox) = indexeddb::save_privacy(&name, &mine, None, now)
+                    .await
+                    .map_err(Error::Storage)?;
+                let mut inner = inner.borrow_mut();
+                inner.privacy = written;
+                inner.outbox = outbox;
+            } else if !granted {
+                inner.borrow_mut().outbox = Default::default();
+            }
+            Ok(JsValue::from_bool(changed))
+        })
+    }
+
     /// The ledger as JSON (`feedloop privacy verify-ledger` checks it).
     #[wasm_bindgen(js_name = exportLedger)]
     pub fn export_ledger(&self) -> String {
@@ -84,6 +121,8 @@ impl Ranker {
             let (release, mine) = {
                 let mut guard = inner.borrow_mut();
                 let inner = &mut *guard;
+                // Refused before the inspected upload is taken: a later release sends those bytes.
+                inner.privacy.check_consent().map_err(Error::from)?;
                 let prepared = inner.pending.take().expect("inspected above");
                 let release = inner
                     .privacy

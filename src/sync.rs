@@ -160,6 +160,9 @@ impl Ranker {
             let Some(token) = inner.client.clone() else {
                 return Ok(0);
             };
+            if !inner.privacy.consented() {
+                return Ok(0);
+            }
             // Not only the due ones: the page is going away, this is the last chance to send.
             (token, inner.outbox.uploads().to_vec())
         };

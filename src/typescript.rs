@@ -185,6 +185,8 @@ export interface InspectedUpload {
 
 /** Policy, spending and the ledger (each entry also a dp-accounting DpEvent). */
 export interface PrivacyReport {
+  /** The user's consent to contributing, from the ledger: none until the page grants it (setConsent). */
+  consent: { granted: boolean; changedAtMs: number | null };
   policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number };
   spent: { windowRho: number; windowEpsilon: number; lifetimeRho: number; releases: number };
   remaining: { rho: number };

@@ -434,6 +434,17 @@ async fn spent_budget_persists_across_a_reload_and_is_never_spent_twice() {
         .inspect_next_upload(round("r1", 4.0))
         .map_err(JsValue::from)
         .unwrap();
+    // Inspecting needs no consent; releasing does, and nothing is charged while it is missing.
+    let refused = resolve(ranker.release_next_upload(db.clone(), round("r1", 4.0))).await;
+    assert!(error_message(refused).contains("not consented"));
+    let report = ranker.privacy_report().map_err(JsValue::from).unwrap();
+    assert_eq!(get(&report, &["spent", "lifetimeRho"]).as_f64(), Some(0.0));
+    assert_eq!(get(&report, &["consent", "granted"]).as_bool(), Some(false));
+    let changed = resolve(ranker.set_consent(Some(db.clone()), true))
+        .await
+        .unwrap();
+    assert_eq!(changed.as_bool(), Some(true));
+    assert!(ranker.consent());
     let sent = resolve(ranker.release_next_upload(db.clone(), round("r1", 4.0)))
         .await
         .unwrap();
@@ -448,10 +459,19 @@ async fn spent_budget_persists_across_a_reload_and_is_never_spent_twice() {
     let report = reloaded.privacy_report().map_err(JsValue::from).unwrap();
     assert_eq!(get(&report, &["spent", "releases"]).as_f64(), Some(1.0));
     assert!((get(&report, &["spent", "lifetimeRho"]).as_f64().unwrap() - 0.125).abs() < 1e-12);
-    let entries = Array::from(&get(&report, &["ledger", "entries"]));
-    assert_eq!(entries.length(), 1);
     assert_eq!(
-        get(&entries.get(0), &["dp_event", "dp_event"])
+        get(&report, &["consent", "granted"]).as_bool(),
+        Some(true),
+        "consent was saved"
+    );
+    let entries = Array::from(&get(&report, &["ledger", "entries"]));
+    assert_eq!(entries.length(), 2, "the consent, then the release");
+    assert_eq!(
+        get(&entries.get(0), &["purpose"]).as_string().unwrap(),
+        "consent granted"
+    );
+    assert_eq!(
+        get(&entries.get(1), &["dp_event", "dp_event"])
             .as_string()
             .unwrap(),
         "GaussianDpEvent"

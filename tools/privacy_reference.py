@@ -57,6 +57,8 @@ def replay_ledger_event(event: dict) -> "dp_accounting.DpEvent":
         return dp_accounting.GaussianDpEvent(event["noise_multiplier"])
     if kind == "RandomizedResponseDpEvent":
         return dp_accounting.RandomizedResponseDpEvent(event["noise_parameter"], event["num_buckets"])
+    if kind == "NoOpDpEvent":  # a consent change: nothing was released
+        return dp_accounting.NoOpDpEvent()
     if kind == "SelfComposedDpEvent":
         return dp_accounting.SelfComposedDpEvent(replay_ledger_event(event["event"]), event["count"])
     if kind == "ComposedDpEvent":

@@ -1,7 +1,7 @@
 // The feedloop demo: pick a sample question (or type one), edit the candidate answers, and see them
 // ranked by the on-device reward model. The package is imported exactly as an app would import it.
 import { Ranker } from "feedloop";
-import { mountFeedback } from "feedloop/widget";
+import { mountFeedback, mountPrivacyPanel } from "feedloop/widget";
 import { SAMPLES } from "./samples.js";
 
 const $ = (id) => document.getElementById(id);
@@ -423,6 +423,8 @@ async function start() {
   inspectButton.addEventListener("click", inspectUpload);
   if (demo.server) {
     $("sync-panel").hidden = false;
+    // The end user's consent: the demo contributes only after "Sharing is on".
+    mountPrivacyPanel($("privacy-panel"), ranker, { onError: (error) => showError(describeError(error)) });
     ranker.addEventListener("sync", (e) => showSync(e.detail));
     $("sync-now").addEventListener("click", () => ranker.sync().catch(() => {}));
   }

@@ -6,6 +6,8 @@
 //!   construct (clipped, on the lattice, discrete Gaussian noise — see docs/PRIVACY.md);
 //! - a [`PreparedUpload`] can be inspected (its exact bytes and decoded form) but carries no way to
 //!   send it;
+//! - nothing is released without the user's consent ([`DevicePrivacy::set_consent`], recorded in the
+//!   ledger; none until the page grants it);
 //! - the bytes for the network come only from [`DevicePrivacy::release`], which first charges the
 //!   budget and appends the ledger entry; the caller persists the new [`DevicePrivacyState`] (and
 //!   queues the upload, `crate::outbox`) before sending [`Release::bytes`] (spending recorded first
@@ -89,6 +91,10 @@ impl DevicePrivacyState {
                 .collect();
             extra.sort_by_key(|e| e.time_ms);
             let last_time = s.last().map_or(0, |e| e.time_ms);
+            // A consent change of this tab older than the stored ledger's last one was overtaken
+            // by it (the user's latest choice stands, e.g. a withdrawal in another tab).
+            let stored_consent_time = stored.ledger.consent().map_or(0, |(_, i)| s[i].time_ms);
+            extra.retain(|e| e.params.is_release() || e.time_ms > stored_consent_time);
             for e in extra {
                 ledger
                     .append(ReleaseRecord {
@@ -119,6 +125,9 @@ impl DevicePrivacyState {
         pending_metrics
             .thumbs
             .retain(|version, _| !crate::metric_reports::thumbs_reported_in(&ledger, version));
+        if !consented(&ledger) {
+            pending_metrics = Default::default(); // notes wait for nothing once consent is gone
+        }
         Ok(Self {
             policy: mine.policy.clone(),
             budget,
@@ -128,6 +137,12 @@ impl DevicePrivacyState {
             pending_metrics,
         })
     }
+}
+
+/// Whether the user's consent to contributing stands (the ledger's last consent change is a
+/// grant). Without it nothing is released: no update, no metric report.
+pub fn consented(ledger: &Ledger) -> bool {
+    matches!(ledger.consent(), Some((true, _)))
 }
 
 /// A privatized update ready to be released, not yet charged: inspect it, then release or drop it.
@@ -231,6 +246,8 @@ pub enum Ineligible {
     NothingNew,
     /// This device's ledger already has a release for the round.
     AlreadyContributed(String),
+    /// The user has not consented to contributing (or withdrew consent).
+    NoConsent,
 }
 
 impl std::fmt::Display for Ineligible {
@@ -247,6 +264,9 @@ impl std::fmt::Display for Ineligible {
             }
             Self::NothingNew => f.write_str("nothing new was learned since the last contribution"),
             Self::AlreadyContributed(round) => write!(f, "already contributed to round {round}"),
+            Self::NoConsent => f.write_str(
+                "the user has not consented to contributing (the page calls setConsent(true) once they do)",
+            ),
         }
     }
 }
@@ -318,6 +338,41 @@ impl DevicePrivacy {
         Ok(Self::from_state(merged))
     }
 
+    /// Whether the user's consent to contributing stands ([`consented`]).
+    pub fn consented(&self) -> bool {
+        consented(&self.state.ledger)
+    }
+
+    /// Refuses (an error naming the fix) unless the user's consent stands: what [`Self::release`]
+    /// checks first, for callers that want to know before they hand over a prepared upload.
+    pub fn check_consent(&self) -> Result<()> {
+        if self.consented() {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(
+                "the user has not consented to contributing: nothing is released until setConsent(true)".into(),
+            ))
+        }
+    }
+
+    /// Records the user's consent (`true`) or its withdrawal (`false`) in the ledger, if it
+    /// changes; returns whether it did. A withdrawal drops the metric notes not yet reported;
+    /// queued uploads from before it are dropped when the queue is read
+    /// ([`crate::outbox::Outbox::from_json`]). Spent budget stays spent.
+    pub fn set_consent(&mut self, granted: bool, now_ms: u64, model_version: &str) -> Result<bool> {
+        if self.consented() == granted {
+            return Ok(false);
+        }
+        // The chain is in time order: a clock that went back records at the last entry's time.
+        let last = self.state.ledger.entries().last().map_or(0, |e| e.time_ms);
+        let record = ReleaseRecord::for_consent(granted, now_ms.max(last), model_version);
+        self.state.ledger.append(record).map_err(privacy)?;
+        if !granted {
+            self.state.pending_metrics = Default::default();
+        }
+        Ok(true)
+    }
+
     /// Replaces the policy (the developer's configuration); spending and the ledger stay.
     pub fn set_policy(&mut self, policy: PrivacyPolicy) {
         self.state.policy = policy;
@@ -338,6 +393,9 @@ impl DevicePrivacy {
         model_version: &str,
         dimension: usize,
     ) -> std::result::Result<(), Ineligible> {
+        if !self.consented() {
+            return Err(Ineligible::NoConsent);
+        }
         if round.model_version != model_version {
             return Err(Ineligible::OtherModel {
                 round: round.model_version.clone(),
@@ -405,6 +463,7 @@ impl DevicePrivacy {
     /// bytes (persist [`DevicePrivacy::state`] before sending them). Refused (nothing changes) if the budget
     /// no longer allows it.
     pub fn release(&mut self, prepared: PreparedUpload, now_ms: u64) -> Result<Release> {
+        self.check_consent()?;
         let mut state = self.state.clone();
         state
             .budget
@@ -471,7 +530,9 @@ mod tests {
     fn device() -> DevicePrivacy {
         // ε = 8 at δ = 1e-6 over 30 days (ρ ≈ 1.08); at most ρ = 0.5 per release (σ ≥ 2C).
         let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, 0.5).unwrap();
-        DevicePrivacy::new(policy, 3, "v1").unwrap()
+        let mut device = DevicePrivacy::new(policy, 3, "v1").unwrap();
+        device.set_consent(true, 1, "v1").unwrap(); // the user agreed, long before
+        device
     }
 
     #[test]
@@ -575,12 +636,16 @@ mod tests {
             .unwrap();
         tab_b.release(b, NOW + 5).unwrap();
         let merged = DevicePrivacyState::merge(tab_a.state(), tab_b.state()).unwrap();
-        assert_eq!(merged.ledger.entries().len(), 2);
+        assert_eq!(
+            merged.ledger.entries().len(),
+            3,
+            "the consent and both releases"
+        );
         assert!(merged.ledger.verify().is_empty());
         assert!((merged.budget.lifetime_rho() - 0.25).abs() < 1e-12);
         // Merging again (or the other way round) changes nothing.
         let again = DevicePrivacyState::merge(&merged, tab_b.state()).unwrap();
-        assert_eq!(again.ledger.entries().len(), 2);
+        assert_eq!(again.ledger.entries().len(), 3);
         assert!((again.budget.lifetime_rho() - 0.25).abs() < 1e-12);
         // One tab simply ahead of the other: its ledger wins as it is.
         let ahead = DevicePrivacyState::merge(base.state(), tab_a.state()).unwrap();
@@ -661,5 +726,107 @@ mod tests {
             Ineligible::NothingNew.to_string(),
             "nothing new was learned since the last contribution"
         );
+    }
+
+    #[test]
+    fn nothing_is_released_without_consent_and_each_change_is_in_the_ledger() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(7);
+        let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, 0.5).unwrap();
+        let mut device = DevicePrivacy::new(policy, 3, "v1").unwrap();
+        let state = learning(vec![0.3, 0.0, -0.1]);
+        assert!(!device.consented(), "no consent until the page grants it");
+        assert_eq!(
+            device.eligibility(&state, &round("r1", 4.0), "v1", 3),
+            Err(Ineligible::NoConsent)
+        );
+        // What would be sent can still be inspected (a consent dialog can show it) ...
+        let prepared = device
+            .prepare(&state, &round("r1", 4.0), NOW, &mut rng)
+            .unwrap();
+        // ... but not released: nothing charged, nothing recorded.
+        let before = device.state().clone();
+        let refused = device.release(prepared, NOW).unwrap_err().to_string();
+        assert!(refused.contains("not consented"), "{refused}");
+        assert_eq!(device.state(), &before);
+
+        assert!(device.set_consent(true, NOW, "v1").unwrap());
+        assert!(
+            !device.set_consent(true, NOW + 1, "v1").unwrap(),
+            "no change, no entry"
+        );
+        let prepared = device
+            .prepare(&state, &round("r1", 4.0), NOW + 2, &mut rng)
+            .unwrap();
+        device.release(prepared, NOW + 2).unwrap();
+        assert!(device.set_consent(false, NOW + 3, "v1").unwrap());
+        assert_eq!(
+            device.eligibility(&learning(vec![0.9, 0.0, 0.0]), &round("r2", 4.0), "v1", 3),
+            Err(Ineligible::NoConsent)
+        );
+        let ledger = &device.state().ledger;
+        let purposes: Vec<&str> = ledger
+            .entries()
+            .iter()
+            .map(|e| e.purpose.as_str())
+            .collect();
+        assert_eq!(purposes, ["consent granted", PURPOSE, "consent withdrawn"]);
+        assert!(ledger.verify().is_empty());
+        assert_eq!(ledger.consent(), Some((false, 2)));
+        // Consent changes cost nothing and are not releases in the dp-accounting composition.
+        assert!((ledger.total_rho() - config_rho(4.0)).abs() < 1e-12);
+        let composed = ledger.dp_event();
+        assert_eq!(
+            composed["events"].as_array().unwrap().len(),
+            1,
+            "{composed}"
+        );
+        assert_eq!(
+            ledger.entries()[0].params.dp_event()["dp_event"],
+            "NoOpDpEvent"
+        );
+        // Restored from storage, the withdrawal stands.
+        assert!(!DevicePrivacy::from_json(&device.to_json())
+            .unwrap()
+            .consented());
+    }
+
+    fn config_rho(sigma: f64) -> f64 {
+        PrivatizerConfig::new(1.0, 0.01, sigma).unwrap().rho()
+    }
+
+    #[test]
+    fn in_a_merge_of_two_tabs_the_users_latest_consent_choice_stands() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(8);
+        let base = device(); // consented at t = 1
+        let (mut tab_a, mut tab_b) = (base.clone(), base.clone());
+        // Tab B withdraws and grants again early; tab A withdraws later.
+        tab_b.set_consent(false, NOW, "v1").unwrap();
+        tab_b.set_consent(true, NOW + 1, "v1").unwrap();
+        let b = tab_b
+            .prepare(
+                &learning(vec![0.2, 0.0, 0.0]),
+                &round("b1", 4.0),
+                NOW + 2,
+                &mut rng,
+            )
+            .unwrap();
+        tab_b.release(b, NOW + 2).unwrap();
+        tab_a.set_consent(false, NOW + 10, "v1").unwrap();
+        // Tab B saves over what tab A stored.
+        let merged = DevicePrivacyState::merge(tab_a.state(), tab_b.state()).unwrap();
+        assert!(
+            !consented(&merged.ledger),
+            "tab A's later withdrawal stands"
+        );
+        assert!(merged.ledger.verify().is_empty());
+        assert!(
+            merged.ledger.entries().iter().any(|e| e.round_id == "b1"),
+            "tab B's release stays recorded (spent is spent)"
+        );
+        // A grant made after the other tab's withdrawal stands too.
+        tab_b.set_consent(false, NOW + 11, "v1").unwrap();
+        tab_b.set_consent(true, NOW + 20, "v1").unwrap();
+        let merged = DevicePrivacyState::merge(&merged, tab_b.state()).unwrap();
+        assert!(consented(&merged.ledger));
     }
 }

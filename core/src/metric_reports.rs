@@ -84,9 +84,12 @@ pub(crate) fn thumbs_reported_in(ledger: &Ledger, model_version: &str) -> bool {
 impl DevicePrivacy {
     /// Notes a thumbs verdict on the answer ranked first under `model_version`; reported at the
     /// next sync unless that version was already reported (one report per version) or is the
-    /// bundled model (no server knows it).
+    /// bundled model (no server knows it). Without the user's consent nothing is noted.
     pub fn observe_thumbs(&mut self, model_version: &str, up: bool) {
-        if model_version == BUNDLED_VERSION || self.thumbs_reported(model_version) {
+        if !self.consented()
+            || model_version == BUNDLED_VERSION
+            || self.thumbs_reported(model_version)
+        {
             return;
         }
         self.state_mut()
@@ -110,6 +113,11 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
+        if !self.consented() {
+            return Err(Error::InvalidInput(
+                "the user has not consented to contributing: no metric report is released".into(),
+            ));
+        }
         let Some((version, up)) = self
             .state()
             .pending_metrics
@@ -164,7 +172,9 @@ mod tests {
 
     fn device(max_rho_per_release: f64) -> DevicePrivacy {
         let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, max_rho_per_release).unwrap();
-        DevicePrivacy::new(policy, 3, "1").unwrap()
+        let mut device = DevicePrivacy::new(policy, 3, "1").unwrap();
+        device.set_consent(true, 1, "1").unwrap(); // the user agreed, long before
+        device
     }
 
     #[test]
@@ -191,11 +201,15 @@ mod tests {
         // Nothing noted any more, and a new verdict for version 2 is not noted again.
         d.observe_thumbs("2", false);
         assert!(d.release_thumbs(1.0, NOW, &mut rng).unwrap().is_none());
-        assert_eq!(d.state().ledger.entries().len(), 1);
+        assert_eq!(
+            d.state().ledger.entries().len(),
+            2,
+            "the consent and one report"
+        );
         // A new version is reported on its own.
         d.observe_thumbs("3", true);
         assert!(d.release_thumbs(1.0, NOW + 1, &mut rng).unwrap().is_some());
-        assert_eq!(d.state().ledger.entries().len(), 2);
+        assert_eq!(d.state().ledger.entries().len(), 3);
         assert!(d.state().ledger.verify().is_empty());
     }
 
@@ -247,5 +261,25 @@ mod tests {
         let merged = PendingMetrics::merge(&a, &b);
         assert_eq!(merged.thumbs.get("2"), Some(&false));
         assert_eq!(merged.thumbs.get("3"), Some(&true));
+    }
+
+    #[test]
+    fn without_consent_nothing_is_noted_or_released_and_a_withdrawal_drops_the_notes() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(9);
+        let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, 1.0).unwrap();
+        let mut d = DevicePrivacy::new(policy, 3, "1").unwrap();
+        d.observe_thumbs("2", true);
+        assert!(d.state().pending_metrics.thumbs.is_empty(), "not noted");
+        assert!(d.release_thumbs(1.0, NOW, &mut rng).is_err());
+        d.set_consent(true, NOW, "2").unwrap();
+        d.observe_thumbs("2", true);
+        assert_eq!(d.state().pending_metrics.thumbs.len(), 1);
+        d.set_consent(false, NOW + 1, "2").unwrap();
+        assert!(
+            d.state().pending_metrics.thumbs.is_empty(),
+            "dropped with the withdrawal"
+        );
+        assert!(d.release_thumbs(1.0, NOW + 2, &mut rng).is_err());
+        assert_eq!(d.state().budget.lifetime_rho(), 0.0);
     }
 }

@@ -117,13 +117,17 @@ impl Outbox {
     }
 
     /// Reads a stored queue, keeping only entries whose bytes are exactly a release recorded in
-    /// `ledger` (hash of the bytes = the entry's hash = a ledger payload hash).
+    /// `ledger` (hash of the bytes = the entry's hash = a ledger payload hash) after the user's
+    /// consent, while it stands: a withdrawal empties the queue, in every tab that reads it.
     pub fn from_json(json: &str, ledger: &Ledger) -> Result<Self> {
         let stored: Outbox = serde_json::from_str(json)
             .map_err(|e| Error::InvalidInput(format!("saved upload queue is corrupt: {e}")))?;
-        let recorded: std::collections::HashSet<&str> = ledger
-            .entries()
+        let Some((true, granted_at)) = ledger.consent() else {
+            return Ok(Self::new());
+        };
+        let recorded: std::collections::HashSet<&str> = ledger.entries()[granted_at + 1..]
             .iter()
+            .filter(|e| e.params.is_release())
             .map(|e| e.payload_sha256.as_str())
             .collect();
         let uploads = stored
@@ -290,7 +294,9 @@ mod tests {
 
     fn device() -> DevicePrivacy {
         let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, 0.5).unwrap();
-        DevicePrivacy::new(policy, 3, "v1").unwrap()
+        let mut device = DevicePrivacy::new(policy, 3, "v1").unwrap();
+        device.set_consent(true, 1, "v1").unwrap(); // the user agreed, long before
+        device
     }
 
     #[test]
@@ -349,6 +355,31 @@ mod tests {
         let other = device_other_ledger();
         assert!(Outbox::from_json(&json, &other).unwrap().is_empty());
         assert!(Outbox::from_json("{", ledger).is_err());
+    }
+
+    #[test]
+    fn a_withdrawal_empties_the_queue_and_a_new_grant_does_not_bring_it_back() {
+        let mut device = device();
+        let a = released(&mut device, "r1", 1);
+        let mut outbox = Outbox::new();
+        outbox.push(QueuedUpload::from_release(&a, NOW), NOW);
+        let json = outbox.to_json();
+        device.set_consent(false, NOW + 1, "v1").unwrap();
+        assert!(Outbox::from_json(&json, &device.state().ledger)
+            .unwrap()
+            .is_empty());
+        device.set_consent(true, NOW + 2, "v1").unwrap();
+        assert!(
+            Outbox::from_json(&json, &device.state().ledger)
+                .unwrap()
+                .is_empty(),
+            "released before the withdrawal: never sent"
+        );
+        let b = released(&mut device, "r2", 2);
+        outbox.push(QueuedUpload::from_release(&b, NOW + 3), NOW + 3);
+        let kept = Outbox::from_json(&outbox.to_json(), &device.state().ledger).unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept.uploads()[0].round_id(), "r2");
     }
 
     fn device_other_ledger() -> Ledger {

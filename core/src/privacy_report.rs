@@ -74,6 +74,16 @@ pub struct Spent {
     pub releases: usize,
 }
 
+/// The user's consent to contributing, as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsentView {
+    /// Whether the device may contribute (updates and metric reports).
+    pub granted: bool,
+    /// Unix ms of the last change; `None` if consent was never given.
+    pub changed_at_ms: Option<u64>,
+}
+
 /// What remains in the current window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Remaining {
@@ -84,6 +94,7 @@ pub struct Remaining {
 /// release (each entry also a dp-accounting `DpEvent`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrivacyReport {
+    pub consent: ConsentView,
     pub policy: PolicyView,
     pub spent: Spent,
     pub remaining: Remaining,
@@ -102,7 +113,12 @@ impl DevicePrivacy {
         let state = self.state();
         let policy = &state.policy;
         let window_rho = state.budget.window_rho(policy, now_ms);
+        let consent = state.ledger.consent();
         PrivacyReport {
+            consent: ConsentView {
+                granted: matches!(consent, Some((true, _))),
+                changed_at_ms: consent.map(|(_, i)| state.ledger.entries()[i].time_ms),
+            },
             policy: PolicyView {
                 epsilon: policy.epsilon(),
                 delta: policy.delta(),
@@ -115,7 +131,12 @@ impl DevicePrivacy {
                 window_rho,
                 window_epsilon: epsilon(window_rho, policy.delta()),
                 lifetime_rho: state.budget.lifetime_rho(),
-                releases: state.ledger.entries().len(),
+                releases: state
+                    .ledger
+                    .entries()
+                    .iter()
+                    .filter(|e| e.params.is_release())
+                    .count(),
             },
             remaining: Remaining {
                 rho: state.budget.remaining_rho(policy, now_ms),
@@ -208,6 +229,21 @@ mod tests {
         let mut device = DevicePrivacy::new(PrivacyPolicy::default(), 3, "v1").unwrap();
         let fresh = device.report(NOW);
         assert_eq!(fresh.spent.releases, 0);
+        assert_eq!(
+            fresh.consent,
+            ConsentView {
+                granted: false,
+                changed_at_ms: None
+            }
+        );
+        assert!(device.set_consent(true, NOW - 5, "v1").unwrap());
+        let consented = device.report(NOW);
+        assert_eq!(consented.consent.changed_at_ms, Some(NOW - 5));
+        assert!(consented.consent.granted);
+        assert_eq!(
+            consented.spent.releases, 0,
+            "a consent change is not a release"
+        );
         assert_eq!(fresh.remaining.rho, PrivacyPolicy::default().total_rho());
         let round = RoundConfig {
             round_id: "r1".into(),
@@ -233,7 +269,7 @@ mod tests {
         let report = device.report(NOW);
         assert_eq!(report.spent.releases, 1);
         assert_eq!(
-            report.ledger["entries"][0]["payload_sha256"],
+            report.ledger["entries"][1]["payload_sha256"],
             inspected.sha256
         );
         assert_eq!(release.ledger_entry().payload_sha256, inspected.sha256);

@@ -56,19 +56,32 @@ pub enum ReleaseParams {
         /// of k.
         other_numerator: u64,
     },
+    /// Not a release: the user granted (`true`) or withdrew (`false`) consent to contributing.
+    /// Nothing leaves the device with it (ρ = 0). It is in the chain so that an audit sees when
+    /// consent was given and that every release came after it.
+    Consent {
+        /// Whether contributing is allowed from this entry on.
+        granted: bool,
+    },
 }
 
 impl ReleaseParams {
-    /// The mechanism.
-    pub fn mechanism(&self) -> Mechanism {
+    /// The mechanism; `None` for a consent change (not a release).
+    pub fn mechanism(&self) -> Option<Mechanism> {
         match self {
-            Self::DiscreteGaussian { .. } => Mechanism::DiscreteGaussian,
-            Self::RandomizedResponse { .. } => Mechanism::RandomizedResponse,
-            Self::CategoricalResponse { .. } => Mechanism::CategoricalResponse,
+            Self::DiscreteGaussian { .. } => Some(Mechanism::DiscreteGaussian),
+            Self::RandomizedResponse { .. } => Some(Mechanism::RandomizedResponse),
+            Self::CategoricalResponse { .. } => Some(Mechanism::CategoricalResponse),
+            Self::Consent { .. } => None,
         }
     }
 
-    /// ρ of this release (zCDP): `(2C)²/(2σ²)` or `ε²/2`.
+    /// Whether this entry is a release (something left the device), not a consent change.
+    pub fn is_release(&self) -> bool {
+        self.mechanism().is_some()
+    }
+
+    /// ρ of this release (zCDP): `(2C)²/(2σ²)` or `ε²/2`; 0 for a consent change.
     pub fn rho(&self) -> f64 {
         match self {
             Self::DiscreteGaussian {
@@ -78,6 +91,7 @@ impl ReleaseParams {
             } => zcdp_rho_gaussian(2.0 * clip_norm, *noise_stddev),
             Self::RandomizedResponse { epsilon, .. }
             | Self::CategoricalResponse { epsilon, .. } => epsilon * epsilon / 2.0,
+            Self::Consent { .. } => 0.0,
         }
     }
 
@@ -109,6 +123,7 @@ impl ReleaseParams {
                 let noise = k as f64 * *other_numerator as f64 / denominator as f64;
                 json!({"dp_event": "RandomizedResponseDpEvent", "noise_parameter": noise, "num_buckets": categories})
             }
+            Self::Consent { .. } => json!({"dp_event": "NoOpDpEvent"}),
         }
     }
 }
@@ -201,6 +216,30 @@ impl ReleaseRecord {
                 other_numerator,
             },
             payload_sha256: sha256_hex(&reported.to_le_bytes()),
+        }
+    }
+}
+
+/// The round id of consent entries (no server round has it: those are numbers).
+pub const CONSENT_ROUND_ID: &str = "consent";
+
+impl ReleaseRecord {
+    /// A consent change: `granted` or withdrawn at `time_ms`, while the device uses
+    /// `model_version`. Nothing is sent; the payload hash is that of the words recorded with
+    /// their time (so each change has its own, as two tabs' merge needs).
+    pub fn for_consent(granted: bool, time_ms: u64, model_version: &str) -> Self {
+        let purpose = if granted {
+            "consent granted"
+        } else {
+            "consent withdrawn"
+        };
+        Self {
+            time_ms,
+            purpose: purpose.to_owned(),
+            round_id: CONSENT_ROUND_ID.to_owned(),
+            model_version: model_version.to_owned(),
+            params: ReleaseParams::Consent { granted },
+            payload_sha256: sha256_hex(format!("{purpose} at {time_ms}").as_bytes()),
         }
     }
 }
@@ -408,11 +447,25 @@ impl Ledger {
         issues
     }
 
+    /// The last consent change: whether consent stands, and the index of its entry; `None` if
+    /// consent was never recorded (no consent).
+    pub fn consent(&self) -> Option<(bool, usize)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, e)| match e.params {
+                ReleaseParams::Consent { granted } => Some((granted, i)),
+                _ => None,
+            })
+    }
+
     /// The dp-accounting event of the whole ledger: a `ComposedDpEvent` of the
-    /// releases, runs of identical events folded into `SelfComposedDpEvent`.
+    /// releases (consent changes are not), runs of identical events folded into
+    /// `SelfComposedDpEvent`.
     pub fn dp_event(&self) -> Value {
         let mut events: Vec<(Value, u64)> = Vec::new();
-        for e in &self.entries {
+        for e in self.entries.iter().filter(|e| e.params.is_release()) {
             let ev = e.params.dp_event();
             match events.last_mut() {
                 Some((last, count)) if *last == ev => *count += 1,

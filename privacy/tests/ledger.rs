@@ -188,3 +188,52 @@ fn a_categorical_release_is_charged_and_replayable() {
     let edited = Ledger::from_json(&v.to_string()).unwrap();
     assert!(!edited.verify().is_empty(), "{entry:?}");
 }
+
+#[test]
+fn consent_changes_are_chained_entries_that_cost_nothing_and_are_not_releases() {
+    let mut ledger = Ledger::new(1e-6).unwrap();
+    assert_eq!(ledger.consent(), None);
+    ledger
+        .append(ReleaseRecord::for_consent(true, 500, "m1"))
+        .unwrap();
+    let released = sample_ledger();
+    for e in released.entries() {
+        ledger
+            .append(ReleaseRecord {
+                time_ms: e.time_ms,
+                purpose: e.purpose.clone(),
+                round_id: e.round_id.clone(),
+                model_version: e.model_version.clone(),
+                params: e.params.clone(),
+                payload_sha256: e.payload_sha256.clone(),
+            })
+            .unwrap();
+    }
+    ledger
+        .append(ReleaseRecord::for_consent(false, 3_000, "m1"))
+        .unwrap();
+    assert!(ledger.verify().is_empty());
+    assert_eq!(ledger.consent(), Some((false, 5)));
+    assert_eq!(
+        ledger.total_rho(),
+        released.total_rho(),
+        "consent costs nothing"
+    );
+    // The composed event is the releases' alone; each consent entry replays as a no-op.
+    assert_eq!(ledger.dp_event(), released.dp_event());
+    let export: Value = serde_json::from_str(&ledger.to_json()).unwrap();
+    assert_eq!(export["entries"][0]["dp_event"]["dp_event"], "NoOpDpEvent");
+    assert_eq!(export["entries"][0]["params"]["mechanism"], "consent");
+    assert_eq!(export["entries"][0]["params"]["granted"], true);
+    // Two grants at different times are two entries with their own payload hash.
+    let (a, b) = (
+        ReleaseRecord::for_consent(true, 1, "m1"),
+        ReleaseRecord::for_consent(true, 2, "m1"),
+    );
+    assert_ne!(a.payload_sha256, b.payload_sha256);
+    // A withdrawal edited into a grant breaks the chain.
+    let mut v: Value = serde_json::from_str(&ledger.to_json()).unwrap();
+    v["entries"][5]["params"]["granted"] = true.into();
+    let edited = Ledger::from_json(&v.to_string()).unwrap();
+    assert!(kinds(&edited).contains(&(5, LedgerIssueKind::WrongEntryHash)));
+}

@@ -61,6 +61,8 @@ describe("cross-origin sync: the page and the server on two origins", () => {
   test("a listed origin registers, contributes and adopts the published version", { timeout: 60_000 }, async () => {
     const { context, page, problems } = await open(allowed);
     assert.equal(await page.isVisible("#sync-panel"), true, "the page found the server on the other origin");
+    await page.getByRole("switch", { name: "Sharing is off" }).click(); // the user consents
+    await page.getByRole("switch", { name: "Sharing is on" }).waitFor();
     await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
     const first = await sync(page);
     assert.equal(first.offline, false, JSON.stringify(first));
@@ -85,7 +87,7 @@ describe("cross-origin sync: the page and the server on two origins", () => {
     assert.equal(await page.isVisible("#sync-panel"), false, "the server's answers are blocked");
     const { report, events } = await page.evaluate(async (url) => {
       const { Ranker } = window.feedloopDemo;
-      const ranker = await Ranker.create({ storage: "cors-blocked", server: { url, deploymentKey: "e2e-deployment-key-0123456789" }, sync: { intervalMs: 0 } });
+      const ranker = await Ranker.create({ storage: "cors-blocked", consent: true, server: { url, deploymentKey: "e2e-deployment-key-0123456789" }, sync: { intervalMs: 0 } });
       const events = [];
       ranker.addEventListener("error", (e) => events.push(e.error.message));
       const report = await ranker.sync();

@@ -1,11 +1,14 @@
 // End-to-end federated sync: the real server (`feedloop serve`, embedded SQLite, serving www/dist)
-// and two Chromium contexts (two devices with their own IndexedDB) using the demo page. Both give
+// and Chromium contexts (devices with their own IndexedDB) using the demo page. First, a device
+// without the user's consent learns and adopts the global model and sends nothing. Then two devices
+// whose users turn sharing on in the privacy panel (the consent, in the ledger). Both give
 // feedback and sync; the round closes at its target; version 2 is published and both adopt it. Every
 // request body the pages send is captured: the only bodies are privatized updates (FLDP), each one
 // recorded in the sending device's ledger, with no candidate text and no feedback event in them.
 // Then the upload queue: a failed upload waits in IndexedDB and leaves by sendBeacon when the page is
 // hidden, and a thumbs on the top answer is reported once per version as one randomized bit, in the
-// ledger first. Last, the dashboard shows the rounds and versions and rolls back with the admin key.
+// ledger first. Withdrawing consent deletes a queued upload and stops all sending. Last, the
+// dashboard shows the rounds and versions and rolls back with the admin key.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -65,9 +68,45 @@ describe("federated sync: two devices, the real server, Chromium", () => {
 
   const sync = (page) => page.evaluate(() => window.feedloopDemo.ranker.sync());
 
+  test("without the user's consent a device learns and syncs the model, and sends nothing", { timeout: TIMEOUT }, async () => {
+    // A third device of its own (A and B below start from scratch).
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const sent = [];
+    context.on("request", (request) => {
+      const body = request.postDataBuffer();
+      if (body && body.length > 0) sent.push(request.url());
+    });
+    page.on("pageerror", (e) => problems.push(`C page error: ${e.message}`));
+    await page.goto(`${server.base}/?sync=manual&key=${DEPLOYMENT_KEY}`);
+    await page.evaluate(() => window.feedloopDemo.ready);
+    assert.equal(await page.isVisible("#sync-panel"), true, "the page found its server");
+    assert.equal(await page.getByRole("switch").getAttribute("aria-checked"), "false", "sharing starts off");
+    await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
+    for (let i = 0; i < 2; i++) {
+      const report = await sync(page);
+      assert.equal(report.offline, false, JSON.stringify(report));
+      assert.equal(report.modelVersion, "1", "the global model is still adopted");
+      assert.equal(report.contribution, null);
+      assert.match(report.skipped ?? "", /not consented/);
+      assert.deepEqual(report.metrics, []);
+      await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-up"]'); // under v1 now
+    }
+    assert.deepEqual(sent, [], "nothing was sent");
+    const ledger = await page.evaluate(() => window.feedloopDemo.ranker.privacyReport().ledger.entries);
+    assert.deepEqual(ledger, []);
+    assert.equal((await json(server.base, "/v1/rounds/current")).received, 0);
+    await context.close();
+  });
+
   test("both devices learn, contribute, the round publishes v2 and both adopt it", { timeout: TIMEOUT }, async () => {
     for (const { page } of devices) {
-      assert.equal(await page.isVisible("#sync-panel"), true, "the page found its server");
+      // The end user turns sharing on in the privacy panel (a switch; the consent goes in the ledger).
+      await page.getByRole("switch", { name: "Sharing is off" }).click();
+      await page.getByRole("switch", { name: "Sharing is on" }).waitFor();
+      assert.equal(await page.evaluate(() => window.feedloopDemo.ranker.consent), true);
+      const [first] = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger())).entries;
+      assert.equal(first.purpose, "consent granted");
       await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
       await page.click('#results li[data-rank="2"] [data-feedloop="thumbs-up"]');
     }
@@ -195,6 +234,37 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     // A later sync sends no second report for v2.
     await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-up"]');
     assert.equal((await sync(page)).metrics.length, 0);
+    assert.deepEqual(problems, []);
+  });
+
+  test("withdrawing consent deletes the queued upload and nothing more is sent", { timeout: TIMEOUT }, async () => {
+    const { page, context } = devices[1];
+    await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-down"]');
+    await page.evaluate(() => window.feedloopDemo.ranker.flush());
+    await context.route("**/v1/rounds/*/updates", (route) => route.abort("connectionrefused"));
+    const failed = await sync(page);
+    assert.ok(failed.contribution, JSON.stringify(failed));
+    assert.equal(failed.queued, 1);
+    await context.unroute("**/v1/rounds/*/updates");
+    const sentBefore = bodies.length;
+    await page.getByRole("switch", { name: "Sharing is on" }).click();
+    await page.getByRole("switch", { name: "Sharing is off" }).waitFor();
+    assert.deepEqual(await page.evaluate(() => window.feedloopDemo.ranker.pendingUploads()), []);
+    await page.click('#results li[data-rank="2"] [data-feedloop="thumbs-up"]');
+    const after = await sync(page);
+    assert.equal(after.contribution, null);
+    assert.match(after.skipped ?? "", /not consented/);
+    assert.deepEqual(after.settled, []);
+    assert.equal(bodies.length, sentBefore, "nothing was sent after the withdrawal");
+    // Spent stays spent: the withdrawn upload's release is still in the ledger, then the withdrawal.
+    const entries = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger())).entries;
+    assert.equal(entries.at(-1).purpose, "consent withdrawn");
+    assert.ok(entries.some((e) => e.payload_sha256 === failed.contribution.sha256));
+    // After a reload the withdrawal stands (IndexedDB) and the queue stays empty.
+    await page.reload();
+    await page.evaluate(() => window.feedloopDemo.ready);
+    assert.equal(await page.evaluate(() => window.feedloopDemo.ranker.consent), false);
+    assert.deepEqual(await page.evaluate(() => window.feedloopDemo.ranker.pendingUploads()), []);
     assert.deepEqual(problems, []);
   });
 

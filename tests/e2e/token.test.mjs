@@ -50,6 +50,8 @@ describe("client token: refreshed before it expires, same client id across its l
     });
     await page.goto(`${server.base}/?sync=manual&key=${DEPLOYMENT_KEY}`);
     await page.evaluate(() => window.feedloopDemo.ready);
+    await page.getByRole("switch", { name: "Sharing is off" }).click(); // the user consents
+    await page.getByRole("switch", { name: "Sharing is on" }).waitFor();
     const sync = () => page.evaluate(() => window.feedloopDemo.ranker.sync());
 
     const started = Date.now();

@@ -274,3 +274,25 @@ test("the package carries its license and attribution, exports its wasm and name
   const bytes = await readFile(resolved);
   assert.deepEqual([...bytes.subarray(0, 4)], [0x00, 0x61, 0x73, 0x6d]);
 });
+
+test("consent: none by default; the option and setConsent record it in the ledger; bad values are TypeErrors", async () => {
+  const ranker = await Ranker.create({ storage: false });
+  assert.equal(ranker.consent, false);
+  assert.deepEqual(ranker.privacyReport().consent, { granted: false, changedAtMs: null });
+  const events = [];
+  ranker.addEventListener("consent", (e) => events.push(e.detail.granted));
+  assert.equal(await ranker.setConsent(true), true);
+  assert.equal(await ranker.setConsent(true), false, "no change, no second entry");
+  assert.equal(ranker.consent, true);
+  const report = ranker.privacyReport();
+  assert.equal(report.consent.granted, true);
+  assert.equal(typeof report.consent.changedAtMs, "number");
+  assert.deepEqual(report.ledger.entries.map((e) => [e.purpose, e.params.mechanism, e.rho]), [["consent granted", "consent", 0]]);
+  assert.equal(report.spent.releases, 0, "a consent change is not a release");
+  assert.equal(await ranker.setConsent(false), true);
+  assert.deepEqual(events, [true, false]);
+  await rejectsWith(() => ranker.setConsent(1), /setConsent\(granted\) takes true or false, got number/);
+  await rejectsWith(Ranker.create({ storage: false, consent: "yes" }), /options\.consent must be true or false, got string/);
+  const consenting = await Ranker.create({ storage: false, consent: true });
+  assert.equal(consenting.consent, true);
+});

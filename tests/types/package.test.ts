@@ -11,8 +11,8 @@ import type {
   PrivacyPolicyOptions, Explanation, Activity, LearningState, ModelInfo, PrivacyReport, InspectedUpload,
   RoundConfig, PendingUpload, EmbeddedCatalog, StorageStatus, RankerErrorEvent, FlagCategory,
 } from "feedloop";
-import { mountFeedback, mountComparison, WIDGET_CSS } from "feedloop/widget";
-import type { FeedbackWidgetOptions, ComparisonOptions, MountedWidget, FeedbackControl } from "feedloop/widget";
+import { mountFeedback, mountComparison, mountPrivacyPanel, WIDGET_CSS } from "feedloop/widget";
+import type { FeedbackWidgetOptions, ComparisonOptions, MountedWidget, FeedbackControl, PrivacyPanelOptions } from "feedloop/widget";
 // The same module by its path in pkg/, as a relative import sees it.
 import { Ranker as RankerByPath } from "../../pkg/index.js";
 
@@ -27,8 +27,9 @@ expectTypeOf(RankerByPath).toEqualTypeOf(Ranker);
 
 // The same keys as the run-time check in Ranker.create.
 expectTypeOf<keyof RankerOptions>().toEqualTypeOf<
-  "model" | "wasm" | "storage" | "weights" | "learning" | "privacy" | "server" | "sync" | "gpu"
+  "model" | "wasm" | "storage" | "weights" | "learning" | "privacy" | "consent" | "server" | "sync" | "gpu"
 >();
+expectTypeOf<RankerOptions["consent"]>().toEqualTypeOf<boolean | undefined>();
 expectTypeOf<RankerOptions["wasm"]>().toEqualTypeOf<WasmSource | undefined>();
 expectTypeOf<WasmSource>().toEqualTypeOf<URL | string | Response | ArrayBuffer | ArrayBufferView | WebAssembly.Module>();
 expectTypeOf<RankerOptions["model"]>().toEqualTypeOf<ModelSource | undefined>();
@@ -257,6 +258,16 @@ expectTypeOf<StorageStatus>().toEqualTypeOf<{ name: string | null; persistent: b
 
 const round: RoundConfig = { roundId: "r1", modelVersion: "bundled", clipNorm: 1, granularity: 0.01, noiseStddev: 4 };
 expectTypeOf(ranker.privacyReport()).toEqualTypeOf<PrivacyReport>();
+expectTypeOf<PrivacyReport["consent"]>().toEqualTypeOf<{ granted: boolean; changedAtMs: number | null }>();
+// Consent: nothing is contributed until the page records the user's yes.
+expectTypeOf(ranker.consent).toEqualTypeOf<boolean>();
+expectTypeOf(ranker.setConsent(true)).resolves.toEqualTypeOf<boolean>();
+ranker.addEventListener("consent", (e) => expectTypeOf(e.detail.granted).toEqualTypeOf<boolean>());
+// @ts-expect-error consent is a boolean
+ranker.setConsent("yes");
+const panel = mountPrivacyPanel(container, ranker, { title: "Privacy", onConsentChange: (granted) => expectTypeOf(granted).toEqualTypeOf<boolean>() });
+expectTypeOf(panel).toEqualTypeOf<MountedWidget>();
+expectTypeOf<PrivacyPanelOptions>().toHaveProperty("styleNonce").toEqualTypeOf<string | undefined>();
 expectTypeOf<PrivacyReport>().toHaveProperty("remaining").toEqualTypeOf<{ rho: number }>();
 expectTypeOf(ranker.inspectNextUpload(round)).toEqualTypeOf<InspectedUpload>();
 expectTypeOf<InspectedUpload>().toHaveProperty("bytes").toEqualTypeOf<Uint8Array>();
