@@ -126,9 +126,13 @@ fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<FeedbackOutcome>
     let outcome = inner.feedback.record(raw, js_sys::Date::now())?;
     // A thumbs on the answer the model ranked first: the thumbs-up-rate metric of the global
     // version in use, reported (privatized) at the next sync.
+    let version = inner.global_version.clone();
     if let Some(up) = outcome.thumbs_on_top {
-        let version = inner.global_version.clone();
         inner.privacy.observe_thumbs(&version, up);
+    }
+    // A star rating: the CSAT metric of the version in use, likewise.
+    if let Some(stars) = outcome.stars_given {
+        inner.privacy.observe_stars(&version, stars);
     }
     Ok(outcome)
 }

@@ -62,7 +62,8 @@ struct SyncReport {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct MetricSent {
-    /// What it measures ("thumbs": the thumbs-up rate of the answers this version ranked first).
+    /// What it measures ("thumbs": the thumbs-up rate of the answers this version ranked first;
+    /// "stars": the star rating given under it).
     kind: &'static str,
     model_version: String,
     /// SHA-256 of the released payload, as in the ledger.
@@ -329,15 +330,12 @@ async fn report_metrics(
     server: &ServerConfig,
     token: &ClientToken,
 ) -> Result<Result<Vec<MetricSent>, String>, JsValue> {
-    if inner
-        .borrow()
-        .privacy
-        .state()
-        .pending_metrics
-        .thumbs
-        .is_empty()
     {
-        return Ok(Ok(Vec::new()));
+        let inner = inner.borrow();
+        let pending = &inner.privacy.state().pending_metrics;
+        if pending.thumbs.is_empty() && pending.stars.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
     }
     let epsilon = match network::rr_epsilon(server).await {
         Ok(e) => e,
@@ -349,7 +347,12 @@ async fn report_metrics(
         let (release, privacy) = {
             let mut inner = inner.borrow_mut();
             let mut rng = secure_rng()?;
-            match inner.privacy.release_thumbs(epsilon, now, &mut rng) {
+            // Thumbs reports first, then star ratings.
+            let released = match inner.privacy.release_thumbs(epsilon, now, &mut rng) {
+                Ok(None) => inner.privacy.release_stars(epsilon, now, &mut rng),
+                other => other,
+            };
+            match released {
                 Ok(Some(release)) => (release, inner.privacy.clone()),
                 Ok(None) => break,
                 Err(e) => return Ok(Err(format!("a metric report was refused: {e}"))),
@@ -365,8 +368,8 @@ async fn report_metrics(
         }
         let result = network::send_metric(server, token, &release).await;
         sent.push(MetricSent {
-            kind: "thumbs",
-            model_version: release.report().model_version.clone(),
+            kind: release.kind(),
+            model_version: release.model_version().to_string(),
             sha256: release.ledger_entry().payload_sha256.clone(),
             // ρ = ε²/2 for randomized response.
             epsilon: (2.0 * release.ledger_entry().rho).sqrt(),

@@ -152,14 +152,17 @@ export interface SyncReport {
   settled: SettledUpload[];
   /** Uploads still waiting. */
   queued: number;
-  /** Metric reports this sync released and sent: one randomized-response bit per model version
-   *  ("did the answer it ranked first get a thumbs up"), charged and in the ledger first. */
+  /** Metric reports this sync released and sent, each charged and in the ledger first: per model
+   *  version one randomized-response bit ("did the answer it ranked first get a thumbs up") and
+   *  one randomized star rating. */
   metrics: MetricReport[];
 }
 
 /** One metric report of a sync. */
 export interface MetricReport {
-  kind: "thumbs"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean;
+  /** "thumbs": did the answer this version ranked first get a thumbs up (a randomized bit);
+   *  "stars": the last star rating given under it (5-ary randomized response). */
+  kind: "thumbs" | "stars"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean;
   error: string | null;
 }
 

@@ -95,6 +95,8 @@ function renderVersions(models, stats) {
     cell(row, fixed(v.privacy.epsilonPerParticipant));
     const r = rates.get(v.version);
     cell(row, r?.thumbsUpRate == null ? `– (${r?.reports ?? 0} reports)` : `${fixed(r.thumbsUpRate, 3)} [${fixed(r.ci95[0], 2)}, ${fixed(r.ci95[1], 2)}] (${r.reports})`);
+    // The de-biased mean rating (5-ary randomized response) and its interval.
+    cell(row, r?.stars == null ? "– (0 ratings)" : `${fixed(r.stars.mean, 2)} [${fixed(r.stars.ci95[0], 2)}, ${fixed(r.stars.ci95[1], 2)}] (${r.stars.reports})`);
     const published = cell(row, when(v.createdAt));
     if (v.flagged) published.textContent += ` · drift: ${v.flagReason}`;
     const action = cell(row, "");

@@ -56,7 +56,7 @@ pub struct ServeArgs {
     /// Server learning rate (default: the optimizer's: 1 for fedavg/fedavgm, 0.1 for fedadam).
     #[arg(long, env = "FEEDLOOP_SERVER_LR")]
     server_lr: Option<f64>,
-    /// ε of the clients' randomized-response thumbs-up reports.
+    /// ε of the clients' randomized-response reports (thumbs-up bits and star ratings).
     #[arg(long, env = "FEEDLOOP_RR_EPSILON", default_value_t = 1.0)]
     rr_epsilon: f64,
     /// Drift: the tolerated drop in thumbs-up rate.

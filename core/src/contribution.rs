@@ -122,9 +122,7 @@ impl DevicePrivacyState {
             &stored.pending_metrics,
             &mine.pending_metrics,
         );
-        pending_metrics
-            .thumbs
-            .retain(|version, _| !crate::metric_reports::thumbs_reported_in(&ledger, version));
+        pending_metrics.retain_unreported(&ledger);
         if !consented(&ledger) {
             pending_metrics = Default::default(); // notes wait for nothing once consent is gone
         }

@@ -94,6 +94,10 @@ pub struct FeedbackOutcome {
     /// thumbs-up-rate metric (`DevicePrivacy::observe_thumbs`). Stays on the device.
     #[serde(skip)]
     pub thumbs_on_top: Option<bool>,
+    /// A star rating (1 to 5): the observation of the CSAT metric
+    /// (`DevicePrivacy::observe_stars`). Stays on the device.
+    #[serde(skip)]
+    pub stars_given: Option<u8>,
 }
 
 /// One entry of the local activity log.
@@ -494,6 +498,10 @@ impl FeedbackLoop {
                 .map(|_| *up),
             _ => None,
         };
+        let stars_given = match &event.signal {
+            Signal::Stars { stars, .. } => Some(*stars),
+            _ => None,
+        };
         let id = self.next_id();
         self.state.activity.push_back(Activity {
             id,
@@ -519,6 +527,7 @@ impl FeedbackLoop {
             score_before,
             score_after,
             thumbs_on_top,
+            stars_given,
         })
     }
 

@@ -1,6 +1,6 @@
 //! Metric reports: what the device tells the server about how good a model version is, privatized.
 //!
-//! Today one metric: **the thumbs-up rate on the answers a version ranked first.** When the user
+//! Two metrics. **The thumbs-up rate on the answers a version ranked first.** When the user
 //! gives a thumbs up or down to the candidate the model ranked first, the device notes the verdict
 //! for the global model version it was using ([`DevicePrivacy::observe_thumbs`]; the last verdict
 //! per version counts). At the next sync it reports each noted version once, as one ε-randomized
@@ -12,9 +12,16 @@
 //!
 //! The raw verdict never leaves the device; what leaves is `{modelVersion, bit}` with the bit
 //! flipped with probability 1 − p (p = e^ε/(1+e^ε) on the 2^53 grid).
+//!
+//! **The star rating (CSAT) per version.** The last rating (1 to 5) the user gave under a version
+//! is noted ([`DevicePrivacy::observe_stars`]) and reported once per version with 5-ary
+//! randomized response at the same ε ([`DevicePrivacy::release_stars`]): `{modelVersion, stars}`
+//! where the rating is kept with probability e^ε/(e^ε + 4) and otherwise replaced by one of the
+//! four others. The server de-biases the histogram and the mean rating per version.
 
 use std::collections::BTreeMap;
 
+use feedloop_privacy::categorical_response::CategoricalResponse;
 use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseRecord};
 use feedloop_privacy::randomized_response::RandomizedResponse;
 use rand_core::CryptoRng;
@@ -22,43 +29,104 @@ use serde::{Deserialize, Serialize};
 
 use crate::contribution::DevicePrivacy;
 use crate::error::{Error, Result};
-use crate::protocol::FeedbackReport;
+use crate::protocol::{paths, FeedbackReport, StarsReport};
 
 /// Why a thumbs report leaves the device, as written in the ledger.
 pub const THUMBS_PURPOSE: &str = "thumbs-up rate of the top-ranked answer";
+
+/// Why a star-rating report leaves the device, as written in the ledger.
+pub const STARS_PURPOSE: &str = "star rating (CSAT)";
+
+/// The ratings: 1 to 5 stars.
+const STAR_CATEGORIES: u32 = 5;
 
 /// The global model version a device uses before its first sync: no server knows it.
 pub const BUNDLED_VERSION: &str = "bundled";
 
 /// Verdicts noted but not reported yet: per global model version, whether the last thumbs on an
 /// answer that version ranked first was up.
+/// Star ratings likewise: per version, the last rating given.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PendingMetrics {
     #[serde(default)]
     pub thumbs: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub stars: BTreeMap<String, u8>,
 }
 
 impl PendingMetrics {
-    /// Another tab's notes and this tab's: both, this tab's verdict where both noted one.
+    /// Another tab's notes and this tab's: both, this tab's where both noted one.
     pub fn merge(stored: &Self, mine: &Self) -> Self {
         let mut thumbs = stored.thumbs.clone();
         thumbs.extend(mine.thumbs.iter().map(|(k, v)| (k.clone(), *v)));
-        Self { thumbs }
+        let mut stars = stored.stars.clone();
+        stars.extend(mine.stars.iter().map(|(k, v)| (k.clone(), *v)));
+        Self { thumbs, stars }
     }
+
+    /// Drops the notes of versions `ledger` already has a report of.
+    pub(crate) fn retain_unreported(&mut self, ledger: &Ledger) {
+        self.thumbs
+            .retain(|version, _| !thumbs_reported_in(ledger, version));
+        self.stars
+            .retain(|version, _| !stars_reported_in(ledger, version));
+    }
+}
+
+/// What a metric report says: the body of its `POST`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricReport {
+    /// `POST /v1/feedback`: the randomized thumbs bit.
+    Thumbs(FeedbackReport),
+    /// `POST /v1/feedback/stars`: the randomized rating.
+    Stars(StarsReport),
 }
 
 /// A randomized, charged and recorded metric report: persist the device's privacy state, then
 /// send [`MetricRelease::report`].
 #[derive(Debug)]
 pub struct MetricRelease {
-    report: FeedbackReport,
+    report: MetricReport,
     ledger_entry: LedgerEntry,
 }
 
 impl MetricRelease {
-    /// The body of `POST /v1/feedback`: the version and the randomized bit.
-    pub fn report(&self) -> &FeedbackReport {
+    /// What is sent: the version and the randomized value.
+    pub fn report(&self) -> &MetricReport {
         &self.report
+    }
+
+    /// "thumbs" or "stars".
+    pub fn kind(&self) -> &'static str {
+        match self.report {
+            MetricReport::Thumbs(_) => "thumbs",
+            MetricReport::Stars(_) => "stars",
+        }
+    }
+
+    /// The model version the report is about.
+    pub fn model_version(&self) -> &str {
+        match &self.report {
+            MetricReport::Thumbs(r) => &r.model_version,
+            MetricReport::Stars(r) => &r.model_version,
+        }
+    }
+
+    /// Where it is posted (a [`paths`] constant).
+    pub fn path(&self) -> &'static str {
+        match self.report {
+            MetricReport::Thumbs(_) => paths::FEEDBACK,
+            MetricReport::Stars(_) => paths::FEEDBACK_STARS,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> Vec<u8> {
+        match &self.report {
+            MetricReport::Thumbs(r) => serde_json::to_vec(r),
+            MetricReport::Stars(r) => serde_json::to_vec(r),
+        }
+        .expect("a report serializes")
     }
 
     /// The ledger entry recording this release.
@@ -70,6 +138,19 @@ impl MetricRelease {
 /// The budget key (and ledger round id) of a version's thumbs report: one per version.
 fn release_id(model_version: &str) -> String {
     format!("thumbs@{model_version}")
+}
+
+fn stars_release_id(model_version: &str) -> String {
+    format!("stars@{model_version}")
+}
+
+/// Whether `ledger` has the star-rating report of `model_version`.
+pub(crate) fn stars_reported_in(ledger: &Ledger, model_version: &str) -> bool {
+    let id = stars_release_id(model_version);
+    ledger
+        .entries()
+        .iter()
+        .any(|e| e.purpose == STARS_PURPOSE && e.round_id == id)
 }
 
 /// Whether `ledger` has the thumbs report of `model_version`.
@@ -152,10 +233,87 @@ impl DevicePrivacy {
         state.pending_metrics.thumbs.remove(&version);
         *self.state_mut() = state;
         Ok(Some(MetricRelease {
-            report: FeedbackReport {
+            report: MetricReport::Thumbs(FeedbackReport {
                 model_version: version,
                 bit,
-            },
+            }),
+            ledger_entry: entry,
+        }))
+    }
+
+    /// Notes a star rating (1 to 5) given under `model_version`; the last one per version is
+    /// reported at the next sync unless that version was already reported or is the bundled model.
+    /// Without the user's consent nothing is noted.
+    pub fn observe_stars(&mut self, model_version: &str, stars: u8) {
+        if !self.consented()
+            || !(1..=5).contains(&stars)
+            || model_version == BUNDLED_VERSION
+            || stars_reported_in(&self.state().ledger, model_version)
+        {
+            return;
+        }
+        self.state_mut()
+            .pending_metrics
+            .stars
+            .insert(model_version.to_string(), stars);
+    }
+
+    /// Randomizes the rating of one noted version with 5-ary randomized response at `epsilon`
+    /// (what the server de-biases for), charges ρ = ε²/2, appends the ledger entry (payload: the
+    /// reported category, 0 for 1 star, as 4 little-endian bytes) and forgets the note. `None`
+    /// when nothing is noted; refused, with nothing changed, as [`Self::release_thumbs`] is.
+    pub fn release_stars<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
+        if !self.consented() {
+            return Err(Error::InvalidInput(
+                "the user has not consented to contributing: no metric report is released".into(),
+            ));
+        }
+        let Some((version, stars)) = self
+            .state()
+            .pending_metrics
+            .stars
+            .iter()
+            .next()
+            .map(|(v, s)| (v.clone(), *s))
+        else {
+            return Ok(None);
+        };
+        let privacy =
+            |e: feedloop_privacy::PrivacyError| Error::InvalidInput(format!("privacy: {e}"));
+        let mechanism = CategoricalResponse::new(epsilon, STAR_CATEGORIES).map_err(privacy)?;
+        let id = stars_release_id(&version);
+        let mut state = self.state().clone();
+        state
+            .budget
+            .charge(&state.policy, &id, mechanism.rho(), now_ms)
+            .map_err(privacy)?;
+        let reported = mechanism
+            .respond(u32::from(stars - 1), rng)
+            .map_err(privacy)?;
+        let entry = state
+            .ledger
+            .append(ReleaseRecord::for_categorical_response(
+                &mechanism,
+                reported,
+                now_ms,
+                STARS_PURPOSE,
+                &id,
+                &version,
+            ))
+            .map_err(privacy)?
+            .clone();
+        state.pending_metrics.stars.remove(&version);
+        *self.state_mut() = state;
+        Ok(Some(MetricRelease {
+            report: MetricReport::Stars(StarsReport {
+                model_version: version,
+                stars: reported as u8 + 1,
+            }),
             ledger_entry: entry,
         }))
     }
@@ -186,14 +344,23 @@ mod tests {
         d.observe_thumbs("2", true); // the last verdict counts
         d.observe_thumbs(BUNDLED_VERSION, true); // ignored
         let release = d.release_thumbs(1.0, NOW, &mut rng).unwrap().unwrap();
-        assert_eq!(release.report().model_version, "2");
+        assert_eq!(release.model_version(), "2");
+        assert_eq!(
+            (release.kind(), release.path()),
+            ("thumbs", paths::FEEDBACK)
+        );
+        let MetricReport::Thumbs(report) = release.report().clone() else {
+            panic!("a thumbs report");
+        };
         let entry = release.ledger_entry();
         assert_eq!(entry.purpose, THUMBS_PURPOSE);
         assert_eq!(entry.model_version, "2");
         // The ledger hashes exactly the bit that leaves.
+        assert_eq!(entry.payload_sha256, sha256_hex(&[u8::from(report.bit)]));
+        let body: serde_json::Value = serde_json::from_slice(&release.body()).unwrap();
         assert_eq!(
-            entry.payload_sha256,
-            sha256_hex(&[u8::from(release.report().bit)])
+            body,
+            serde_json::json!({"modelVersion": "2", "bit": report.bit})
         );
         let rr = RandomizedResponse::new(1.0).unwrap();
         assert!((d.state().budget.lifetime_rho() - rr.rho()).abs() < 1e-15);
@@ -238,13 +405,11 @@ mod tests {
         for _ in 0..devices {
             let mut dev = device(0.5);
             dev.observe_thumbs("2", true);
-            ones += u32::from(
-                dev.release_thumbs(1.0, NOW, &mut rng)
-                    .unwrap()
-                    .unwrap()
-                    .report()
-                    .bit,
-            );
+            let release = dev.release_thumbs(1.0, NOW, &mut rng).unwrap().unwrap();
+            let MetricReport::Thumbs(report) = release.report() else {
+                panic!("a thumbs report");
+            };
+            ones += u32::from(report.bit);
         }
         let rate = f64::from(ones) / f64::from(devices);
         let se = (p * (1.0 - p) / f64::from(devices)).sqrt();
@@ -281,5 +446,71 @@ mod tests {
         );
         assert!(d.release_thumbs(1.0, NOW + 2, &mut rng).is_err());
         assert_eq!(d.state().budget.lifetime_rho(), 0.0);
+    }
+
+    #[test]
+    fn the_last_star_rating_per_version_is_reported_once_as_5_ary_randomized_response() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(11);
+        let mut d = device(1.0);
+        d.observe_stars("2", 2);
+        d.observe_stars("2", 5); // the last rating counts
+        d.observe_stars("2", 0); // not a rating: ignored
+        d.observe_stars(BUNDLED_VERSION, 4); // ignored
+        assert_eq!(d.state().pending_metrics.stars.len(), 1);
+        let release = d.release_stars(1.0, NOW, &mut rng).unwrap().unwrap();
+        assert_eq!(
+            (release.kind(), release.path()),
+            ("stars", paths::FEEDBACK_STARS)
+        );
+        let MetricReport::Stars(report) = release.report().clone() else {
+            panic!("a stars report");
+        };
+        assert!((1..=5).contains(&report.stars));
+        let entry = release.ledger_entry();
+        assert_eq!(entry.purpose, STARS_PURPOSE);
+        assert_eq!(entry.round_id, "stars@2");
+        // The ledger hashes exactly the category that leaves (0 = 1 star, 4 bytes LE).
+        assert_eq!(
+            entry.payload_sha256,
+            sha256_hex(&(u32::from(report.stars) - 1).to_le_bytes())
+        );
+        let mechanism = CategoricalResponse::new(1.0, 5).unwrap();
+        assert!((d.state().budget.lifetime_rho() - mechanism.rho()).abs() < 1e-15);
+        let body: serde_json::Value = serde_json::from_slice(&release.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"modelVersion": "2", "stars": report.stars})
+        );
+        // Reported once: a later rating under version 2 is not noted again.
+        d.observe_stars("2", 1);
+        assert!(d.release_stars(1.0, NOW, &mut rng).unwrap().is_none());
+        assert!(d.state().ledger.verify().is_empty());
+    }
+
+    #[test]
+    fn star_reports_de_bias_to_the_true_mean_rating() {
+        // 3,000 devices that all rate 4: the server's estimate of the mean is 4 within 5 SE.
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(12);
+        let mut counts = [0u64; 5];
+        for _ in 0..3000 {
+            let mut dev = device(1.0);
+            dev.observe_stars("7", 4);
+            let release = dev.release_stars(1.0, NOW, &mut rng).unwrap().unwrap();
+            let MetricReport::Stars(report) = release.report() else {
+                panic!("a stars report");
+            };
+            counts[usize::from(report.stars) - 1] += 1;
+        }
+        let estimate = CategoricalResponse::new(1.0, 5)
+            .unwrap()
+            .estimate(&counts)
+            .unwrap();
+        let (mean, variance) = estimate.linear(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        assert!(
+            (mean - 4.0).abs() < 5.0 * variance.sqrt(),
+            "{mean} ± {}",
+            variance.sqrt()
+        );
+        assert!(counts[3] < 3000, "some ratings were randomized: {counts:?}");
     }
 }

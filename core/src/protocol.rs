@@ -300,6 +300,34 @@ pub struct FeedbackReport {
     pub bit: bool,
 }
 
+/// `POST /v1/feedback/stars`: one star rating (1 to 5) per client per version, already randomized
+/// on the device with 5-ary randomized response at [`Stats::rr_epsilon`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StarsReport {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
+    pub model_version: String,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 5))]
+    pub stars: u8,
+}
+
+/// The de-biased star-rating distribution (CSAT) of one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct StarsStats {
+    pub reports: u64,
+    /// Reports of each rating as received (randomized), 1 star first.
+    pub reported: Vec<u64>,
+    /// The de-biased share of each rating, 1 star first (unbiased: each may fall outside [0, 1]).
+    pub distribution: Vec<f64>,
+    /// The de-biased mean rating, its standard error and normal-approximation 95 % interval.
+    pub mean: f64,
+    pub std_error: f64,
+    pub ci95: [f64; 2],
+}
+
 /// `202` for a stored report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
@@ -325,6 +353,8 @@ pub struct VersionStats {
     pub epsilon_per_participant: Option<f64>,
     pub flagged: bool,
     pub flag_reason: Option<String>,
+    /// The star ratings reported on this version (`null` without reports).
+    pub stars: Option<StarsStats>,
 }
 
 /// One round in the statistics.
@@ -497,6 +527,7 @@ pub mod paths {
     pub const MODELS: &str = "/v1/models";
     pub const CURRENT_MODEL: &str = "/v1/models/current";
     pub const FEEDBACK: &str = "/v1/feedback";
+    pub const FEEDBACK_STARS: &str = "/v1/feedback/stars";
     pub const STATS: &str = "/v1/stats";
 
     /// Where the update for `round_id` is posted.

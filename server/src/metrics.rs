@@ -14,6 +14,7 @@ pub struct Metrics {
     pub rounds_published: AtomicU64,
     pub rounds_insufficient: AtomicU64,
     pub rr_reports: AtomicU64,
+    pub star_reports: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
     /// Group commits of the ingest writer, and the registrations and updates they carried.
@@ -93,6 +94,12 @@ impl Metrics {
             "feedloop_rr_reports_total",
             "Randomized-response reports stored.",
             &self.rr_reports,
+        );
+        counter(
+            &mut out,
+            "feedloop_star_reports_total",
+            "Star-rating (5-ary randomized-response) reports stored.",
+            &self.star_reports,
         );
         counter(
             &mut out,

@@ -103,6 +103,7 @@ impl VersionRow {
             cohort_size: self.cohort_size,
             epsilon_per_participant: self.epsilon,
             flagged: self.flagged != 0,
+            stars: None,
             flag_reason: self.flag_reason.clone(),
         }
     }

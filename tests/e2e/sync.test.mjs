@@ -43,6 +43,9 @@ describe("federated sync: two devices, the real server, Chromium", () => {
       deploymentKey: DEPLOYMENT_KEY,
       adminKey: ADMIN_KEY,
       autoRound: { clipNorm: 1, granularity: 0.001, noiseStddev: 4, minCohort: 2, targetCount: 2, durationSeconds: 600 },
+      // Metric reports at ε = 0.5 (ρ = 0.125 each): with two updates, a thumbs report and a
+      // rating, device A stays within its ε = 8 / 30 days budget (at ε = 1 the rating is refused).
+      extraArgs: ["--rr-epsilon", "0.5"],
     });
     browser = await launchChromium();
     for (const name of ["A", "B"]) {
@@ -234,6 +237,26 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     // A later sync sends no second report for v2.
     await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-up"]');
     assert.equal((await sync(page)).metrics.length, 0);
+
+    // A star rating under v2: reported once, as one 5-ary randomized rating, in the ledger first.
+    await page.click('#results li[data-rank="2"] [data-feedloop="stars-4"]');
+    const rated = await sync(page);
+    assert.deepEqual(rated.metrics.map((m) => [m.kind, m.modelVersion, m.delivered]), [["stars", "2", true]], JSON.stringify(rated));
+    const starBodies = bodies.filter((b) => b.url.endsWith("/v1/feedback/stars"));
+    assert.equal(starBodies.length, 1);
+    const rating = JSON.parse(starBodies[0].body.toString("utf8"));
+    assert.deepEqual(Object.keys(rating).sort(), ["modelVersion", "stars"], "nothing but the version and the rating");
+    assert.ok(Number.isInteger(rating.stars) && rating.stars >= 1 && rating.stars <= 5);
+    const starEntry = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger()))
+      .entries.find((e) => e.round_id === "stars@2");
+    const category = Buffer.alloc(4);
+    category.writeUInt32LE(rating.stars - 1);
+    assert.equal(starEntry.payload_sha256, createHash("sha256").update(category).digest("hex"));
+    assert.equal(starEntry.params.mechanism, "categorical_response");
+    const starStats = (await json(server.base, "/v1/stats")).versions.find((v) => v.version === "2").stars;
+    assert.equal(starStats.reports, 1);
+    await page.click('#results li[data-rank="1"] [data-feedloop="stars-2"]');
+    assert.equal((await sync(page)).metrics.length, 0, "one rating report per version");
     assert.deepEqual(problems, []);
   });
 
@@ -276,6 +299,8 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     await page.waitForFunction(() => window.feedloopDashboard?.loads > 0, null, { timeout: TIMEOUT });
     assert.equal(await page.getAttribute("body", "data-state"), "ready");
     assert.match(await page.textContent('#versions tr[data-version="2"]'), /round 1 on v1/);
+    // v2's thumbs-up rate and its mean rating, each from one report.
+    assert.match(await page.textContent('#versions tr[data-version="2"]'), /\(1\).*\(1\)/);
     assert.match(await page.textContent('#rounds tr[data-round="1"]'), /published/);
     assert.ok((await page.$$("#chart-cohort circle")).length >= 1);
     await page.fill("#admin-key", ADMIN_KEY);

@@ -127,6 +127,50 @@ impl Store {
         Ok((ones as u64, total as u64))
     }
 
+    // ----- star-rating reports -----
+
+    /// Reports of each rating (1 to 5 stars, as reported) for a version.
+    pub async fn star_counts(&self, version: i64) -> Result<[u64; 5]> {
+        let rows = sqlx::query(
+            "SELECT stars, COUNT(*) FROM star_reports WHERE model_version = $1 GROUP BY stars",
+        )
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = [0u64; 5];
+        for row in rows {
+            let (stars, count): (i64, i64) = (row.get(0), row.get(1));
+            if let Some(slot) = usize::try_from(stars - 1)
+                .ok()
+                .and_then(|i| counts.get_mut(i))
+            {
+                *slot = count as u64;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// Inserts a star-rating report; false if this client already reported on this version.
+    pub async fn insert_stars(
+        &self,
+        version: i64,
+        client_id: &str,
+        stars: u8,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO star_reports (model_version, client_id, stars, received_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (model_version, client_id) DO NOTHING",
+        )
+        .bind(version)
+        .bind(client_id)
+        .bind(i64::from(stars))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Inserts a report; false if this client already reported on this version.
     pub async fn insert_rr(
         &self,

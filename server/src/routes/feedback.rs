@@ -1,10 +1,10 @@
-//! `/v1/feedback` and `/v1/stats`: randomized-response thumbs-up reports and the rates per
-//! version the dashboard charts.
+//! `/v1/feedback`, `/v1/feedback/stars` and `/v1/stats`: randomized-response thumbs-up and
+//! star-rating reports, and the de-biased rates and ratings per version the dashboard charts.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use feedloop_core::protocol::{ErrorBody, FeedbackReport, ReportAck, Stats};
+use feedloop_core::protocol::{ErrorBody, FeedbackReport, ReportAck, StarsReport, Stats};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -15,6 +15,7 @@ use crate::service::App;
 pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(report))
+        .routes(routes!(report_stars))
         .routes(routes!(stats))
 }
 
@@ -39,14 +40,38 @@ async fn report(
     Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
 }
 
-/// De-biased thumbs-up rates per version and a summary of every round.
+/// One randomized star rating (1 to 5) per client per version (5-ary randomized response on the
+/// device, at `rrEpsilon`).
+#[utoipa::path(post, path = "/v1/feedback/stars", tag = "feedback",
+    security(("clientToken" = [])),
+    request_body = StarsReport,
+    responses(
+        (status = 202, description = "Stored", body = ReportAck),
+        (status = 400, description = "Malformed body, or stars not 1 to 5", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "Already reported a rating on this version", body = ErrorBody),
+    ))]
+async fn report_stars(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+    ApiJson(r): ApiJson<StarsReport>,
+) -> Result<(StatusCode, Json<ReportAck>)> {
+    let version = id(&r.model_version, "model version")?;
+    app.report_stars(&claims, version, r.stars).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
+}
+
+/// De-biased thumbs-up rates and star ratings per version and a summary of every round.
 #[utoipa::path(get, path = "/v1/stats", tag = "feedback",
     responses((status = 200, description = "Statistics", body = Stats)))]
 async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
     let current = app.store().current_version().await?;
     let mut versions = Vec::new();
     for v in app.store().versions().await? {
-        versions.push(v.to_stats(&app.rate(v.version).await?));
+        let mut stats = v.to_stats(&app.rate(v.version).await?);
+        stats.stars = app.stars(v.version).await?;
+        versions.push(stats);
     }
     let rounds = app.store().rounds(1000).await?;
     Ok(Json(Stats {

@@ -3,6 +3,7 @@
 //! ([`publish`]), versions and rollback ([`versions`]), randomized-response statistics and drift
 //! flags ([`drift`]). Storage goes through [`crate::db`].
 
+pub mod csat;
 pub mod drift;
 pub mod ingest;
 pub mod publish;

@@ -2,7 +2,10 @@
 
 use crate::harness::*;
 
-on_both_backends!(rr_statistics_and_drift_flag,);
+on_both_backends!(
+    rr_statistics_and_drift_flag,
+    star_ratings_are_de_biased_per_version,
+);
 
 async fn rr_statistics_and_drift_flag(backend: Backend) {
     let Some(h) = Harness::new(backend, |c| {
@@ -92,4 +95,100 @@ async fn rr_statistics_and_drift_flag(backend: Backend) {
     assert!(v2["flagReason"].as_str().unwrap().contains("margin"));
     assert_eq!(v1["flagged"], false);
     assert_eq!(h.get("/v1/models/2").await["flagged"], true);
+}
+
+async fn star_ratings_are_de_biased_per_version(backend: Backend) {
+    let Some(h) = Harness::new(backend, |c| c.rr_epsilon = 2.0).await else {
+        return;
+    };
+    publish_one_round(&h, "1", 0..2).await;
+    // 40 reports on version 2 as the devices sent them (randomized): 10 × 3 stars, 30 × 5 stars.
+    let mut counts = [0u64; 5];
+    for i in 0..40 {
+        let stars = if i < 10 { 3 } else { 5 };
+        counts[stars - 1] += 1;
+        let token = h.register().await;
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/v1/feedback/stars",
+                Some(&token),
+                Some(json!({"modelVersion": "2", "stars": stars})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        if i == 0 {
+            let (s, v) = h
+                .call(
+                    Method::POST,
+                    "/v1/feedback/stars",
+                    Some(&token),
+                    Some(json!({"modelVersion": "2", "stars": 1})),
+                )
+                .await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("duplicate_report"))
+            );
+        }
+    }
+    let token = h.register().await;
+    for (body, status) in [
+        (
+            json!({"modelVersion": "2", "stars": 0}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"modelVersion": "2", "stars": 6}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"modelVersion": "2", "stars": 300}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json!({"modelVersion": "2"}), StatusCode::BAD_REQUEST),
+        (
+            json!({"modelVersion": "9", "stars": 4}),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/v1/feedback/stars",
+                Some(&token),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    let stats = h.get("/v1/stats").await;
+    assert!(
+        stats["versions"][0]["stars"].is_null(),
+        "no ratings on version 1"
+    );
+    let stars = &stats["versions"][1]["stars"];
+    assert_eq!(stars["reports"], 40);
+    assert_eq!(stars["reported"], json!(counts));
+    let estimate = feedloop_privacy::categorical_response::CategoricalResponse::new(2.0, 5)
+        .unwrap()
+        .estimate(&counts)
+        .unwrap();
+    let (mean, variance) = estimate.linear(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    assert_eq!(stars["mean"].as_f64().unwrap(), mean);
+    assert!((stars["stdError"].as_f64().unwrap() - variance.sqrt()).abs() < 1e-12);
+    let ci = stars["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() < mean && mean < ci[1].as_f64().unwrap());
+    let shares: f64 = stars["distribution"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9);
+    let (_, metrics) = h.raw(Method::GET, "/metrics", &[], vec![]).await;
+    assert!(String::from_utf8(metrics)
+        .unwrap()
+        .contains("feedloop_star_reports_total 40"));
 }

@@ -15,7 +15,7 @@ on_both_backends!(
 
 /// Every table, each row as one text line (columns cast to text; NULL spelled out), sorted.
 async fn dump(h: &Harness) -> Vec<String> {
-    const TABLES: [(&str, &str); 8] = [
+    const TABLES: [(&str, &str); 9] = [
         ("settings", "key, value"),
         ("clients", "client_id, deployment, created_at, revoked_at"),
         (
@@ -35,6 +35,10 @@ async fn dump(h: &Harness) -> Vec<String> {
             "round_id, client_id, payload, payload_sha256, received_at",
         ),
         ("rr_reports", "model_version, client_id, bit, received_at"),
+        (
+            "star_reports",
+            "model_version, client_id, stars, received_at",
+        ),
         ("optimizer_state", "deployment, kind, state, updated_at"),
         ("audit_log", "id, at, admin_fingerprint, action, details"),
     ];
@@ -105,6 +109,15 @@ async fn hostile_requests_change_nothing(backend: Backend) {
             "/v1/feedback",
             Some(&token),
             Some(json!({ "modelVersion": "2", "bit": true })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/stars",
+            Some(&token),
+            Some(json!({ "modelVersion": "2", "stars": 4 })),
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);

@@ -1,0 +1,69 @@
+//! Star ratings (CSAT) per version: 5-ary randomized-response reports, de-biased into the
+//! distribution of ratings and the mean rating with its 95 % interval.
+
+use feedloop_core::protocol::StarsStats;
+use feedloop_privacy::categorical_response::CategoricalResponse;
+
+use super::{now_ms, App};
+use crate::auth::Claims;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// z for a two-sided 95 % normal interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+impl App {
+    fn stars_mechanism(&self) -> Result<CategoricalResponse> {
+        CategoricalResponse::new(self.config().rr_epsilon, 5)
+            .map_err(|e| Error::internal(format!("rr epsilon: {e}")))
+    }
+
+    /// Stores one randomized rating (one per client per version).
+    pub async fn report_stars(&self, claims: &Claims, version: i64, stars: u8) -> Result<()> {
+        if !(1..=5).contains(&stars) {
+            return Err(Error::bad_request(
+                "invalid_stars",
+                format!("stars must be 1 to 5, got {stars}"),
+            ));
+        }
+        self.version(version).await?;
+        if !self
+            .store()
+            .insert_stars(version, &claims.client_id, stars, now_ms())
+            .await?
+        {
+            return Err(Error::conflict(
+                "duplicate_report",
+                format!("this client already reported a rating on model version {version}"),
+            ));
+        }
+        Metrics::inc(&self.metrics().star_reports);
+        Ok(())
+    }
+
+    /// The de-biased ratings of a version; `None` without reports.
+    pub async fn stars(&self, version: i64) -> Result<Option<StarsStats>> {
+        let reported = self.store().star_counts(version).await?;
+        let reports: u64 = reported.iter().sum();
+        if reports == 0 {
+            return Ok(None);
+        }
+        let internal = |e: feedloop_privacy::PrivacyError| Error::internal(e.to_string());
+        let estimate = self
+            .stars_mechanism()?
+            .estimate(&reported)
+            .map_err(internal)?;
+        let (mean, variance) = estimate
+            .linear(&[1.0, 2.0, 3.0, 4.0, 5.0])
+            .map_err(internal)?;
+        let std_error = variance.sqrt();
+        Ok(Some(StarsStats {
+            reports,
+            reported: reported.to_vec(),
+            distribution: estimate.proportions,
+            mean,
+            std_error,
+            ci95: [mean - Z95 * std_error, mean + Z95 * std_error],
+        }))
+    }
+}
