@@ -34,6 +34,7 @@ interface LedgerLine {
 const KINDS: Record<string, string> = {
   "reward-head update": "a privatized model improvement",
   "thumbs-up rate of the top-ranked answer": "a randomized thumbs-up report",
+  "star rating (CSAT)": "a randomized star rating",
 };
 
 function lines(report: PrivacyReport): LedgerLine[] {

@@ -194,11 +194,7 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
-        if !self.consented() {
-            return Err(Error::InvalidInput(
-                "the user has not consented to contributing: no metric report is released".into(),
-            ));
-        }
+        self.check_consent()?;
         let Some((version, up)) = self
             .state()
             .pending_metrics
@@ -268,11 +264,7 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
-        if !self.consented() {
-            return Err(Error::InvalidInput(
-                "the user has not consented to contributing: no metric report is released".into(),
-            ));
-        }
+        self.check_consent()?;
         let Some((version, stars)) = self
             .state()
             .pending_metrics

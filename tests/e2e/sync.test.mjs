@@ -282,6 +282,12 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     // Spent stays spent: the withdrawn upload's release is still in the ledger, then the withdrawal.
     const entries = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger())).entries;
     assert.equal(entries.at(-1).purpose, "consent withdrawn");
+    // The privacy panel tells the user the same, in words.
+    const panel = await page.textContent("#privacy-panel");
+    assert.match(panel, /This device shared (once|\d+ times)/);
+    assert.match(panel, /sharing turned off/);
+    assert.match(panel, /a privatized model improvement \(privacy cost ε = \d/);
+    assert.match(panel, /Privacy budget used in the last 30 days: ε = \d/);
     assert.ok(entries.some((e) => e.payload_sha256 === failed.contribution.sha256));
     // After a reload the withdrawal stands (IndexedDB) and the queue stays empty.
     await page.reload();
