@@ -309,7 +309,21 @@ pub struct StarsReport {
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
     pub model_version: String,
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 5))]
+    #[serde(deserialize_with = "whole_u8")]
     pub stars: u8,
+}
+
+/// A whole number from 0 to 255: JSON Schema's `integer` (what the OpenAPI document says) also
+/// admits `5.0`, so that is read as 5; `4.5` or `300` is refused.
+fn whole_u8<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    if value.fract() == 0.0 && (0.0..=255.0).contains(&value) {
+        Ok(value as u8)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "expected a whole number from 0 to 255, got {value}"
+        )))
+    }
 }
 
 /// The de-biased star-rating distribution (CSAT) of one version.

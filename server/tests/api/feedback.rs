@@ -151,6 +151,14 @@ async fn star_ratings_are_de_biased_per_version(backend: Backend) {
             json!({"modelVersion": "9", "stars": 4}),
             StatusCode::NOT_FOUND,
         ),
+        (
+            json!({"modelVersion": "2", "stars": 4.5}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"modelVersion": "2", "stars": "4"}),
+            StatusCode::BAD_REQUEST,
+        ),
     ] {
         let (s, v) = h
             .call(
@@ -167,6 +175,20 @@ async fn star_ratings_are_de_biased_per_version(backend: Backend) {
     assert!(
         stats["versions"][0]["stars"].is_null(),
         "no ratings on version 1"
+    );
+    // JSON Schema's `integer` (what the document says) admits 4.0: a rating of 4.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/stars",
+            Some(&token),
+            Some(json!({"modelVersion": "1", "stars": 4.0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+    assert_eq!(
+        h.get("/v1/stats").await["versions"][0]["stars"]["reported"],
+        json!([0, 0, 0, 1, 0])
     );
     let stars = &stats["versions"][1]["stars"];
     assert_eq!(stars["reports"], 40);
@@ -190,5 +212,5 @@ async fn star_ratings_are_de_biased_per_version(backend: Backend) {
     let (_, metrics) = h.raw(Method::GET, "/metrics", &[], vec![]).await;
     assert!(String::from_utf8(metrics)
         .unwrap()
-        .contains("feedloop_star_reports_total 40"));
+        .contains("feedloop_star_reports_total 41"));
 }
