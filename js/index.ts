@@ -53,7 +53,10 @@ export interface RankerOptions {
   weights?: FeedbackWeights;
   /** On-device SGD settings. */
   learning?: LearningConfig;
-  /** The device's privacy policy (ε = 8 at δ = 1e-6 per 30 days, ρ ≤ 0.5 per release by default). */
+  /**
+   * The device's privacy policy (ε = 8 at δ = 1e-6 per 30 days, ρ ≤ 0.5 per release by default);
+   * `metricsShare` caps what metric reports may spend of it (default 1: the whole budget).
+   */
   privacy?: PrivacyPolicyOptions;
   /**
    * The user's consent to contributing: `true` once they agreed (your consent banner or settings),

@@ -106,6 +106,9 @@ export interface LearningConfig {
  *  `maxRhoPerRelease` (zCDP) per release. Defaults: ε = 8, δ = 1e-6, 30 days, ρ ≤ 0.5. */
 export interface PrivacyPolicyOptions {
   epsilon?: number; delta?: number; windowDays?: number; maxRhoPerRelease?: number;
+  /** The share of the window's budget metric reports (thumbs, ratings) may use, 0 < share ≤ 1
+   *  (default 1: the whole budget); the rest stays for model updates. */
+  metricsShare?: number;
 }
 
 export interface LearningOptions {
@@ -190,7 +193,7 @@ export interface InspectedUpload {
 export interface PrivacyReport {
   /** The user's consent to contributing, from the ledger: none until the page grants it (setConsent). */
   consent: { granted: boolean; changedAtMs: number | null };
-  policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number };
+  policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number; metricsShare: number };
   spent: { windowRho: number; windowEpsilon: number; lifetimeRho: number; releases: number };
   remaining: { rho: number };
   ledger: any;

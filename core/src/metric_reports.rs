@@ -140,6 +140,11 @@ fn release_id(model_version: &str) -> String {
     format!("thumbs@{model_version}")
 }
 
+/// Whether a budget key is a metric report's (not a round's: those are numbers).
+fn is_metric_release(id: &str) -> bool {
+    id.starts_with("thumbs@") || id.starts_with("stars@")
+}
+
 fn stars_release_id(model_version: &str) -> String {
     format!("stars@{model_version}")
 }
@@ -208,6 +213,7 @@ impl DevicePrivacy {
         let rr = RandomizedResponse::new(epsilon)
             .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?;
         let id = release_id(&version);
+        self.check_metrics_share(rr.rho(), now_ms)?;
         let mut state = self.state().clone();
         state
             .budget
@@ -235,6 +241,26 @@ impl DevicePrivacy {
             }),
             ledger_entry: entry,
         }))
+    }
+
+    /// Refuses a metric report of `rho` that would take metric reports in the window past the
+    /// policy's share of the budget (the rest is for model updates).
+    fn check_metrics_share(&self, rho: f64, now_ms: u64) -> Result<()> {
+        let state = self.state();
+        let policy = &state.policy;
+        let spent = state
+            .budget
+            .window_rho_of(policy, now_ms, is_metric_release);
+        let cap = policy.metrics_share() * policy.total_rho();
+        if spent + rho > cap * (1.0 + 1e-12) {
+            return Err(Error::InvalidInput(format!(
+                "privacy: metric reports may use {:.0} % of the budget (ρ = {cap:.4}); this one (ρ = {rho:.4}) \
+                 would bring them to ρ = {:.4} in the window",
+                100.0 * policy.metrics_share(),
+                spent + rho
+            )));
+        }
+        Ok(())
     }
 
     /// Notes a star rating (1 to 5) given under `model_version`; the last one per version is
@@ -279,6 +305,7 @@ impl DevicePrivacy {
             |e: feedloop_privacy::PrivacyError| Error::InvalidInput(format!("privacy: {e}"));
         let mechanism = CategoricalResponse::new(epsilon, STAR_CATEGORIES).map_err(privacy)?;
         let id = stars_release_id(&version);
+        self.check_metrics_share(mechanism.rho(), now_ms)?;
         let mut state = self.state().clone();
         state
             .budget
@@ -504,5 +531,39 @@ mod tests {
             variance.sqrt()
         );
         assert!(counts[3] < 3000, "some ratings were randomized: {counts:?}");
+    }
+
+    #[test]
+    fn metric_reports_stay_within_the_policys_share_of_the_budget() {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(13);
+        // ε = 8 over 30 days (ρ ≈ 1.05); a quarter of it (ρ ≈ 0.26) for metric reports.
+        let policy = PrivacyPolicy::new(8.0, 1e-6, 30 * DAY_MS, 1.0)
+            .unwrap()
+            .with_metrics_share(0.25)
+            .unwrap();
+        let mut d = DevicePrivacy::new(policy, 3, "1").unwrap();
+        d.set_consent(true, 1, "1").unwrap();
+        // At ε = 1 one report costs ρ = 0.5: more than the share, refused with nothing spent.
+        d.observe_thumbs("2", true);
+        let refused = d
+            .release_thumbs(1.0, NOW, &mut rng)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("25 % of the budget"), "{refused}");
+        assert_eq!(d.state().budget.lifetime_rho(), 0.0);
+        assert_eq!(d.state().pending_metrics.thumbs.len(), 1, "the note waits");
+        // At ε = 0.5 (ρ = 0.125) two fit, a third does not.
+        assert!(d.release_thumbs(0.5, NOW, &mut rng).unwrap().is_some());
+        d.observe_stars("2", 4);
+        assert!(d.release_stars(0.5, NOW, &mut rng).unwrap().is_some());
+        d.observe_thumbs("3", false);
+        assert!(d.release_thumbs(0.5, NOW, &mut rng).is_err());
+        // A month later the window has room again.
+        assert!(d
+            .release_thumbs(0.5, NOW + 31 * DAY_MS, &mut rng)
+            .unwrap()
+            .is_some());
+        assert!(PrivacyPolicy::default().with_metrics_share(0.0).is_err());
+        assert!(PrivacyPolicy::default().with_metrics_share(1.5).is_err());
     }
 }

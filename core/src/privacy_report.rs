@@ -18,6 +18,9 @@ pub struct PolicyOptions {
     pub delta: f64,
     pub window_days: f64,
     pub max_rho_per_release: f64,
+    /// The share of the window's budget metric reports may use (0 < share ≤ 1), so that model
+    /// updates keep the rest.
+    pub metrics_share: f64,
 }
 
 impl Default for PolicyOptions {
@@ -28,6 +31,7 @@ impl Default for PolicyOptions {
             delta: policy.delta(),
             window_days: policy.window_ms() as f64 / DAY_MS as f64,
             max_rho_per_release: policy.max_rho_per_release(),
+            metrics_share: policy.metrics_share(),
         }
     }
 }
@@ -47,6 +51,7 @@ impl PolicyOptions {
             (self.window_days * DAY_MS as f64) as u64,
             self.max_rho_per_release,
         )
+        .and_then(|policy| policy.with_metrics_share(self.metrics_share))
         .map_err(|e| Error::InvalidInput(format!("invalid privacy policy: {e}")))
     }
 }
@@ -61,6 +66,7 @@ pub struct PolicyView {
     pub max_rho_per_release: f64,
     pub total_rho: f64,
     pub min_noise_multiplier: f64,
+    pub metrics_share: f64,
 }
 
 /// What was spent.
@@ -126,6 +132,7 @@ impl DevicePrivacy {
                 max_rho_per_release: policy.max_rho_per_release(),
                 total_rho: policy.total_rho(),
                 min_noise_multiplier: policy.min_noise_multiplier(),
+                metrics_share: policy.metrics_share(),
             },
             spent: Spent {
                 window_rho,

@@ -40,6 +40,7 @@ pub struct PrivacyPolicy {
     window_ms: u64,
     max_rho_per_release: f64,
     total_rho: f64,
+    metrics_share: f64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -48,12 +49,20 @@ struct RawPolicy {
     delta: f64,
     window_ms: u64,
     max_rho_per_release: f64,
+    /// Absent in states saved before metric shares existed: the whole budget.
+    #[serde(default = "whole_budget")]
+    metrics_share: f64,
+}
+
+fn whole_budget() -> f64 {
+    1.0
 }
 
 impl TryFrom<RawPolicy> for PrivacyPolicy {
     type Error = PrivacyError;
     fn try_from(r: RawPolicy) -> Result<Self> {
-        Self::new(r.epsilon, r.delta, r.window_ms, r.max_rho_per_release)
+        Self::new(r.epsilon, r.delta, r.window_ms, r.max_rho_per_release)?
+            .with_metrics_share(r.metrics_share)
     }
 }
 
@@ -64,6 +73,7 @@ impl From<PrivacyPolicy> for RawPolicy {
             delta: p.delta,
             window_ms: p.window_ms,
             max_rho_per_release: p.max_rho_per_release,
+            metrics_share: p.metrics_share,
         }
     }
 }
@@ -100,7 +110,23 @@ impl PrivacyPolicy {
             window_ms,
             max_rho_per_release,
             total_rho,
+            metrics_share: 1.0,
         })
+    }
+
+    /// The policy with at most `share` (0 < share ≤ 1) of the window's total ρ for metric reports
+    /// (the rest stays for model updates); 1, the whole budget, by default.
+    pub fn with_metrics_share(mut self, share: f64) -> Result<Self> {
+        if !(share > 0.0 && share <= 1.0) {
+            return Err(invalid("metrics_share", share, "must be > 0 and <= 1"));
+        }
+        self.metrics_share = share;
+        Ok(self)
+    }
+
+    /// The share of the window's total ρ that metric reports may use.
+    pub fn metrics_share(&self) -> f64 {
+        self.metrics_share
     }
 
     /// Total ε over the window.
@@ -229,6 +255,21 @@ impl BudgetState {
             .values()
             .filter(|s| s.time_ms > start || now_ms < policy.window_ms)
             .map(|s| s.rho)
+            .sum()
+    }
+
+    /// ρ spent in the window ending at `now_ms` by the releases whose id `counts`.
+    pub fn window_rho_of(
+        &self,
+        policy: &PrivacyPolicy,
+        now_ms: u64,
+        counts: impl Fn(&str) -> bool,
+    ) -> f64 {
+        let start = now_ms.saturating_sub(policy.window_ms);
+        self.spends
+            .iter()
+            .filter(|(id, s)| counts(id) && (s.time_ms > start || now_ms < policy.window_ms))
+            .map(|(_, s)| s.rho)
             .sum()
     }
 

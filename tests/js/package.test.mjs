@@ -150,7 +150,11 @@ test("privacy: the report, the inspected upload and the refusals", async () => {
   const report = ranker.privacyReport();
   assert.equal(report.policy.epsilon, 4);
   assert.equal(report.policy.windowDays, 7);
+  assert.equal(report.policy.metricsShare, 1, "metric reports may use the whole budget by default");
   assert.equal(report.spent.releases, 0);
+  const shared = await Ranker.create({ storage: false, privacy: { metricsShare: 0.2 } });
+  assert.equal(shared.privacyReport().policy.metricsShare, 0.2);
+  await assert.rejects(Ranker.create({ storage: false, privacy: { metricsShare: 0 } }), /metrics_share.*must be > 0 and <= 1/);
   assert.ok(report.remaining.rho > 0 && report.remaining.rho === report.policy.totalRho);
   assert.equal(JSON.parse(ranker.exportLedger()).format, "feedloop-ledger");
 

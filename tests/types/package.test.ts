@@ -47,7 +47,7 @@ expectTypeOf<FeedbackWeights>().toHaveProperty("click").toEqualTypeOf<number | u
 expectTypeOf<FeedbackWeights>().toHaveProperty("maxEventsPerCandidate").toEqualTypeOf<number | undefined>();
 expectTypeOf<LearningConfig>().toHaveProperty("learningRate").toEqualTypeOf<number | undefined>();
 expectTypeOf<PrivacyPolicyOptions>().toEqualTypeOf<{
-  epsilon?: number; delta?: number; windowDays?: number; maxRhoPerRelease?: number;
+  epsilon?: number; delta?: number; windowDays?: number; maxRhoPerRelease?: number; metricsShare?: number;
 }>();
 expectTypeOf(Ranker.create).parameter(0).toEqualTypeOf<RankerOptions | undefined>();
 expectTypeOf(Ranker.create).returns.resolves.toEqualTypeOf<Ranker>();
