@@ -140,6 +140,15 @@ fn release_id(model_version: &str) -> String {
     format!("thumbs@{model_version}")
 }
 
+/// The first noted version (in the map's order) and its value.
+fn first_note<T: Copy>(notes: &BTreeMap<String, T>) -> Option<(String, T)> {
+    notes.iter().next().map(|(v, value)| (v.clone(), *value))
+}
+
+fn privacy(e: feedloop_privacy::PrivacyError) -> Error {
+    Error::InvalidInput(format!("privacy: {e}"))
+}
+
 /// Whether a budget key is a metric report's (not a round's: those are numbers).
 fn is_metric_release(id: &str) -> bool {
     id.starts_with("thumbs@") || id.starts_with("stars@")
@@ -200,47 +209,47 @@ impl DevicePrivacy {
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
         self.check_consent()?;
-        let Some((version, up)) = self
-            .state()
-            .pending_metrics
-            .thumbs
-            .iter()
-            .next()
-            .map(|(v, up)| (v.clone(), *up))
-        else {
+        let Some((version, up)) = first_note(&self.state().pending_metrics.thumbs) else {
             return Ok(None);
         };
-        let rr = RandomizedResponse::new(epsilon)
-            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?;
+        let rr = RandomizedResponse::new(epsilon).map_err(privacy)?;
         let id = release_id(&version);
-        self.check_metrics_share(rr.rho(), now_ms)?;
-        let mut state = self.state().clone();
-        state
-            .budget
-            .charge(&state.policy, &id, rr.rho(), now_ms)
-            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?;
         let bit = rr.respond(up, rng);
-        let entry = state
-            .ledger
-            .append(ReleaseRecord::for_randomized_response(
-                &rr,
-                bit,
-                now_ms,
-                THUMBS_PURPOSE,
-                &id,
-                &version,
-            ))
-            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?
-            .clone();
-        state.pending_metrics.thumbs.remove(&version);
-        *self.state_mut() = state;
+        let record =
+            ReleaseRecord::for_randomized_response(&rr, bit, now_ms, THUMBS_PURPOSE, &id, &version);
+        let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
+            notes.thumbs.remove(&version);
+        })?;
         Ok(Some(MetricRelease {
             report: MetricReport::Thumbs(FeedbackReport {
                 model_version: version,
                 bit,
             }),
-            ledger_entry: entry,
+            ledger_entry,
         }))
+    }
+
+    /// Charges `rho` under budget id `id`, appends `record` to the ledger and drops the note
+    /// (`forget`), all or nothing: refused (nothing changed) when the metrics share, the policy or
+    /// the budget does not allow it. The randomized value in `record` leaves only if this succeeds.
+    fn record_metric(
+        &mut self,
+        id: &str,
+        rho: f64,
+        now_ms: u64,
+        record: ReleaseRecord,
+        forget: impl FnOnce(&mut PendingMetrics),
+    ) -> Result<LedgerEntry> {
+        self.check_metrics_share(rho, now_ms)?;
+        let mut state = self.state().clone();
+        state
+            .budget
+            .charge(&state.policy, id, rho, now_ms)
+            .map_err(privacy)?;
+        let entry = state.ledger.append(record).map_err(privacy)?.clone();
+        forget(&mut state.pending_metrics);
+        *self.state_mut() = state;
+        Ok(entry)
     }
 
     /// Refuses a metric report of `rho` that would take metric reports in the window past the
@@ -291,49 +300,31 @@ impl DevicePrivacy {
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
         self.check_consent()?;
-        let Some((version, stars)) = self
-            .state()
-            .pending_metrics
-            .stars
-            .iter()
-            .next()
-            .map(|(v, s)| (v.clone(), *s))
-        else {
+        let Some((version, stars)) = first_note(&self.state().pending_metrics.stars) else {
             return Ok(None);
         };
-        let privacy =
-            |e: feedloop_privacy::PrivacyError| Error::InvalidInput(format!("privacy: {e}"));
         let mechanism = CategoricalResponse::new(epsilon, STAR_CATEGORIES).map_err(privacy)?;
         let id = stars_release_id(&version);
-        self.check_metrics_share(mechanism.rho(), now_ms)?;
-        let mut state = self.state().clone();
-        state
-            .budget
-            .charge(&state.policy, &id, mechanism.rho(), now_ms)
-            .map_err(privacy)?;
         let reported = mechanism
             .respond(u32::from(stars - 1), rng)
             .map_err(privacy)?;
-        let entry = state
-            .ledger
-            .append(ReleaseRecord::for_categorical_response(
-                &mechanism,
-                reported,
-                now_ms,
-                STARS_PURPOSE,
-                &id,
-                &version,
-            ))
-            .map_err(privacy)?
-            .clone();
-        state.pending_metrics.stars.remove(&version);
-        *self.state_mut() = state;
+        let record = ReleaseRecord::for_categorical_response(
+            &mechanism,
+            reported,
+            now_ms,
+            STARS_PURPOSE,
+            &id,
+            &version,
+        );
+        let ledger_entry = self.record_metric(&id, mechanism.rho(), now_ms, record, |notes| {
+            notes.stars.remove(&version);
+        })?;
         Ok(Some(MetricRelease {
             report: MetricReport::Stars(StarsReport {
                 model_version: version,
                 stars: reported as u8 + 1,
             }),
-            ledger_entry: entry,
+            ledger_entry,
         }))
     }
 }
