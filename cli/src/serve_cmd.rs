@@ -123,6 +123,32 @@ pub struct ServeArgs {
     /// it survives power loss; `normal` survives a killed process only (faster; BENCHMARKS.md).
     #[arg(long, env = "FEEDLOOP_SQLITE_SYNCHRONOUS", default_value = "full", value_parser = ["full", "normal"])]
     sqlite_synchronous: String,
+    /// `leader` (default): the API devices use, and the leader aggregator of secure rounds.
+    /// `helper`: the second aggregator of secure rounds only, with its own database and keys,
+    /// run by a party the leader's operator does not control.
+    #[arg(long, env = "FEEDLOOP_ROLE", default_value = "leader", value_parser = ["leader", "helper"])]
+    role: String,
+    /// A leader's helper aggregator, e.g. https://helper.example.org (needed for secure rounds).
+    #[arg(long, env = "FEEDLOOP_HELPER_URL", requires = "helper_token")]
+    helper_url: Option<String>,
+    /// The bearer token the helper gave this leader (at least 16 characters).
+    #[arg(long, env = "FEEDLOOP_HELPER_TOKEN", hide_env_values = true)]
+    helper_token: Option<String>,
+    /// A helper: the token(s) its leader presents (repeat, or comma-separate in the env).
+    #[arg(
+        long = "leader-token",
+        env = "FEEDLOOP_LEADER_TOKENS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    leader_tokens: Vec<String>,
+    /// A helper: σ on every round's sum is at least this times the round's clip norm (ρ = 2/z²
+    /// per participant and round).
+    #[arg(long, env = "FEEDLOOP_HELPER_NOISE_MULTIPLIER", default_value_t = 2.0)]
+    helper_noise_multiplier: f64,
+    /// A helper: the least number of valid reports it releases a batch for.
+    #[arg(long, env = "FEEDLOOP_HELPER_MIN_REPORTS", default_value_t = 10)]
+    helper_min_reports: u64,
     /// Log filter (tracing EnvFilter syntax).
     #[arg(long, env = "RUST_LOG", default_value = "info,sqlx=warn")]
     log: String,
@@ -199,12 +225,39 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
         "normal" => feedloop_server::SqliteSynchronous::Normal,
         _ => feedloop_server::SqliteSynchronous::Full,
     };
-    if config.deployment_keys.is_empty() {
+    config.role = match args.role.as_str() {
+        "helper" => feedloop_server::Role::Helper,
+        _ => feedloop_server::Role::Leader,
+    };
+    config.helper = match (args.helper_url, args.helper_token) {
+        (Some(url), Some(token)) => {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "--helper-url {url:?} must start with http:// or https://"
+                ));
+            }
+            Some(feedloop_server::HelperPeer { url, token })
+        }
+        _ => None,
+    };
+    config.helper_policy = feedloop_server::HelperPolicy {
+        leader_tokens: args.leader_tokens,
+        noise_multiplier: args.helper_noise_multiplier,
+        min_reports: args.helper_min_reports,
+    };
+    let helper = config.role == feedloop_server::Role::Helper;
+    if helper && config.helper_policy.leader_tokens.is_empty() {
+        return Err("a helper needs its leader's token (--leader-token)".into());
+    }
+    if helper && config.helper.is_some() {
+        return Err("a helper has no helper of its own (drop --helper-url)".into());
+    }
+    if !helper && config.deployment_keys.is_empty() {
         tracing::warn!(
             "no deployment key configured: no client can register (--deployment-key site=KEY)"
         );
     }
-    if config.admin_keys.is_empty() {
+    if !helper && config.admin_keys.is_empty() {
         tracing::warn!("no admin key configured: the admin API is disabled (--admin-key)");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -215,9 +268,17 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
         let app = feedloop_server::App::new(config)
             .await
             .map_err(|e| format!("server setup: {e}"))?;
-        app.ensure_auto_round()
-            .await
-            .map_err(|e| format!("--auto-round: {e}"))?;
+        if !helper {
+            match app.ensure_auto_round().await {
+                // A secure round waits for its helper: the deadline task opens it once it answers.
+                Err(e @ feedloop_server::Error::Unavailable { .. }) => {
+                    tracing::warn!(error = %e, "--auto-round: the helper does not answer yet")
+                }
+                other => {
+                    other.map_err(|e| format!("--auto-round: {e}"))?;
+                }
+            }
+        }
         let listener = tokio::net::TcpListener::bind(args.addr)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;

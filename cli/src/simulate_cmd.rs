@@ -149,7 +149,7 @@ impl<'a> SecureRoundSim<'a> {
         dimension: usize,
         config: &PrivatizerConfig,
     ) -> CliResult<Self> {
-        let round = SecureRound::for_privatizer(round as u64, dimension, config)
+        let round = SecureRound::for_privatizer(round as u64, dimension, config, 1)
             .map_err(|e| e.to_string())?;
         Ok(Self {
             aggregators,

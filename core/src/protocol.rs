@@ -178,7 +178,8 @@ pub struct Round {
     pub clip_norm: f64,
     /// γ: the lattice granularity.
     pub granularity: f64,
-    /// σ: the discrete Gaussian noise each device adds, in the update's units.
+    /// σ: the discrete Gaussian noise, in the update's units: what each device adds (`local`),
+    /// or what the helper adds once to the sum (`secure`).
     pub noise_stddev: f64,
     /// Parameters in an update (the head's).
     pub dimension: i64,
@@ -186,7 +187,13 @@ pub struct Round {
     pub target_count: Option<i64>,
     pub deadline: Option<UnixMillis>,
     pub status: RoundStatus,
-    /// Updates stored so far.
+    /// `local` (each device noises its update) or `secure` (two aggregators; see `secure`).
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    /// The aggregators of a `secure` round, which the device checks against its own policy.
+    #[serde(default)]
+    pub secure: Option<SecureAggregators>,
+    /// Updates (or sealed reports) stored so far.
     pub received: i64,
     pub created_at: UnixMillis,
     pub closed_at: Option<UnixMillis>,
@@ -208,6 +215,139 @@ impl Round {
             noise_stddev: self.noise_stddev,
         }
     }
+}
+
+/// How a round aggregates its updates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum Aggregation {
+    /// Each device adds discrete Gaussian noise to its own update; the server sees noised updates.
+    #[default]
+    Local,
+    /// Prio3 reports sealed to two non-colluding aggregators; the helper adds the noise once, to
+    /// the sum, and neither aggregator sees one device's update.
+    Secure,
+}
+
+impl Aggregation {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Secure => "secure",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Local, Self::Secure]
+            .into_iter()
+            .find(|a| a.as_str() == s)
+    }
+}
+
+/// A secure round's two aggregators as the device sees them. The device seals one share to each
+/// key, and contributes only if `helperKey`'s fingerprint is one its privacy policy pins, and
+/// `minReports` and the round's σ meet its policy. The terms (C, γ, σ, `minReports`) are bound into
+/// every share, so a leader that misstates the helper's terms gets reports the helper cannot open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SecureAggregators {
+    /// The leader's HPKE public key (X25519, 64 hex digits).
+    pub leader_key: String,
+    /// The helper's HPKE public key (X25519, 64 hex digits).
+    pub helper_key: String,
+    /// SHA-256 of the helper's key (hex), what a privacy team pins; devices recompute it.
+    pub helper_fingerprint: String,
+    /// The helper releases nothing for fewer valid reports.
+    pub min_reports: i64,
+    /// R: every lattice coordinate of an update is in [-R, R] (the validity proof checks it).
+    pub value_radius: i64,
+}
+
+/// `GET /v1/helper` on a helper: who it is and the least it applies to any round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperInfo {
+    /// Its HPKE public key (hex).
+    pub helper_key: String,
+    /// SHA-256 of the key (hex).
+    pub fingerprint: String,
+    /// σ on each round's sum is at least this times the round's clip norm C.
+    pub noise_multiplier: f64,
+    /// It releases no batch of fewer valid reports.
+    pub min_reports: i64,
+}
+
+/// `PUT /v1/helper/tasks/{roundId}` (leader → helper): a secure round to aggregate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperTask {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub dimension: i64,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
+    pub clip_norm: f64,
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
+    pub granularity: f64,
+    /// The least σ the leader asks for; the helper applies at least its own policy's.
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
+    pub noise_stddev: f64,
+    /// The least batch the leader asks for; the helper applies at least its own.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub min_reports: i64,
+    /// The round's Prio3 verification key (64 hex digits), drawn by the leader.
+    pub verify_key: String,
+}
+
+/// The helper's answer to a task: the terms it applies, which the leader publishes to devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperTerms {
+    pub helper_key: String,
+    pub noise_stddev: f64,
+    pub min_reports: i64,
+    pub value_radius: i64,
+}
+
+/// `POST /v1/helper/tasks/{roundId}/reports` (leader → helper): one report to verify together.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperAggregate {
+    /// The client the leader authenticated; the helper also keeps one report per client.
+    pub client_id: String,
+    /// The leader's `HelperRequest` (base64): the report's public share, the helper's sealed
+    /// share and the leader's verifier share.
+    pub request: String,
+}
+
+/// The helper's verifier message for a valid report (base64 `HelperResponse`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperVerdict {
+    pub response: String,
+}
+
+/// `POST /v1/helper/tasks/{roundId}/collect` (leader → helper): the batch to release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperCollect {
+    /// The report ids (32 hex digits each) the leader aggregated.
+    pub report_ids: Vec<String>,
+}
+
+/// The helper's noisy aggregate share of the batch (base64), released once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperRelease {
+    pub count: i64,
+    pub aggregate_share: String,
 }
 
 /// `GET /v1/rounds`.
@@ -425,6 +565,10 @@ pub struct NewRound {
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub dimension: Option<i64>,
+    /// `secure` needs a helper configured (`feedloop serve --helper-url`); then `noiseStddev` is
+    /// the least σ the helper must add to the sum, and `minCohort` the least batch.
+    #[serde(default)]
+    pub aggregation: Aggregation,
 }
 
 /// `PATCH /v1/admin/rounds/{roundId}`: C, γ, σ and the dimension cannot change once open.
@@ -544,9 +688,25 @@ pub mod paths {
     pub const FEEDBACK_STARS: &str = "/v1/feedback/stars";
     pub const STATS: &str = "/v1/stats";
 
-    /// Where the update for `round_id` is posted.
+    /// Where the update for `round_id` is posted (a sealed report, in a secure round).
     pub fn updates(round_id: &str) -> String {
         format!("/v1/rounds/{round_id}/updates")
+    }
+
+    /// A helper's identity and policy.
+    pub const HELPER: &str = "/v1/helper";
+
+    /// A secure round as the helper holds it.
+    pub fn helper_task(round_id: &str) -> String {
+        format!("/v1/helper/tasks/{round_id}")
+    }
+
+    pub fn helper_reports(round_id: &str) -> String {
+        format!("/v1/helper/tasks/{round_id}/reports")
+    }
+
+    pub fn helper_collect(round_id: &str) -> String {
+        format!("/v1/helper/tasks/{round_id}/collect")
     }
 }
 

@@ -28,7 +28,7 @@ fn secure_aggregation(c: &mut Criterion) {
     let mut group = c.benchmark_group("secagg");
     group.sample_size(10);
     for d in [131usize, 10_000] {
-        let round = SecureRound::for_privatizer(1, d, &config).unwrap();
+        let round = SecureRound::for_privatizer(1, d, &config, 1).unwrap();
         let values = update(d);
         let report = seal_report(
             clip_to_lattice(&values, &config, &mut rng).unwrap(),

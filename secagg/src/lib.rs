@@ -34,7 +34,7 @@ pub mod verify;
 
 pub use batch::{unshard, AggregateShare, Batch, NoisyAggregateShare};
 pub use error::{Result, SecAggError};
-pub use keys::{HpkeCiphertext, HpkeKeyPair, HpkePublicKey};
+pub use keys::{unhex, HpkeCiphertext, HpkeKeyPair, HpkePublicKey};
 pub use report::{seal_report, Report, ReportId};
 pub use round::{SecureRound, VerifyKey};
 pub use verify::{

@@ -18,6 +18,13 @@ pub const REPORT_VERSION: u8 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReportId(pub [u8; 16]);
 
+impl ReportId {
+    /// From its 32 hex digits (its `Display`).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        crate::keys::unhex(text)?.try_into().ok().map(Self)
+    }
+}
+
 impl std::fmt::Display for ReportId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))

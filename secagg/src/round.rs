@@ -6,7 +6,6 @@ use prio::flp::types::SumVec;
 use prio::vdaf::prio3::{optimal_chunk_length, Prio3};
 use prio::vdaf::xof::XofHmacSha256Aes128;
 use rand_core::CryptoRng;
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, SecAggError};
 
@@ -60,26 +59,40 @@ impl std::fmt::Debug for VerifyKey {
 
 /// One secure round's public parameters. Every device's measurement is `z + R` with the lattice
 /// update `z` (`|z_i| ≤ R`), so each coordinate is in `[0, 2R]`, which the proof checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", try_from = "RawRound")]
+///
+/// The round's privacy terms (C, γ, the helper's σ and minimum batch) are bound
+/// into the VDAF context and so into every share's HPKE associated data: the helper opens a share
+/// only under the terms it holds itself, so a leader that told devices a larger σ or minimum than
+/// the helper applies gets reports no aggregator can open — a lie wastes reports, never privacy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecureRound {
     round_id: u64,
     dimension: usize,
     value_radius: u64,
+    terms: [u8; 32],
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawRound {
-    round_id: u64,
-    dimension: usize,
-    value_radius: u64,
+/// What a device accepts a secure round's ε on: the clip norm C and granularity γ it rounds with,
+/// the helper's noise σ (model units, on the sum) and the helper's minimum batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PrivacyTerms {
+    clip_norm: f64,
+    granularity: f64,
+    noise_stddev: f64,
+    min_reports: u64,
 }
 
-impl TryFrom<RawRound> for SecureRound {
-    type Error = SecAggError;
-    fn try_from(raw: RawRound) -> Result<Self> {
-        Self::new(raw.round_id, raw.dimension, raw.value_radius)
+impl PrivacyTerms {
+    /// SHA-256 of the terms' exact bits (f64s as IEEE-754: JSON round-trips them exactly).
+    fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"feedloop-secagg terms v1");
+        hash.update(self.clip_norm.to_bits().to_be_bytes());
+        hash.update(self.granularity.to_bits().to_be_bytes());
+        hash.update(self.noise_stddev.to_bits().to_be_bytes());
+        hash.update(self.min_reports.to_be_bytes());
+        hash.finalize().into()
     }
 }
 
@@ -99,17 +112,28 @@ impl SecureRound {
             round_id,
             dimension,
             value_radius,
+            terms: [0; 32],
         })
     }
 
-    /// The round of `cfg` (C, γ): R = ⌊√⌊(C/γ)²⌋⌋, the bound the device's rounding guarantees.
+    /// The round of `cfg` (C, γ, and σ the helper's noise): R = ⌊√⌊(C/γ)²⌋⌋, the bound the
+    /// device's rounding guarantees, with the terms bound in (see [`SecureRound`]).
     pub fn for_privatizer(
         round_id: u64,
         dimension: usize,
         cfg: &feedloop_privacy::PrivatizerConfig,
+        min_reports: u64,
     ) -> Result<Self> {
         let radius = feedloop_privacy::privatizer::lattice_radius(cfg.lattice_norm_bound_sq());
-        Self::new(round_id, dimension, radius)
+        let mut round = Self::new(round_id, dimension, radius)?;
+        round.terms = PrivacyTerms {
+            clip_norm: cfg.clip_norm(),
+            granularity: cfg.granularity(),
+            noise_stddev: cfg.noise_stddev(),
+            min_reports,
+        }
+        .digest();
+        Ok(round)
     }
 
     pub fn round_id(&self) -> u64 {
@@ -147,6 +171,7 @@ impl SecureRound {
         ctx.extend_from_slice(&self.round_id.to_be_bytes());
         ctx.extend_from_slice(&(self.dimension as u64).to_be_bytes());
         ctx.extend_from_slice(&self.value_radius.to_be_bytes());
+        ctx.extend_from_slice(&self.terms);
         ctx
     }
 

@@ -32,6 +32,30 @@ impl OutputShare {
     pub fn report_id(&self) -> ReportId {
         self.id
     }
+
+    /// For an aggregator that keeps its output shares in its database until the batch is
+    /// collected. On its own an output share is uniformly random: it says nothing of the report.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = self.id.0.to_vec();
+        put_bytes(&mut out, &encoded(&self.share));
+        out
+    }
+
+    pub fn from_bytes(round: &SecureRound, bytes: &[u8]) -> Result<Self> {
+        let vdaf = round.vdaf()?;
+        let mut reader = Reader::new("output share", bytes);
+        let id = ReportId(reader.fixed::<16>()?);
+        let share = prio::vdaf::OutputShare::<Field64>::get_decoded_with_param(
+            &(&vdaf, &()),
+            reader.bytes()?,
+        )
+        .map_err(|e| malformed("output share", e))?;
+        reader.finish()?;
+        if share.as_ref().len() != round.dimension() {
+            return Err(malformed("output share", "wrong dimension"));
+        }
+        Ok(Self { id, share })
+    }
 }
 
 /// The leader's state for a report between [`leader_init`] and [`leader_finish`].
@@ -337,7 +361,7 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(5);
         let config = PrivatizerConfig::new(1.0, 1e-3, 4.0).unwrap();
         Fixture {
-            round: SecureRound::for_privatizer(7, 24, &config).unwrap(),
+            round: SecureRound::for_privatizer(7, 24, &config, 1).unwrap(),
             config,
             leader: HpkeKeyPair::generate(&mut rng),
             helper: HpkeKeyPair::generate(&mut rng),
@@ -477,6 +501,48 @@ mod tests {
         );
         let other_round = SecureRound::new(8, 24, f.round.value_radius()).unwrap();
         assert!(leader_init(&other_round, &f.verify_key, &f.leader, &r).is_err());
+    }
+
+    #[test]
+    fn a_helper_opens_no_share_sealed_under_other_privacy_terms() {
+        // The leader told the device σ = 8 and a minimum of 100; the helper applies σ = 4 and 1.
+        let mut f = fixture();
+        let r = report(&mut f);
+        let (_, request) = leader_init(&f.round, &f.verify_key, &f.leader, &r).unwrap();
+        let told = PrivatizerConfig::new(1.0, 1e-3, 8.0).unwrap();
+        for (config, min) in [(&told, 1), (&f.config, 100)] {
+            let helper_round = SecureRound::for_privatizer(7, 24, config, min).unwrap();
+            assert_eq!(
+                helper_verify(&helper_round, &f.verify_key, &f.helper, &request).unwrap_err(),
+                SecAggError::Decrypt { role: "helper" }
+            );
+        }
+    }
+
+    #[test]
+    fn an_output_share_round_trips_through_its_bytes() {
+        let mut f = fixture();
+        let r = report(&mut f);
+        let (pending, request) = leader_init(&f.round, &f.verify_key, &f.leader, &r).unwrap();
+        let (helper_share, response) =
+            helper_verify(&f.round, &f.verify_key, &f.helper, &request).unwrap();
+        let leader_share = leader_finish(&f.round, pending, &response).unwrap();
+        for share in [leader_share, helper_share] {
+            let back = OutputShare::from_bytes(&f.round, &share.to_bytes()).unwrap();
+            assert_eq!(back, share);
+        }
+        let narrow = SecureRound::new(7, 23, f.round.value_radius()).unwrap();
+        let bytes = OutputShare::from_bytes(&f.round, &r.to_bytes()[..10]);
+        assert!(bytes.is_err());
+        let share = leader_finish(
+            &f.round,
+            leader_init(&f.round, &f.verify_key, &f.leader, &r)
+                .unwrap()
+                .0,
+            &response,
+        )
+        .unwrap();
+        assert!(OutputShare::from_bytes(&narrow, &share.to_bytes()).is_err());
     }
 
     #[test]

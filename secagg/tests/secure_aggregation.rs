@@ -31,7 +31,7 @@ fn setup() -> Setup {
     // C = 1, γ = 1e-3 (the demo round's), σ_h = 4: R = 1000.
     let config = PrivatizerConfig::new(1.0, 1e-3, 4.0).unwrap();
     Setup {
-        round: SecureRound::for_privatizer(42, DIMENSION, &config).unwrap(),
+        round: SecureRound::for_privatizer(42, DIMENSION, &config, 1).unwrap(),
         config,
         leader: HpkeKeyPair::generate(&mut rng),
         helper: HpkeKeyPair::generate(&mut rng),

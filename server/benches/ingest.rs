@@ -462,6 +462,7 @@ async fn open_round(app: &App, min_cohort: i64) -> feedloop_server::db::RoundRow
             deadline: None,
             duration_seconds: None,
             dimension: None,
+            aggregation: Default::default(),
         },
     )
     .await

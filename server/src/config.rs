@@ -59,6 +59,65 @@ impl Default for DriftConfig {
     }
 }
 
+/// The part a server plays in secure aggregation (`feedloop serve --role`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    /// The API devices talk to: registration, rounds, versions, the dashboard — and, for secure
+    /// rounds, the leader aggregator.
+    #[default]
+    Leader,
+    /// The second aggregator only: its own keys, database and policy, run by a party the
+    /// operator does not control. Serves `/v1/helper/…` (to its leaders) and ops endpoints.
+    Helper,
+}
+
+/// The leader's helper (`--helper-url`, `--helper-token`).
+#[derive(Clone)]
+pub struct HelperPeer {
+    /// Its base URL, e.g. `https://helper.example.org`.
+    pub url: String,
+    /// The bearer token the helper gave this leader.
+    pub token: String,
+}
+
+impl std::fmt::Debug for HelperPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HelperPeer({}, ..)", self.url) // never print tokens
+    }
+}
+
+/// A helper's own policy: what no leader can lower.
+#[derive(Clone)]
+pub struct HelperPolicy {
+    /// Bearer tokens of the leaders it serves (`--leader-token`).
+    pub leader_tokens: Vec<String>,
+    /// σ on a round's sum is at least this times the round's clip norm.
+    pub noise_multiplier: f64,
+    /// It releases no batch of fewer valid reports.
+    pub min_reports: u64,
+}
+
+impl Default for HelperPolicy {
+    fn default() -> Self {
+        Self {
+            leader_tokens: Vec::new(),
+            // z = 2 with Δ = 2C: ρ = 2/z² = 0.5 per round for each participant.
+            noise_multiplier: 2.0,
+            min_reports: 10,
+        }
+    }
+}
+
+impl std::fmt::Debug for HelperPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HelperPolicy")
+            .field("leader_tokens", &self.leader_tokens.len())
+            .field("noise_multiplier", &self.noise_multiplier)
+            .field("min_reports", &self.min_reports)
+            .finish()
+    }
+}
+
 /// Everything the server needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -114,6 +173,12 @@ pub struct Config {
     /// SQLite's `synchronous` (WAL): `Full` fsyncs every commit, so an acknowledged update survives
     /// an OS crash or power loss; `Normal` survives a killed process only. Ignored on PostgreSQL.
     pub sqlite_synchronous: SqliteSynchronous,
+    /// Leader (default) or helper.
+    pub role: Role,
+    /// A leader's helper, needed for secure rounds.
+    pub helper: Option<HelperPeer>,
+    /// A helper's policy (ignored by a leader).
+    pub helper_policy: HelperPolicy,
 }
 
 /// SQLite's durability per commit (`PRAGMA synchronous`, in WAL mode).
@@ -171,6 +236,9 @@ impl Config {
             },
             client_ip_header: None,
             sqlite_synchronous: SqliteSynchronous::Full,
+            role: Role::Leader,
+            helper: None,
+            helper_policy: HelperPolicy::default(),
         }
     }
 }
@@ -193,6 +261,20 @@ impl Config {
                 "an admin key must have at least {MIN_KEY_CHARS} characters (one has {})",
                 short.chars().count()
             ));
+        }
+        let short_token = |t: &String| t.chars().count() < MIN_KEY_CHARS;
+        if self.helper.as_ref().is_some_and(|h| short_token(&h.token))
+            || self.helper_policy.leader_tokens.iter().any(short_token)
+        {
+            return Err(format!(
+                "a token between leader and helper must have at least {MIN_KEY_CHARS} characters"
+            ));
+        }
+        let policy = &self.helper_policy;
+        if !(policy.noise_multiplier.is_finite() && policy.noise_multiplier > 0.0)
+            || policy.min_reports == 0
+        {
+            return Err("a helper needs a positive noise multiplier and minimum batch".into());
         }
         if let Some(secret) = &self.token_secret {
             if secret.len() < MIN_TOKEN_SECRET_BYTES {

@@ -38,6 +38,10 @@ pub enum Error {
     /// 422: a well-formed request whose content is invalid (a malformed or out-of-bound update).
     #[error("{message}")]
     Unprocessable { code: &'static str, message: String },
+    /// 503: a party this request needs (the helper of a secure round) cannot be reached; the
+    /// client retries the same request later.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     /// 500: storage failures.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -74,6 +78,12 @@ impl Error {
             message: message.into(),
         }
     }
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            code,
+            message: message.into(),
+        }
+    }
     pub fn internal(message: impl Into<String>) -> Self {
         Self::Internal(message.into())
     }
@@ -89,6 +99,7 @@ impl Error {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Database(_) | Self::Migrate(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -101,7 +112,8 @@ impl Error {
             Self::BadRequest { code, .. }
             | Self::NotFound { code, .. }
             | Self::Conflict { code, .. }
-            | Self::Unprocessable { code, .. } => code,
+            | Self::Unprocessable { code, .. }
+            | Self::Unavailable { code, .. } => code,
             Self::Unauthorized(_) => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::PayloadTooLarge(_) => "payload_too_large",
@@ -115,7 +127,7 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         // Internal details go to the log, not to the client.
-        let message = if status.is_server_error() {
+        let message = if status.is_server_error() && !matches!(self, Self::Unavailable { .. }) {
             tracing::error!(error = %self, "request failed");
             "internal server error".to_string()
         } else {

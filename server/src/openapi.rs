@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         (name = "feedback", description = "Randomized-response reports and statistics"),
         (name = "admin", description = "Round configuration, rollback, audit log (admin key)"),
         (name = "ops", description = "Health, metrics, this document"),
+        (name = "helper", description = "The helper aggregator of secure rounds (`feedloop serve --role helper`)"),
     )
 )]
 pub struct ApiDoc;
@@ -44,6 +45,10 @@ impl Modify for SecuritySchemes {
         components.add_security_scheme(
             "clientToken",
             bearer("The token from POST /v1/clients/register"),
+        );
+        components.add_security_scheme(
+            "leaderToken",
+            bearer("A token the helper was given for its leader (`--leader-token`)"),
         );
         components.add_security_scheme(
             "adminKey",

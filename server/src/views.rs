@@ -25,6 +25,8 @@ impl RoundRow {
             target_count: self.target_count,
             deadline: self.deadline.map(UnixMillis),
             status: self.status,
+            aggregation: self.aggregation(),
+            secure: self.secure_aggregators(),
             received: self.received,
             created_at: UnixMillis(self.created_at),
             closed_at: self.closed_at.map(UnixMillis),

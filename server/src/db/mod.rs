@@ -8,6 +8,7 @@
 //! its transaction with a write, so SQLite takes the write lock first (no deferred-upgrade
 //! deadlocks) and PostgreSQL serializes submissions and round closing on the round's row lock.
 
+mod helper;
 mod records;
 mod rounds;
 mod versions;
@@ -62,6 +63,34 @@ pub struct RoundRow {
     pub close_reason: Option<String>,
     pub cohort_size: Option<i64>,
     pub published_version: Option<i64>,
+    /// `local` or `secure` (`feedloop_core::protocol::Aggregation`).
+    pub aggregation: String,
+    /// A secure round's terms (JSON, `crate::service::secure::SecureTerms`).
+    pub secure_terms: Option<String>,
+}
+
+/// A secure round as a helper holds it.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HelperTaskRow {
+    pub round_id: i64,
+    pub dimension: i64,
+    pub clip_norm: f64,
+    pub granularity: f64,
+    pub noise_stddev: f64,
+    pub min_reports: i64,
+    pub verify_key: String,
+    pub created_at: i64,
+    pub released_ids_sha256: Option<String>,
+    pub released_share: Option<String>,
+    pub released_at: Option<i64>,
+}
+
+/// A report a helper verified: who sent it (per the leader), the request's digest and the answer.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct HelperReportRow {
+    pub client_id: String,
+    pub request_sha256: String,
+    pub response: String,
 }
 
 /// A published model version as stored.
@@ -106,7 +135,7 @@ pub struct AuditRow {
 
 pub const ROUND_COLUMNS: &str = "round_id, model_version, dimension, clip_norm, granularity, \
     noise_stddev, min_cohort, target_count, deadline, status, received, rho, epsilon, delta, \
-    created_at, closed_at, close_reason, cohort_size, published_version";
+    created_at, closed_at, close_reason, cohort_size, published_version, aggregation, secure_terms";
 
 pub const VERSION_COLUMNS: &str = "version, parent_version, round_id, head, onnx_sha256, \
     optimizer, cohort_size, clip_norm, granularity, noise_stddev, rho, epsilon, delta, \

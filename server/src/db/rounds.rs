@@ -61,7 +61,7 @@ impl Store {
     pub async fn insert_round(conn: &mut AnyConnection, r: &RoundRow) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO rounds ({ROUND_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         ))
         .bind(r.round_id)
         .bind(r.model_version)
@@ -82,6 +82,8 @@ impl Store {
         .bind(&r.close_reason)
         .bind(r.cohort_size)
         .bind(r.published_version)
+        .bind(&r.aggregation)
+        .bind(&r.secure_terms)
         .execute(conn)
         .await?;
         Ok(())
@@ -246,6 +248,20 @@ impl Store {
                 .await?
                 .is_some(),
         )
+    }
+
+    /// Whether the round holds an update of this client, and one with this digest (pooled
+    /// reads: a check before work that must not be done twice, confirmed again at the insert).
+    pub async fn update_held(
+        &self,
+        round_id: i64,
+        client_id: &str,
+        payload_sha256: &str,
+    ) -> Result<(bool, bool)> {
+        let mut conn = self.pool.acquire().await?;
+        let client = Self::client_has_update(&mut conn, round_id, client_id).await?;
+        let payload = Self::payload_seen(&mut conn, round_id, payload_sha256).await?;
+        Ok((client, payload))
     }
 
     /// Whether these exact bytes (by SHA-256) are already in the round.

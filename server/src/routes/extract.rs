@@ -85,6 +85,25 @@ impl FromRequestParts<App> for AdminAuth {
     }
 }
 
+/// A helper's caller: a leader with one of the tokens the helper was given (`--leader-token`).
+pub struct LeaderAuth;
+
+impl FromRequestParts<App> for LeaderAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
+        app.rate_limits().admin(peer_address(parts, app))?;
+        let presented = bearer(&parts.headers)?;
+        let tokens = &app.config().helper_policy.leader_tokens;
+        match crate::auth::admin_fingerprint(tokens, presented) {
+            Some(_) => Ok(Self),
+            None => Err(Error::Unauthorized(
+                "not a token of this helper's leader".into(),
+            )),
+        }
+    }
+}
+
 /// The deployment key of a first contact (`X-Feedloop-Deployment-Key`). Registrations are rate
 /// limited per address: the key is public (it ships in the page), so it cannot stop Sybils alone.
 pub struct DeploymentKey(pub String);

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod clients;
 pub mod extract;
 pub mod feedback;
+pub mod helper;
 pub mod models;
 pub mod ops;
 pub mod rounds;
@@ -20,6 +21,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::config::Role;
 use crate::error::Error;
 use crate::openapi::ApiDoc;
 use crate::service::App;
@@ -36,11 +38,40 @@ fn api() -> OpenApiRouter<App> {
         .routes(routes!(openapi))
 }
 
-/// The OpenAPI document of [`api`].
+/// A helper's routes: its own API and the ops endpoints, nothing of the leader's.
+fn helper_api() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(helper::routes())
+        .merge(ops::routes())
+        .routes(routes!(openapi))
+}
+
+fn routes_of(role: Role) -> OpenApiRouter<App> {
+    match role {
+        Role::Leader => api(),
+        Role::Helper => helper_api(),
+    }
+}
+
+/// The OpenAPI document of a leader ([`api`]).
 pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        let mut doc = api().split_for_parts().1;
+    document_of(Role::Leader)
+}
+
+/// The OpenAPI document a server of `role` serves.
+pub fn document_of(role: Role) -> &'static utoipa::openapi::OpenApi {
+    static LEADER: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    static HELPER: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    let cell = match role {
+        Role::Leader => &LEADER,
+        Role::Helper => &HELPER,
+    };
+    cell.get_or_init(|| {
+        let mut doc = routes_of(role).split_for_parts().1;
+        let helper_tag = |name: &str| matches!(name, "helper" | "ops");
+        doc.tags
+            .get_or_insert_with(Vec::new)
+            .retain(|t| (role == Role::Helper) == helper_tag(&t.name) || t.name == "ops");
         document_rate_limits(&mut doc);
         document_other_errors(&mut doc);
         doc
@@ -67,7 +98,11 @@ fn document_rate_limits(doc: &mut utoipa::openapi::OpenApi) {
         let admin = operation.security.as_ref().is_some_and(|requirements| {
             serde_json::to_value(requirements).is_ok_and(|v| v.to_string().contains("\"adminKey\""))
         });
-        if admin || path == feedloop_core::protocol::paths::REGISTER {
+        let leader = operation.security.as_ref().is_some_and(|requirements| {
+            serde_json::to_value(requirements)
+                .is_ok_and(|v| v.to_string().contains("\"leaderToken\""))
+        });
+        if admin || leader || path == feedloop_core::protocol::paths::REGISTER {
             operation
                 .responses
                 .responses
@@ -123,7 +158,7 @@ fn for_each_operation(
 /// The API router, the static pages (when configured) and JSON errors for everything else
 /// (without the middleware stack; see [`crate::app`]).
 pub fn router(app: App) -> Router {
-    let (router, _) = api().split_for_parts();
+    let (router, _) = routes_of(app.config().role).split_for_parts();
     let router = router.method_not_allowed_fallback(method_not_allowed);
     // Everything outside the API: the dashboard and demo pages when a static folder is given.
     let router = match app.config().static_dir.is_some() {
@@ -179,8 +214,10 @@ fn static_path_allowed(root: &std::path::Path, path: &str) -> bool {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
     responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)))]
-async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
-    Json(document())
+async fn openapi(
+    axum::extract::State(app): axum::extract::State<App>,
+) -> Json<&'static utoipa::openapi::OpenApi> {
+    Json(document_of(app.config().role))
 }
 
 async fn not_found() -> Error {

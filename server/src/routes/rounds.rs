@@ -74,8 +74,9 @@ async fn get_round(State(app): State<App>, Path(round_id): Path<String>) -> Resu
 }
 
 /// Submits one privatized update (the `FLDP` wire format) computed against the round's model
-/// version; acknowledged once stored. The token and model version may come in the query for
-/// `navigator.sendBeacon`.
+/// version — in a `secure` round, one sealed Prio3 report (`feedloop-secagg`), verified with the
+/// helper before it is stored; acknowledged once stored. The token and model version may come in
+/// the query for `navigator.sendBeacon`.
 #[utoipa::path(post, path = "/v1/rounds/{roundId}/updates", tag = "rounds",
     security(("clientToken" = [])),
     params(
@@ -84,7 +85,7 @@ async fn get_round(State(app): State<App>, Path(round_id): Path<String>) -> Resu
         BeaconQuery,
     ),
     request_body(content = Vec<u8>, content_type = "application/octet-stream",
-        description = "A privatized update (feedloop-privacy wire format)"),
+        description = "A privatized update (feedloop-privacy wire format), or a sealed report in a secure round"),
     responses(
         (status = 202, description = "Stored", body = UploadAck),
         (status = 400, description = "Missing model version, bad id or query", body = ErrorBody),
@@ -92,7 +93,8 @@ async fn get_round(State(app): State<App>, Path(round_id): Path<String>) -> Resu
         (status = 404, description = "No such round", body = ErrorBody),
         (status = 409, description = "Round closed, stale model version, duplicate or replay", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 422, description = "Not a valid update for this round", body = ErrorBody),
+        (status = 422, description = "Not a valid update or report for this round", body = ErrorBody),
+        (status = 503, description = "A secure round's helper cannot be reached; resend the same bytes later", body = ErrorBody),
     ))]
 async fn submit_update(
     State(app): State<App>,

@@ -110,14 +110,14 @@ fn round_closed(round_id: i64) -> Error {
     )
 }
 
-fn duplicate(round_id: i64) -> Error {
+pub(super) fn duplicate(round_id: i64) -> Error {
     Error::conflict(
         "duplicate_update",
         format!("this client already submitted an update to round {round_id}"),
     )
 }
 
-fn replayed() -> Error {
+pub(super) fn replayed() -> Error {
     Error::conflict(
         "replayed_update",
         "this exact payload was already submitted to this round",

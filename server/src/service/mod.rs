@@ -5,9 +5,11 @@
 
 pub mod csat;
 pub mod drift;
+pub mod helper;
 pub mod ingest;
 pub mod publish;
 pub mod rounds;
+pub mod secure;
 pub mod versions;
 
 use std::sync::Arc;
@@ -48,6 +50,8 @@ struct Inner {
     onnx_cache: OnnxCache,
     /// The group-commit writer of registrations and updates.
     ingest: ingest::Ingest,
+    /// This aggregator's HPKE key pair (secure rounds): generated once, kept in the database.
+    hpke: feedloop_secagg::HpkeKeyPair,
 }
 
 /// A signed token with its claims and when it was issued (unix ms).
@@ -85,6 +89,15 @@ impl App {
                     .into_bytes()
             }
         };
+        let hpke = {
+            let generated = crate::onnx::hex(&auth::random_bytes::<32>()?);
+            let stored = store
+                .setting_or_insert("hpke_private_key", &generated)
+                .await?;
+            let bytes = secure::from_hex(&stored, "the stored HPKE key")?;
+            feedloop_secagg::HpkeKeyPair::from_private_bytes(&bytes)
+                .map_err(|e| Error::internal(format!("the stored HPKE key: {e}")))?
+        };
         let metrics = Arc::new(Metrics::default());
         let app = Self {
             inner: Arc::new(Inner {
@@ -104,6 +117,7 @@ impl App {
                     config.register_rate,
                     config.admin_rate,
                 ),
+                hpke,
                 config,
             }),
         };
@@ -187,6 +201,10 @@ impl App {
     }
     fn http(&self) -> &reqwest::Client {
         &self.inner.http
+    }
+    /// This aggregator's HPKE keys: the leader's or the helper's, by `Config::role`.
+    fn hpke(&self) -> &feedloop_secagg::HpkeKeyPair {
+        &self.inner.hpke
     }
 
     // ----- clients -----

@@ -4,6 +4,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use feedloop_core::protocol::Aggregation;
 use feedloop_core::RewardHead;
 use feedloop_privacy::{decode_update, ExpectedRound, PrivatizerConfig};
 use serde_json::json;
@@ -15,18 +16,9 @@ use crate::fedavg::{fedavg_lattice, OptimizerState, ServerOptimizer};
 use crate::metrics::Metrics;
 use crate::onnx::{rewrite_head, sha256_hex};
 
-/// The new global head a closed round's updates make, and the optimizer state after the step.
-///
-/// `payloads` are the stored (base64) updates, validated on arrival and decoded again here;
-/// `base_head` the head of the round's model version; `state` the stored optimizer state.
-pub fn next_head(
-    round: &RoundRow,
-    payloads: &[String],
-    base_head: &[f32],
-    optimizer: ServerOptimizer,
-    state: Option<OptimizerState>,
-    head_dimensions: usize,
-) -> Result<(Vec<f32>, OptimizerState)> {
+/// The FedAvg mean of a closed local round: `payloads` are the stored (base64) updates,
+/// validated on arrival and decoded again here.
+pub fn local_mean(round: &RoundRow, payloads: &[String]) -> Result<Vec<f64>> {
     let cfg = PrivatizerConfig::new(round.clip_norm, round.granularity, round.noise_stddev)
         .map_err(|e| Error::internal(format!("stored round config: {e}")))?;
     let expected = ExpectedRound {
@@ -42,11 +34,30 @@ pub fn next_head(
             .map_err(|e| Error::internal(format!("stored payload: {e}")))?;
         lattices.push(update.into_values());
     }
-    let mean = fedavg_lattice(&lattices, round.granularity)?;
+    fedavg_lattice(&lattices, round.granularity)
+}
+
+/// The new global head a round's mean update makes, and the optimizer state after the step.
+///
+/// `base_head` is the head of the round's model version; `state` the stored optimizer state.
+pub fn next_head(
+    mean: &[f64],
+    base_head: &[f32],
+    optimizer: ServerOptimizer,
+    state: Option<OptimizerState>,
+    head_dimensions: usize,
+) -> Result<(Vec<f32>, OptimizerState)> {
+    if mean.len() != base_head.len() {
+        return Err(Error::internal(format!(
+            "a mean update of {} values for a head of {}",
+            mean.len(),
+            base_head.len()
+        )));
+    }
     let head64: Vec<f64> = base_head.iter().map(|&h| h as f64).collect();
     let mut state = state.unwrap_or_else(|| OptimizerState::fresh(optimizer.name(), head64.len()));
     let new_head: Vec<f32> = optimizer
-        .step(&head64, &mean, &mut state)
+        .step(&head64, mean, &mut state)
         .into_iter()
         .map(|h| h as f32)
         .collect();
@@ -134,14 +145,13 @@ impl App {
             ),
             None => None,
         };
-        let (new_head, state) = next_head(
-            &round,
-            &payloads,
-            &head,
-            optimizer,
-            state,
-            self.head_dimensions(),
-        )?;
+        let mean = match round.aggregation() {
+            Aggregation::Local => local_mean(&round, &payloads)?,
+            // The helper's release: a failure leaves the round open (this transaction rolls
+            // back), and the next close retries with the same batch.
+            Aggregation::Secure => self.secure_mean(&round, &payloads).await?,
+        };
+        let (new_head, state) = next_head(&mean, &head, optimizer, state, self.head_dimensions())?;
         let version = Store::next_version(&mut tx).await?;
         let onnx = rewrite_head(&self.config().base_model, &new_head, &version.to_string())?;
         Store::insert_version(
@@ -218,6 +228,8 @@ mod tests {
             close_reason: None,
             cohort_size: None,
             published_version: None,
+            aggregation: "local".into(),
+            secure_terms: None,
         }
     }
 
@@ -236,8 +248,9 @@ mod tests {
         let a: Vec<f32> = (0..d).map(|i| 0.1 * (i as f32 % 3.0) - 0.1).collect();
         let b: Vec<f32> = (0..d).map(|i| 0.05 * i as f32 / d as f32).collect();
         let payloads = vec![stored(&a, &r), stored(&b, &r)];
+        let mean = local_mean(&r, &payloads).unwrap();
         let (head, state) =
-            next_head(&r, &payloads, &base, ServerOptimizer::default(), None, dims).unwrap();
+            next_head(&mean, &base, ServerOptimizer::default(), None, dims).unwrap();
         assert_eq!(head.len(), d);
         for i in 0..d {
             let expected = base[i] + (a[i] + b[i]) / 2.0;
@@ -256,14 +269,7 @@ mod tests {
         let r = round(7);
         let other = round(9);
         let payloads = vec![stored(&[0.1; 9], &other)];
-        assert!(next_head(
-            &r,
-            &payloads,
-            &[0.0; 7],
-            ServerOptimizer::default(),
-            None,
-            2
-        )
-        .is_err());
+        assert!(local_mean(&r, &payloads).is_err());
+        assert!(next_head(&[0.0; 9], &[0.0; 7], ServerOptimizer::default(), None, 2).is_err());
     }
 }

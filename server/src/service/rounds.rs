@@ -2,7 +2,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use feedloop_core::protocol::{NewRound, RoundChange, RoundStatus};
+use feedloop_core::protocol::{Aggregation, NewRound, RoundChange, RoundStatus};
 use feedloop_privacy::accounting::zcdp_to_approx_dp;
 use feedloop_privacy::{decode_update, ExpectedRound, PrivatizerConfig};
 use serde_json::json;
@@ -90,9 +90,10 @@ impl App {
         if deadline.is_some_and(|d| d <= now) {
             return Err(invalid("the deadline is in the past"));
         }
-        let rho = cfg.rho();
-        let epsilon =
-            zcdp_to_approx_dp(rho, self.config().delta).map_err(|e| invalid(e.to_string()))?;
+        let secure = req.aggregation == Aggregation::Secure;
+        if secure {
+            self.helper_peer()?;
+        }
 
         let _guard = self.lifecycle().lock().await;
         if let Some(open) = self.store().open_round().await? {
@@ -112,18 +113,50 @@ impl App {
                 "clipNorm": req.clip_norm, "granularity": req.granularity,
                 "noiseStddev": req.noise_stddev, "minCohort": req.min_cohort,
                 "targetCount": req.target_count, "deadline": deadline,
+                "aggregation": req.aggregation.as_str(),
             }, "modelVersion": model_version }),
             now,
         )
         .await?;
+        let round_id = Store::next_round_id(&mut tx).await?;
+        // A secure round takes the helper's terms: its σ on the sum and its minimum batch (at
+        // least what was asked), which bound every device's ε and the round's minimum cohort.
+        let (noise_stddev, min_cohort, secure_terms) = match secure {
+            false => (req.noise_stddev, req.min_cohort, None),
+            true => {
+                let (terms, stored) = self
+                    .open_at_helper(
+                        round_id,
+                        dimension,
+                        req.clip_norm,
+                        req.granularity,
+                        req.noise_stddev,
+                        req.min_cohort,
+                    )
+                    .await?;
+                if req.target_count.is_some_and(|t| t < terms.min_reports) {
+                    return Err(invalid(format!(
+                        "targetCount must be at least the helper's minimum batch of {}",
+                        terms.min_reports
+                    )));
+                }
+                let stored = serde_json::to_string(&stored).expect("terms serialize");
+                (terms.noise_stddev, terms.min_reports, Some(stored))
+            }
+        };
+        let cfg = PrivatizerConfig::new(req.clip_norm, req.granularity, noise_stddev)
+            .map_err(|e| invalid(e.to_string()))?;
+        let rho = cfg.rho();
+        let epsilon =
+            zcdp_to_approx_dp(rho, self.config().delta).map_err(|e| invalid(e.to_string()))?;
         let round = RoundRow {
-            round_id: Store::next_round_id(&mut tx).await?,
+            round_id,
             model_version,
             dimension: dimension as i64,
             clip_norm: req.clip_norm,
             granularity: req.granularity,
-            noise_stddev: req.noise_stddev,
-            min_cohort: req.min_cohort,
+            noise_stddev,
+            min_cohort,
             target_count: req.target_count,
             deadline,
             status: RoundStatus::Open,
@@ -136,6 +169,8 @@ impl App {
             close_reason: None,
             cohort_size: None,
             published_version: None,
+            aggregation: req.aggregation.as_str().into(),
+            secure_terms,
         };
         match Store::insert_round(&mut tx, &round).await {
             // Another server process opened one meanwhile (the database allows one open round).
@@ -288,27 +323,42 @@ impl App {
                 ),
             ));
         }
-        let cfg = PrivatizerConfig::new(round.clip_norm, round.granularity, round.noise_stddev)
-            .map_err(|e| Error::internal(format!("stored round config: {e}")))?;
-        decode_update(
-            payload,
-            &ExpectedRound {
-                config: cfg,
-                dimension: round.dimension as usize,
-            },
-        )
-        .map_err(|e| Error::unprocessable("invalid_update", e.to_string()))?;
-
         let digest = sha256_hex(payload);
+        let stored = match round.aggregation() {
+            Aggregation::Local => {
+                let cfg =
+                    PrivatizerConfig::new(round.clip_norm, round.granularity, round.noise_stddev)
+                        .map_err(|e| Error::internal(format!("stored round config: {e}")))?;
+                decode_update(
+                    payload,
+                    &ExpectedRound {
+                        config: cfg,
+                        dimension: round.dimension as usize,
+                    },
+                )
+                .map_err(|e| Error::unprocessable("invalid_update", e.to_string()))?;
+                STANDARD.encode(payload)
+            }
+            // Refuse what the round already holds before involving the helper, then verify the
+            // report with it; the leader stores only its output share.
+            Aggregation::Secure => {
+                let (client_held, payload_held) = self
+                    .store()
+                    .update_held(round_id, &claims.client_id, &digest)
+                    .await?;
+                if client_held {
+                    return Err(super::ingest::duplicate(round_id));
+                }
+                if payload_held {
+                    return Err(super::ingest::replayed());
+                }
+                self.verify_report(&round, &claims.client_id, payload)
+                    .await?
+            }
+        };
         let received = self
             .ingest()
-            .update(
-                round_id,
-                claims.client_id.clone(),
-                STANDARD.encode(payload),
-                digest,
-                now_ms(),
-            )
+            .update(round_id, claims.client_id.clone(), stored, digest, now_ms())
             .await?;
         tracing::debug!(round = round_id, received, "update stored");
         Ok((

@@ -13,3 +13,4 @@ mod models;
 mod openapi;
 mod ops;
 mod rounds;
+mod secure;
