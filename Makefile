@@ -14,7 +14,7 @@ DEMO_ADDR   ?= 127.0.0.1
 DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo cli cli-test test test-fmt test-fuzz \
+.PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo demo-local cli cli-test test test-fmt test-fuzz \
         test-native test-server-postgres test-python test-wasm test-pkg test-types test-packaging setup-packaging test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
 
 help:
@@ -67,15 +67,20 @@ pkg: setup-rust setup-node
 www: pkg
 	npx webpack --mode production
 
-# The demo and the dashboard, served by the real server (embedded SQLite under data/). One round is
-# always open: it publishes a new version as soon as 2 devices contributed, or after 30 s with at
-# least 1 (so one person alone sees versions appear; two tabs share one device's IndexedDB and
-# count as one device). A tab contributes once "Sharing" is switched on in its privacy panel (the
-# user's consent). The keys below are for this local demo only.
+# The demo and the dashboard, served by the real server (embedded SQLite under data/), with a helper
+# aggregator beside it (tools/demo.sh: two processes, two SQLite files) and a secure round always
+# open: it publishes a new version as soon as 2 devices contributed, or after 30 s with at least 1
+# (so one person alone sees versions appear; two tabs share one device's IndexedDB and count as one
+# device). A tab contributes once "Sharing" is switched on in its privacy panel (the user's
+# consent). `make demo-local` is the same with a local-DP round and no helper. The keys below are
+# for this local demo only.
 DEMO_DEPLOYMENT_KEY ?= feedloop-demo-deployment-key
 DEMO_ADMIN_KEY      ?= feedloop-demo-admin-key
 DEMO_ROUND          ?= {"clipNorm":1,"granularity":0.001,"noiseStddev":4,"minCohort":1,"targetCount":2,"durationSeconds":30}
 demo: www cli
+	tools/demo.sh $(CARGO_TARGET)/debug/feedloop $(DEMO_ADDR) $(DEMO_PORT) $(DEMO_DEPLOYMENT_KEY) $(DEMO_ADMIN_KEY)
+
+demo-local: www cli
 	@mkdir -p data
 	@echo "feedloop demo:      http://$(DEMO_ADDR):$(DEMO_PORT)/"
 	@echo "feedloop dashboard: http://$(DEMO_ADDR):$(DEMO_PORT)/dashboard.html (admin key: $(DEMO_ADMIN_KEY))"

@@ -47,7 +47,10 @@ function describeLine(line: LedgerLine): string {
   if (line.params.mechanism === "consent") {
     return `${when}: sharing turned ${line.params.granted ? "on" : "off"}`;
   }
-  const kind = KINDS[line.purpose] ?? line.purpose;
+  const kind =
+    line.params.mechanism === "secure_aggregation"
+      ? "a model improvement, split between two independent servers"
+      : (KINDS[line.purpose] ?? line.purpose);
   return `${when}: ${kind} (privacy cost ε = ${line.epsilon.toFixed(2)})`;
 }
 

@@ -125,6 +125,7 @@ pub fn round_config(value: JsValue) -> JsResult<RoundConfig> {
             "clipNorm",
             "granularity",
             "noiseStddev",
+            "secure",
         ],
         "round",
     )

@@ -109,6 +109,11 @@ export interface PrivacyPolicyOptions {
   /** The share of the window's budget metric reports (thumbs, ratings) may use, 0 < share ≤ 1
    *  (default 1: the whole budget); the rest stays for model updates. */
   metricsShare?: number;
+  /** Fingerprints ("sha256:…", from the helper's GET /v1/helper) of the helper aggregators whose
+   *  secure rounds this device joins; none (the default): it joins no secure round. */
+  helpers?: string[];
+  /** The least batch a secure round's helper may release (default 10). */
+  minSecureReports?: number;
 }
 
 export interface LearningOptions {
@@ -117,7 +122,17 @@ export interface LearningOptions {
 
 /** A federated round as a server announces it. */
 export interface RoundConfig {
-  roundId: string; modelVersion: string; clipNorm: number; granularity: number; noiseStddev: number;
+  roundId: string; modelVersion: string; clipNorm: number; granularity: number;
+  /** σ: what the device adds (local rounds), or what the helper adds to the sum (secure rounds). */
+  noiseStddev: number;
+  /** A secure round's two aggregators; absent for a local-DP round. */
+  secure?: SecureAggregators;
+}
+
+/** A secure round's aggregators: the device seals one share to each key, if its policy pins the
+ *  helper's fingerprint and accepts the minimum batch. */
+export interface SecureAggregators {
+  leaderKey: string; helperKey: string; helperFingerprint: string; minReports: number; valueRadius: number;
 }
 
 /** The feedloop server to sync with. */
@@ -181,7 +196,10 @@ export interface InspectedUpload {
   /** The exact bytes (docs/PRIVACY.md, wire format). */
   bytes: Uint8Array;
   sha256: string;
-  decoded: { dimension: number; values: number[]; clipNorm: number; granularity: number; noiseStddev: number };
+  /** "local": the bytes are these values with the device's noise. "secure": the bytes are a sealed
+   *  report (two HPKE ciphertexts of Prio3 shares of these clipped, rounded values, no noise: the
+   *  helper adds σ to the sum). */
+  decoded: { aggregation: "local" | "secure"; dimension: number; values: number[]; clipNorm: number; granularity: number; noiseStddev: number };
   /** zCDP cost of this release, and its ε alone at the policy's δ. */
   rho: number;
   epsilon: number;
@@ -193,7 +211,7 @@ export interface InspectedUpload {
 export interface PrivacyReport {
   /** The user's consent to contributing, from the ledger: none until the page grants it (setConsent). */
   consent: { granted: boolean; changedAtMs: number | null };
-  policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number; metricsShare: number };
+  policy: { epsilon: number; delta: number; windowDays: number; maxRhoPerRelease: number; totalRho: number; minNoiseMultiplier: number; metricsShare: number; helpers: string[]; minSecureReports: number };
   spent: { windowRho: number; windowEpsilon: number; lifetimeRho: number; releases: number };
   remaining: { rho: number };
   ledger: any;

@@ -111,6 +111,13 @@ function renderVersions(models, stats) {
   }
 }
 
+/** Local DP, or secure with the helper's identity, its minimum batch and σ on the sum. */
+function aggregation(r) {
+  if (r.aggregation !== "secure" || !r.secure) return `local (σ = ${r.noiseStddev} per device)`;
+  const fp = r.secure.helperFingerprint.replace(/^sha256:/, "").slice(0, 12);
+  return `secure: helper ${fp}…, ≥ ${r.secure.minReports} reports, σ = ${r.noiseStddev} on the sum`;
+}
+
 function renderRounds(rounds) {
   const body = $("rounds").tBodies[0];
   body.replaceChildren();
@@ -121,6 +128,7 @@ function renderRounds(rounds) {
     cell(row, r.roundId);
     cell(row, `v${r.modelVersion}`);
     cell(row, r.status + (r.closeReason ? ` (${r.closeReason})` : ""));
+    cell(row, aggregation(r));
     cell(row, r.received);
     cell(row, `${r.minCohort} / ${r.targetCount ?? "–"}`);
     cell(row, `${fixed(r.privacy.epsilonPerParticipant)} (${r.privacy.delta})`);

@@ -352,6 +352,11 @@ const DEMO_DEPLOYMENT_KEY = new URLSearchParams(location.search).get("key") ?? "
 // origin); by default the server this page came from.
 const DEMO_SERVER = new URLSearchParams(location.search).get("server") ?? "";
 
+// ?helper=sha256:…&minBatch=N: join secure rounds (two aggregators) of this helper. A site pins its
+// privacy team's helper in its code; the demo takes it from the URL (`make demo` prints it).
+const DEMO_HELPERS = new URLSearchParams(location.search).getAll("helper");
+const DEMO_MIN_BATCH = Number(new URLSearchParams(location.search).get("minBatch") ?? "10");
+
 /** The feedloop server to sync with, if it answers. */
 async function detectServer() {
   try {
@@ -401,7 +406,8 @@ async function start() {
     demo.server = await detectServer();
     // ?sync=manual: only the "Sync now" button syncs (the end-to-end test uses it).
     const intervalMs = new URLSearchParams(location.search).get("sync") === "manual" ? 0 : 5000;
-    ranker = await Ranker.create(demo.server ? { server: demo.server, sync: { intervalMs } } : {});
+    const privacy = DEMO_HELPERS.length ? { helpers: DEMO_HELPERS, minSecureReports: DEMO_MIN_BATCH } : {};
+    ranker = await Ranker.create(demo.server ? { server: demo.server, sync: { intervalMs }, privacy } : { privacy });
   } catch (error) {
     resultsList.dataset.state = "error";
     resultsList.setAttribute("aria-busy", "false");

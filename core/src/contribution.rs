@@ -21,13 +21,17 @@
 //! unprivatized.
 
 use feedloop_privacy::budget::{BudgetState, PrivacyPolicy};
-use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseRecord};
-use feedloop_privacy::{privatize, PrivacyError, PrivatizedUpdate, PrivatizerConfig};
+use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseParams, ReleaseRecord};
+use feedloop_privacy::{
+    clip_to_lattice, privatize, PrivacyError, PrivatizedUpdate, PrivatizerConfig,
+};
+use feedloop_secagg::{seal_report, HpkePublicKey, SecureRound};
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::learning::LocalLearningState;
+use crate::protocol::SecureAggregators;
 
 /// Why a contribution leaves the device, as written in the ledger.
 pub const PURPOSE: &str = "reward-head update";
@@ -43,8 +47,11 @@ pub struct RoundConfig {
     pub clip_norm: f64,
     /// γ: the lattice granularity.
     pub granularity: f64,
-    /// σ: the discrete Gaussian noise, in the update's units.
+    /// σ: the discrete Gaussian noise, in the update's units (on the sum, in a secure round).
     pub noise_stddev: f64,
+    /// A secure round's aggregators (`None`: local DP, the device adds σ itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure: Option<SecureAggregators>,
 }
 
 /// Everything the device keeps about its privacy: policy, spent budget, ledger, and the learning
@@ -147,25 +154,63 @@ pub fn consented(ledger: &Ledger) -> bool {
 #[derive(Debug)]
 pub struct PreparedUpload {
     round: RoundConfig,
-    update: PrivatizedUpdate,
+    payload: Payload,
     rho: f64,
     /// The learning delta this upload accounts for (becomes `contributed_delta` on release).
     delta: Vec<f32>,
 }
+
+/// What an upload carries: a local-DP update, or a secure round's sealed report.
+#[derive(Debug)]
+enum Payload {
+    Local(PrivatizedUpdate),
+    Secure {
+        /// The sealed report's bytes (Prio3 public share, two HPKE ciphertexts).
+        report: Vec<u8>,
+        /// The clipped, rounded values that were sharded (kept for the device's own inspector
+        /// only: no other copy of them exists, and they are never sent).
+        values: Vec<i64>,
+        params: ReleaseParams,
+    },
+}
+
+/// The trust assumption of a secure round, as the ledger records it.
+pub const SECURE_TRUST: &str = "the update stays hidden and ε holds as long as the leader and the \
+    helper do not collude and the helper adds its noise; each sees only its share";
 
 impl PreparedUpload {
     pub fn round(&self) -> &RoundConfig {
         &self.round
     }
 
-    /// The privatized update (its integer values and parameters).
-    pub fn update(&self) -> &PrivatizedUpdate {
-        &self.update
+    /// The integers the upload is made of: the noised lattice values of a local update, or the
+    /// clipped lattice values a secure report shards (which leave only as shares).
+    pub fn values(&self) -> Vec<i64> {
+        match &self.payload {
+            Payload::Local(update) => update.values().to_vec(),
+            Payload::Secure { values, .. } => values.clone(),
+        }
+    }
+
+    /// Whether this is a secure round's sealed report.
+    pub fn is_secure(&self) -> bool {
+        matches!(self.payload, Payload::Secure { .. })
+    }
+
+    /// The dimension of the update.
+    pub fn dimension(&self) -> usize {
+        match &self.payload {
+            Payload::Local(update) => update.params().dimension,
+            Payload::Secure { values, .. } => values.len(),
+        }
     }
 
     /// The exact bytes that `release` will hand out.
     pub fn bytes(&self) -> Vec<u8> {
-        self.update.to_bytes()
+        match &self.payload {
+            Payload::Local(update) => update.to_bytes(),
+            Payload::Secure { report, .. } => report.clone(),
+        }
     }
 
     /// ρ (zCDP) this release costs.
@@ -448,12 +493,86 @@ impl DevicePrivacy {
             .charge(&self.state.policy, &round.round_id, config.rho(), now_ms)
             .map_err(privacy)?;
         let update = self.state.unreleased(learning)?;
-        let update = privatize(&update, &config, rng).map_err(privacy)?;
+        let payload = match &round.secure {
+            None => Payload::Local(privatize(&update, &config, rng).map_err(privacy)?),
+            Some(secure) => self.seal(&update, round, secure, &config, rng)?,
+        };
         Ok(PreparedUpload {
             round: round.clone(),
-            update,
+            payload,
             rho: config.rho(),
             delta: learning.delta.clone(),
+        })
+    }
+
+    /// A secure round's report, if this device's policy accepts the round: its helper's key is
+    /// pinned (by fingerprint, recomputed here from the key) and its minimum batch is at least
+    /// the policy's (σ was checked like any round's). The update is clipped and rounded without
+    /// noise, sharded and sealed; only the report remains.
+    fn seal<R: CryptoRng + ?Sized>(
+        &self,
+        update: &[f32],
+        round: &RoundConfig,
+        secure: &SecureAggregators,
+        config: &PrivatizerConfig,
+        rng: &mut R,
+    ) -> Result<Payload> {
+        let refuse = |why: String| Error::InvalidInput(format!("privacy: {why}"));
+        let policy = self.state.policy.secure();
+        let key = |hex: &str, whose: &str| {
+            HpkePublicKey::from_hex(hex).map_err(|e| refuse(format!("the {whose}'s key: {e}")))
+        };
+        let helper = key(&secure.helper_key, "helper")?;
+        let leader = key(&secure.leader_key, "leader")?;
+        let fingerprint = helper.fingerprint();
+        if !policy.helpers.contains(&fingerprint) {
+            return Err(refuse(format!(
+                "the round's helper {fingerprint} is not one this device's policy pins \
+                 (privacy.helpers); it takes part in no secure round of another helper"
+            )));
+        }
+        let min_reports = u64::try_from(secure.min_reports).unwrap_or(0);
+        if min_reports < policy.min_reports.max(1) {
+            return Err(refuse(format!(
+                "the round's helper releases batches of {min_reports} reports; this device's policy \
+                 needs at least {}",
+                policy.min_reports
+            )));
+        }
+        let round_id = round.round_id.parse::<u64>().map_err(|_| {
+            refuse(format!(
+                "secure round id {:?} is not a number",
+                round.round_id
+            ))
+        })?;
+        let terms = SecureRound::for_privatizer(round_id, update.len(), config, min_reports)
+            .map_err(|e| refuse(e.to_string()))?;
+        if i64::try_from(terms.value_radius()).ok() != Some(secure.value_radius) {
+            return Err(refuse(format!(
+                "the round's value radius {} is not the one its clip norm and granularity give ({})",
+                secure.value_radius,
+                terms.value_radius()
+            )));
+        }
+        // A sized handle on the caller's generator (`seal_report` takes a sized one).
+        let mut rng = rng;
+        let lattice = clip_to_lattice(update, config, &mut rng).map_err(privacy)?;
+        let values = lattice.values().to_vec();
+        let report = seal_report(lattice, &terms, &leader, &helper, &mut rng)
+            .map_err(|e| refuse(e.to_string()))?;
+        Ok(Payload::Secure {
+            report: report.to_bytes(),
+            values,
+            params: ReleaseParams::SecureAggregation {
+                clip_norm: config.clip_norm(),
+                granularity: config.granularity(),
+                noise_stddev: config.noise_stddev(),
+                dimension: update.len() as u64,
+                min_reports,
+                helper_fingerprint: fingerprint,
+                leader_fingerprint: leader.fingerprint(),
+                trust: SECURE_TRUST.into(),
+            },
         })
     }
 
@@ -472,19 +591,30 @@ impl DevicePrivacy {
                 now_ms,
             )
             .map_err(privacy)?;
-        let record = ReleaseRecord::for_update(
-            &prepared.update,
-            now_ms,
-            PURPOSE,
-            &prepared.round.round_id,
-            &prepared.round.model_version,
-        );
+        let record = match &prepared.payload {
+            Payload::Local(update) => ReleaseRecord::for_update(
+                update,
+                now_ms,
+                PURPOSE,
+                &prepared.round.round_id,
+                &prepared.round.model_version,
+            ),
+            Payload::Secure { report, params, .. } => ReleaseRecord::for_secure_report(
+                report,
+                params.clone(),
+                now_ms,
+                PURPOSE,
+                &prepared.round.round_id,
+                &prepared.round.model_version,
+            ),
+        };
         let ledger_entry = state.ledger.append(record).map_err(privacy)?.clone();
+        let bytes = prepared.bytes();
         state.contributed_delta = prepared.delta;
         state.contributed_base = prepared.round.model_version.clone();
         self.state = state;
         Ok(Release {
-            bytes: prepared.update.to_bytes(),
+            bytes,
             ledger_entry,
             round: prepared.round,
         })
@@ -514,6 +644,7 @@ mod tests {
             clip_norm: 1.0,
             granularity: 0.01,
             noise_stddev: sigma,
+            secure: None,
         }
     }
 
@@ -681,7 +812,7 @@ mod tests {
             &mut chacha20::ChaCha20Rng::seed_from_u64(9),
         )
         .unwrap();
-        assert_eq!(second.update().values(), zeros.values());
+        assert_eq!(second.values(), zeros.values());
     }
 
     #[test]

@@ -286,6 +286,7 @@ mod tests {
             clip_norm: 1.0,
             granularity: 0.01,
             noise_stddev: 4.0,
+            secure: None,
         };
         let mut rng = chacha20::ChaCha20Rng::seed_from_u64(seed);
         let prepared = device.prepare(&learning, &round, NOW, &mut rng).unwrap();

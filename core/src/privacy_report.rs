@@ -3,11 +3,12 @@
 //! ([`InspectedUpload`]). Plain serializable views, built from the state the decisions use.
 
 use feedloop_privacy::accounting::zcdp_to_approx_dp;
-use feedloop_privacy::budget::{PrivacyPolicy, DAY_MS};
+use feedloop_privacy::budget::{PrivacyPolicy, SecurePolicy, DAY_MS};
 use serde::{Deserialize, Serialize};
 
 use crate::contribution::{DevicePrivacy, PreparedUpload, RoundConfig};
 use crate::error::{Error, Result};
+use crate::protocol::Aggregation;
 
 /// The privacy options a site gives the ranker (`options.privacy`), as JSON names them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -21,6 +22,11 @@ pub struct PolicyOptions {
     /// The share of the window's budget metric reports may use (0 < share ≤ 1), so that model
     /// updates keep the rest.
     pub metrics_share: f64,
+    /// Fingerprints of the helper aggregators whose secure rounds this device joins (none: no
+    /// secure round), as the helper's `GET /v1/helper` shows them.
+    pub helpers: Vec<String>,
+    /// The least batch a secure round's helper may release.
+    pub min_secure_reports: u64,
 }
 
 impl Default for PolicyOptions {
@@ -32,6 +38,8 @@ impl Default for PolicyOptions {
             window_days: policy.window_ms() as f64 / DAY_MS as f64,
             max_rho_per_release: policy.max_rho_per_release(),
             metrics_share: policy.metrics_share(),
+            helpers: policy.secure().helpers.clone(),
+            min_secure_reports: policy.secure().min_reports,
         }
     }
 }
@@ -52,6 +60,14 @@ impl PolicyOptions {
             self.max_rho_per_release,
         )
         .and_then(|policy| policy.with_metrics_share(self.metrics_share))
+        .and_then(|policy| {
+            let helpers = self
+                .helpers
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect();
+            Ok(policy.with_secure(SecurePolicy::new(helpers, self.min_secure_reports)?))
+        })
         .map_err(|e| Error::InvalidInput(format!("invalid privacy policy: {e}")))
     }
 }
@@ -67,6 +83,9 @@ pub struct PolicyView {
     pub total_rho: f64,
     pub min_noise_multiplier: f64,
     pub metrics_share: f64,
+    /// The helpers pinned for secure rounds, and the least batch they may release.
+    pub helpers: Vec<String>,
+    pub min_secure_reports: u64,
 }
 
 /// What was spent.
@@ -133,6 +152,8 @@ impl DevicePrivacy {
                 total_rho: policy.total_rho(),
                 min_noise_multiplier: policy.min_noise_multiplier(),
                 metrics_share: policy.metrics_share(),
+                helpers: policy.secure().helpers.clone(),
+                min_secure_reports: policy.secure().min_reports,
             },
             spent: Spent {
                 window_rho,
@@ -156,23 +177,22 @@ impl DevicePrivacy {
     /// The view of `prepared` before it is released at `now_ms`.
     pub fn inspect(&self, prepared: &PreparedUpload, now_ms: u64) -> InspectedUpload {
         let policy = &self.state().policy;
-        let params = prepared.update().params();
+        let round = prepared.round();
         let bytes = prepared.bytes();
         let window_after = self.state().budget.window_rho(policy, now_ms) + prepared.rho();
         InspectedUpload {
-            round: prepared.round().clone(),
+            round: round.clone(),
             sha256: feedloop_privacy::ledger::sha256_hex(&bytes),
             decoded: DecodedUpload {
-                dimension: params.dimension,
-                values: prepared
-                    .update()
-                    .values()
-                    .iter()
-                    .map(|v| *v as f64)
-                    .collect(),
-                clip_norm: params.clip_norm,
-                granularity: params.granularity,
-                noise_stddev: params.noise_stddev,
+                aggregation: match prepared.is_secure() {
+                    true => Aggregation::Secure,
+                    false => Aggregation::Local,
+                },
+                dimension: prepared.dimension(),
+                values: prepared.values().iter().map(|v| *v as f64).collect(),
+                clip_norm: round.clip_norm,
+                granularity: round.granularity,
+                noise_stddev: round.noise_stddev,
             },
             rho: prepared.rho(),
             epsilon: epsilon(prepared.rho(), policy.delta()),
@@ -186,6 +206,10 @@ impl DevicePrivacy {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DecodedUpload {
+    /// `local`: the bytes are these values with the device's noise. `secure`: the bytes are a
+    /// sealed report — two HPKE ciphertexts of Prio3 shares of these values (clipped and rounded,
+    /// no noise: the helper adds σ to the sum); no aggregator sees them.
+    pub aggregation: Aggregation,
     pub dimension: usize,
     /// The lattice values (integers, as f64 for JS).
     pub values: Vec<f64>,
@@ -258,6 +282,7 @@ mod tests {
             clip_norm: 1.0,
             granularity: 0.01,
             noise_stddev: 4.0,
+            secure: None,
         };
         let learning = LocalLearningState {
             base_version: "v1".into(),

@@ -213,6 +213,10 @@ impl Round {
             clip_norm: self.clip_norm,
             granularity: self.granularity,
             noise_stddev: self.noise_stddev,
+            secure: match self.aggregation {
+                Aggregation::Local => None,
+                Aggregation::Secure => self.secure.clone(),
+            },
         }
     }
 }
@@ -257,7 +261,8 @@ pub struct SecureAggregators {
     pub leader_key: String,
     /// The helper's HPKE public key (X25519, 64 hex digits).
     pub helper_key: String,
-    /// SHA-256 of the helper's key (hex), what a privacy team pins; devices recompute it.
+    /// `sha256:` and the hex SHA-256 of the helper's key: what a privacy team pins (devices
+    /// recompute it from `helperKey`).
     pub helper_fingerprint: String,
     /// The helper releases nothing for fewer valid reports.
     pub min_reports: i64,
@@ -272,7 +277,7 @@ pub struct SecureAggregators {
 pub struct HelperInfo {
     /// Its HPKE public key (hex).
     pub helper_key: String,
-    /// SHA-256 of the key (hex).
+    /// `sha256:` and the hex SHA-256 of the key: what a privacy team pins.
     pub fingerprint: String,
     /// σ on each round's sum is at least this times the round's clip norm C.
     pub noise_multiplier: f64,

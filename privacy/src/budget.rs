@@ -41,6 +41,56 @@ pub struct PrivacyPolicy {
     max_rho_per_release: f64,
     total_rho: f64,
     metrics_share: f64,
+    secure: SecurePolicy,
+}
+
+/// What a device accepts of a secure round (two aggregators): the helpers whose key fingerprints
+/// the site's privacy team pinned, and the least batch the helper must hold before it releases.
+/// No helper pinned (the default): the device takes part in no secure round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurePolicy {
+    /// Fingerprints of the helpers' HPKE keys (`sha256:` and 64 lowercase hex digits).
+    pub helpers: Vec<String>,
+    /// The least `minReports` a secure round's helper may release a batch for.
+    pub min_reports: u64,
+}
+
+impl Default for SecurePolicy {
+    /// No helper pinned; a batch of at least 10 (the helper's default minimum).
+    fn default() -> Self {
+        Self {
+            helpers: Vec::new(),
+            min_reports: 10,
+        }
+    }
+}
+
+impl SecurePolicy {
+    /// Checks the fingerprints' form (so a typo is an error, not a silent refusal of every round).
+    pub fn new(helpers: Vec<String>, min_reports: u64) -> Result<Self> {
+        for fp in &helpers {
+            let hex = fp.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(invalid(
+                    "helpers",
+                    fp,
+                    "a fingerprint is `sha256:` and 64 lowercase hex digits (the helper's GET /v1/helper `fingerprint`)",
+                ));
+            }
+        }
+        if min_reports == 0 {
+            return Err(invalid("min_reports", min_reports, "must be at least 1"));
+        }
+        Ok(Self {
+            helpers,
+            min_reports,
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,6 +102,9 @@ struct RawPolicy {
     /// Absent in states saved before metric shares existed: the whole budget.
     #[serde(default = "whole_budget")]
     metrics_share: f64,
+    /// Absent in states saved before secure rounds existed: none accepted.
+    #[serde(default)]
+    secure: SecurePolicy,
 }
 
 fn whole_budget() -> f64 {
@@ -61,8 +114,11 @@ fn whole_budget() -> f64 {
 impl TryFrom<RawPolicy> for PrivacyPolicy {
     type Error = PrivacyError;
     fn try_from(r: RawPolicy) -> Result<Self> {
-        Self::new(r.epsilon, r.delta, r.window_ms, r.max_rho_per_release)?
-            .with_metrics_share(r.metrics_share)
+        Ok(
+            Self::new(r.epsilon, r.delta, r.window_ms, r.max_rho_per_release)?
+                .with_metrics_share(r.metrics_share)?
+                .with_secure(SecurePolicy::new(r.secure.helpers, r.secure.min_reports)?),
+        )
     }
 }
 
@@ -74,6 +130,7 @@ impl From<PrivacyPolicy> for RawPolicy {
             window_ms: p.window_ms,
             max_rho_per_release: p.max_rho_per_release,
             metrics_share: p.metrics_share,
+            secure: p.secure,
         }
     }
 }
@@ -111,7 +168,19 @@ impl PrivacyPolicy {
             max_rho_per_release,
             total_rho,
             metrics_share: 1.0,
+            secure: SecurePolicy::default(),
         })
+    }
+
+    /// The policy accepting secure rounds of these helpers ([`SecurePolicy`]).
+    pub fn with_secure(mut self, secure: SecurePolicy) -> Self {
+        self.secure = secure;
+        self
+    }
+
+    /// What secure rounds this device accepts.
+    pub fn secure(&self) -> &SecurePolicy {
+        &self.secure
     }
 
     /// The policy with at most `share` (0 < share ≤ 1) of the window's total ρ for metric reports

@@ -56,6 +56,26 @@ pub enum ReleaseParams {
         /// of k.
         other_numerator: u64,
     },
+    /// A secure-aggregation report: the clipped, lattice-rounded update, Prio3-sharded and sealed
+    /// to two aggregators; the helper adds discrete Gaussian noise σ once, to the batch's sum.
+    SecureAggregation {
+        /// C (model units).
+        clip_norm: f64,
+        /// γ (model units).
+        granularity: f64,
+        /// σ the helper adds to the sum (model units).
+        noise_stddev: f64,
+        /// d.
+        dimension: u64,
+        /// The helper releases no batch of fewer valid reports.
+        min_reports: u64,
+        /// SHA-256 of the helper's HPKE key (pinned by the device's policy).
+        helper_fingerprint: String,
+        /// SHA-256 of the leader's HPKE key.
+        leader_fingerprint: String,
+        /// Under what the guarantee holds, in words.
+        trust: String,
+    },
     /// Not a release: the user granted (`true`) or withdrew (`false`) consent to contributing.
     /// Nothing leaves the device with it (ρ = 0). It is in the chain so that an audit sees when
     /// consent was given and that every release came after it.
@@ -72,6 +92,7 @@ impl ReleaseParams {
             Self::DiscreteGaussian { .. } => Some(Mechanism::DiscreteGaussian),
             Self::RandomizedResponse { .. } => Some(Mechanism::RandomizedResponse),
             Self::CategoricalResponse { .. } => Some(Mechanism::CategoricalResponse),
+            Self::SecureAggregation { .. } => Some(Mechanism::SecureAggregation),
             Self::Consent { .. } => None,
         }
     }
@@ -81,10 +102,16 @@ impl ReleaseParams {
         self.mechanism().is_some()
     }
 
-    /// ρ of this release (zCDP): `(2C)²/(2σ²)` or `ε²/2`; 0 for a consent change.
+    /// ρ of this release (zCDP): `(2C)²/(2σ²)` (σ on the update, or on the secure sum) or
+    /// `ε²/2`; 0 for a consent change.
     pub fn rho(&self) -> f64 {
         match self {
             Self::DiscreteGaussian {
+                clip_norm,
+                noise_stddev,
+                ..
+            }
+            | Self::SecureAggregation {
                 clip_norm,
                 noise_stddev,
                 ..
@@ -99,6 +126,11 @@ impl ReleaseParams {
     pub fn dp_event(&self) -> Value {
         match self {
             Self::DiscreteGaussian {
+                clip_norm,
+                noise_stddev,
+                ..
+            }
+            | Self::SecureAggregation {
                 clip_norm,
                 noise_stddev,
                 ..
@@ -216,6 +248,27 @@ impl ReleaseRecord {
                 other_numerator,
             },
             payload_sha256: sha256_hex(&reported.to_le_bytes()),
+        }
+    }
+}
+
+impl ReleaseRecord {
+    /// A record for a sealed secure-aggregation report (`report` its exact bytes).
+    pub fn for_secure_report(
+        report: &[u8],
+        params: ReleaseParams,
+        time_ms: u64,
+        purpose: &str,
+        round_id: &str,
+        model_version: &str,
+    ) -> Self {
+        Self {
+            time_ms,
+            purpose: purpose.to_owned(),
+            round_id: round_id.to_owned(),
+            model_version: model_version.to_owned(),
+            params,
+            payload_sha256: sha256_hex(report),
         }
     }
 }

@@ -50,6 +50,9 @@ pub enum Mechanism {
     RandomizedResponse,
     /// k-ary randomized response ([`crate::categorical_response`]).
     CategoricalResponse,
+    /// Clipping and rounding to the γ-lattice on the device, discrete Gaussian noise on the sum
+    /// by the helper of a secure round (feedloop-secagg).
+    SecureAggregation,
 }
 
 /// Privatizer parameters in model units. Validated on construction and on

@@ -244,6 +244,8 @@ impl UpdateParams {
             Mechanism::DiscreteGaussian => MECHANISM_DISCRETE_GAUSSIAN,
             Mechanism::RandomizedResponse => 2,
             Mechanism::CategoricalResponse => 3,
+            // Never in an update: a secure report is sealed shares (feedloop-secagg's format).
+            Mechanism::SecureAggregation => 4,
         }
     }
 }

@@ -39,6 +39,21 @@ export async function startServer({ dataDir, port, deploymentKey, adminKey, auto
     ...(autoRound ? ["--auto-round", JSON.stringify(autoRound)] : []),
     ...extraArgs,
   ];
+  return spawnServer(args, port);
+}
+
+/** `feedloop serve --role helper` on 127.0.0.1:`port` with its own database in `dataDir`: the
+ *  second aggregator of secure rounds, taking `leaderToken` from its leader. */
+export async function startHelper({ dataDir, port, leaderToken, extraArgs = [] }) {
+  return spawnServer([
+    "serve", "--role", "helper", "--addr", `127.0.0.1:${port}`,
+    "--database", `sqlite://${path.join(dataDir, "helper.db")}`,
+    "--leader-token", leaderToken,
+    ...extraArgs,
+  ], port);
+}
+
+async function spawnServer(args, port) {
   const child = spawn(BINARY, args, { stdio: ["ignore", "ignore", "pipe"] });
   let log = "";
   child.stderr.on("data", (d) => (log += d));

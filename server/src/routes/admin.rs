@@ -62,6 +62,7 @@ async fn revoke_client(
         (status = 401, description = "Invalid admin key", body = ErrorBody),
         (status = 403, description = "Admin API disabled", body = ErrorBody),
         (status = 409, description = "A round is already open", body = ErrorBody),
+        (status = 503, description = "A secure round's helper cannot be reached", body = ErrorBody),
     ))]
 async fn open_round(
     State(app): State<App>,
@@ -108,6 +109,7 @@ async fn change_round(
         (status = 403, description = "Admin API disabled", body = ErrorBody),
         (status = 404, description = "No such round", body = ErrorBody),
         (status = 409, description = "Already closed", body = ErrorBody),
+        (status = 503, description = "A secure round's helper cannot be reached; the round stays open", body = ErrorBody),
     ))]
 async fn close_round(
     State(app): State<App>,
