@@ -48,6 +48,7 @@ expectTypeOf<FeedbackWeights>().toHaveProperty("maxEventsPerCandidate").toEqualT
 expectTypeOf<LearningConfig>().toHaveProperty("learningRate").toEqualTypeOf<number | undefined>();
 expectTypeOf<PrivacyPolicyOptions>().toEqualTypeOf<{
   epsilon?: number; delta?: number; windowDays?: number; maxRhoPerRelease?: number; metricsShare?: number;
+  helpers?: string[]; minSecureReports?: number;
 }>();
 expectTypeOf(Ranker.create).parameter(0).toEqualTypeOf<RankerOptions | undefined>();
 expectTypeOf(Ranker.create).returns.resolves.toEqualTypeOf<Ranker>();
@@ -58,7 +59,7 @@ const everything: RankerOptions = {
   storage: "feedloop",
   weights: { click: 0, minDwellMs: 4000 },
   learning: { learningRate: 0.5, seed: 1 },
-  privacy: { epsilon: 4, delta: 1e-6, windowDays: 7, maxRhoPerRelease: 0.25 },
+  privacy: { epsilon: 4, delta: 1e-6, windowDays: 7, maxRhoPerRelease: 0.25, helpers: ["sha256:00"], minSecureReports: 100 },
   server: { url: "", deploymentKey: "KEY" },
   sync: { intervalMs: 0 },
   gpu: false,
