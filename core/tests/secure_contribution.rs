@@ -187,3 +187,44 @@ fn a_saved_policy_keeps_its_pinned_helpers_and_older_states_pin_none() {
     assert!(SecurePolicy::new(vec!["ABC".into()], 10).is_err());
     assert!(SecurePolicy::new(vec![], 0).is_err());
 }
+
+#[test]
+fn a_sealed_report_survives_a_reload_and_leaves_days_later_charged_once() {
+    use feedloop_core::outbox::{Outbox, QueuedUpload, SendOutcome};
+    const DAY: u64 = 24 * 3600 * 1000;
+    let a = aggregators();
+    let mut device = device(&[a.helper.public().fingerprint()], 10);
+    let round = round(&a, 4.0, 10);
+    let prepared = device
+        .prepare(&learning(), &round, NOW, &mut chacha20::ChaCha20Rng::seed_from_u64(4))
+        .unwrap();
+    let release = device.release(prepared, NOW).unwrap();
+    let mut outbox = Outbox::new();
+    outbox.push(QueuedUpload::from_release(&release, NOW), NOW);
+    // The helper is down: the leader answers 503 and the report waits.
+    outbox.record(
+        release.ledger_entry().payload_sha256.as_str(),
+        &SendOutcome::RetryLater("503 helper_unavailable".into()),
+        NOW,
+        0.5,
+    );
+
+    // A reload: the privacy state and the queue come back from storage.
+    let device = DevicePrivacy::from_json(&device.to_json()).unwrap();
+    let outbox = Outbox::from_json(&outbox.to_json(), &device.state().ledger).unwrap();
+    // Three days later the same bytes are due, once; nothing was charged again.
+    let due = outbox.due(NOW + 3 * DAY);
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].bytes(), release.bytes());
+    assert_eq!(due[0].round_id(), "7");
+    assert_eq!(device.state().budget.lifetime_rho(), release.ledger_entry().rho);
+    let releases = device.state().ledger.entries().iter().filter(|e| e.params.is_release());
+    assert_eq!(releases.count(), 1);
+    // And the device does not seal a second report for the round.
+    let more = LocalLearningState {
+        delta: vec![0.75, -0.25, 0.125],
+        ..learning()
+    };
+    let again = device.eligibility(&more, &round, "v1", 3).unwrap_err();
+    assert!(again.to_string().contains("already contributed"), "{again}");
+}
