@@ -8,7 +8,7 @@
 // (`feedloop_wasm.d.ts`, the typescript_custom_section in src/lib.rs), found through `rootDirs`.
 
 /// <reference lib="dom" preserve="true" />
-import { WasmRanker, sampleDiscreteGaussian, privatizeBenchmarkUpdate } from "./feedloop_wasm.js";
+import { WasmRanker, sampleDiscreteGaussian, privatizeBenchmarkUpdate, sealBenchmarkReport } from "./feedloop_wasm.js";
 import { describe, initialize, modelBytes } from "./load.js";
 import type { ModelSource, WasmSource } from "./load.js";
 import type {
@@ -99,10 +99,12 @@ export interface RankerEventMap {
 
 const DEFAULT_STORAGE = "feedloop";
 
-/** Benchmark helpers (not needed by applications): exact discrete Gaussian draws; one privatization (returns its size in bytes). */
+/** Benchmark helpers (not needed by applications): exact discrete Gaussian draws; one privatization
+ *  and one secure round's sealed report (each returns its size in bytes). */
 export const diagnostics: {
   sampleDiscreteGaussian(sigma: number, count: number): Promise<Float64Array>;
   privatizeBenchmarkUpdate(dimension: number): Promise<number>;
+  sealBenchmarkReport(dimension: number): Promise<number>;
 } = {
   async sampleDiscreteGaussian(sigma, count) {
     await initialize();
@@ -111,6 +113,10 @@ export const diagnostics: {
   async privatizeBenchmarkUpdate(dimension) {
     await initialize();
     return privatizeBenchmarkUpdate(dimension);
+  },
+  async sealBenchmarkReport(dimension) {
+    await initialize();
+    return sealBenchmarkReport(dimension);
   },
 };
 

@@ -154,6 +154,16 @@ pub fn sample_discrete_gaussian(sigma: f64, count: u32) -> JsResult<js_sys::Floa
 
 /// Diagnostics for the benchmark page: privatizes one update of `dimension` values (an arbitrary
 /// deterministic vector, C = 1, γ = 0.001, σ = 4) and returns its encoded size in bytes.
+/// Diagnostics for the benchmark page: a secure round's device step for one update of `dimension`
+/// values — clip, round, Prio3 shard, HPKE seal to two fixed keys — and the report's size in bytes.
+#[wasm_bindgen(js_name = sealBenchmarkReport)]
+pub fn seal_benchmark_report(dimension: u32) -> JsResult<u32> {
+    let size =
+        feedloop_core::contribution::seal_benchmark_report(dimension as usize, &mut secure_rng()?)
+            .map_err(Error::from)?;
+    Ok(size as u32)
+}
+
 #[wasm_bindgen(js_name = privatizeBenchmarkUpdate)]
 pub fn privatize_benchmark_update(dimension: u32) -> JsResult<u32> {
     let update: Vec<f32> = (0..dimension)

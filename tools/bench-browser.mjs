@@ -93,7 +93,9 @@ console.error(
       : "") +
     (results.privacy
       ? `, discrete Gaussian σ=10 ${results.privacy.sampler[10].samplesPerSecond} samples/s, ` +
-        `privatize d=1k ${results.privacy.privatize[1000].median} ms, d=100k ${results.privacy.privatize[100000].median} ms`
+        `privatize d=1k ${results.privacy.privatize[1000].median} ms, d=100k ${results.privacy.privatize[100000].median} ms, ` +
+        `secure seal d=131 ${results.privacy.seal[131].median} ms (${results.privacy.seal[131].bytes} B), ` +
+        `d=10k ${results.privacy.seal[10000].median} ms (${results.privacy.seal[10000].bytes} B)`
       : "") +
     ` → ${path.relative(process.cwd(), out) || out}`,
 );

@@ -186,7 +186,23 @@ async function benchPrivacy() {
     privatize[dimension] = summarize(times);
     await nextTask();
   }
-  return { sampler, privatize };
+  // A secure round's device step (clip, round, Prio3 shard, HPKE seal): the model's d = 131 and a
+  // large model's d = 10,000, with the report's size.
+  const seal = {};
+  for (const dimension of [131, 10_000]) {
+    const times = [];
+    let bytes = 0;
+    const runs = dimension > 1000 ? Math.min(RUNS, 10) : Math.min(RUNS, 50);
+    await diagnostics.sealBenchmarkReport(dimension); // warm-up
+    for (let i = 0; i < runs; i++) {
+      const start = performance.now();
+      bytes = await diagnostics.sealBenchmarkReport(dimension);
+      times.push(performance.now() - start);
+    }
+    seal[dimension] = { ...summarize(times), bytes };
+    await nextTask();
+  }
+  return { sampler, privatize, seal };
 }
 
 async function run() {

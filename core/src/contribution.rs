@@ -627,6 +627,31 @@ impl DevicePrivacy {
     }
 }
 
+/// For benchmark pages: clips, rounds, shards and seals one arbitrary deterministic update of
+/// `dimension` values (C = 1, γ = 0.001, σ = 4) to two fixed keys, as [`DevicePrivacy::prepare`]
+/// does for a secure round; returns the report's size in bytes.
+pub fn seal_benchmark_report<R: CryptoRng + ?Sized>(
+    dimension: usize,
+    rng: &mut R,
+) -> Result<usize> {
+    let update: Vec<f32> = (0..dimension)
+        .map(|i| ((i % 17) as f32 - 8.0) * 1e-3)
+        .collect();
+    let config = PrivatizerConfig::new(1.0, 0.001, 4.0).map_err(privacy)?;
+    let bench = |e: feedloop_secagg::SecAggError| Error::InvalidInput(e.to_string());
+    let round = SecureRound::for_privatizer(1, dimension, &config, 1).map_err(bench)?;
+    // Two fixed public keys (X25519 u-coordinates 9 and 10: valid points, nobody's real keys).
+    let key = |u: u8| {
+        let mut bytes = [0u8; 32];
+        bytes[0] = u;
+        HpkePublicKey::from_bytes(&bytes).map_err(bench)
+    };
+    let mut rng = rng;
+    let lattice = clip_to_lattice(&update, &config, &mut rng).map_err(privacy)?;
+    let report = seal_report(lattice, &round, &key(9)?, &key(10)?, &mut rng).map_err(bench)?;
+    Ok(report.to_bytes().len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

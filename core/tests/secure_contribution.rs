@@ -196,7 +196,12 @@ fn a_sealed_report_survives_a_reload_and_leaves_days_later_charged_once() {
     let mut device = device(&[a.helper.public().fingerprint()], 10);
     let round = round(&a, 4.0, 10);
     let prepared = device
-        .prepare(&learning(), &round, NOW, &mut chacha20::ChaCha20Rng::seed_from_u64(4))
+        .prepare(
+            &learning(),
+            &round,
+            NOW,
+            &mut chacha20::ChaCha20Rng::seed_from_u64(4),
+        )
         .unwrap();
     let release = device.release(prepared, NOW).unwrap();
     let mut outbox = Outbox::new();
@@ -217,8 +222,16 @@ fn a_sealed_report_survives_a_reload_and_leaves_days_later_charged_once() {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].bytes(), release.bytes());
     assert_eq!(due[0].round_id(), "7");
-    assert_eq!(device.state().budget.lifetime_rho(), release.ledger_entry().rho);
-    let releases = device.state().ledger.entries().iter().filter(|e| e.params.is_release());
+    assert_eq!(
+        device.state().budget.lifetime_rho(),
+        release.ledger_entry().rho
+    );
+    let releases = device
+        .state()
+        .ledger
+        .entries()
+        .iter()
+        .filter(|e| e.params.is_release());
     assert_eq!(releases.count(), 1);
     // And the device does not seal a second report for the round.
     let more = LocalLearningState {

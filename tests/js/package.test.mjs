@@ -184,6 +184,9 @@ test("diagnostics: exact discrete Gaussian draws have the right spread", async (
   assert.ok(Math.abs(mean) < 0.2, `mean ${mean}`);
   assert.ok(Math.abs(sd - 10) < 0.2, `sd ${sd}`);
   assert.ok((await diagnostics.privatizeBenchmarkUpdate(1000)) > 1000);
+  // A sealed report at d = 131: two HPKE ciphertexts of Prio3 shares (15,581 bytes natively).
+  const sealed = await diagnostics.sealBenchmarkReport(131);
+  assert.ok(sealed > 10_000 && sealed < 30_000, `${sealed} bytes`);
 });
 
 test("sync options are checked up front and need persistent storage", async () => {

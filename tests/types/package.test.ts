@@ -303,3 +303,4 @@ expectTypeOf(ranker[Symbol.dispose]).toEqualTypeOf<() => void>();
 
 expectTypeOf(diagnostics.sampleDiscreteGaussian(10, 100)).resolves.toEqualTypeOf<Float64Array>();
 expectTypeOf(diagnostics.privatizeBenchmarkUpdate(1000)).resolves.toEqualTypeOf<number>();
+expectTypeOf(diagnostics.sealBenchmarkReport(131)).resolves.toEqualTypeOf<number>();
