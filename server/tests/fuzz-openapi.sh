@@ -26,6 +26,7 @@ base="http://127.0.0.1:$port"
 
 cleanup() {
     [[ -n "${server_pid:-}" ]] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    [[ -n "${helper_pid:-}" ]] && kill "$helper_pid" 2>/dev/null && wait "$helper_pid" 2>/dev/null
     rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -64,6 +65,25 @@ run() {
 run "as an admin" -H "Authorization: Bearer $admin_key" -H "x-feedloop-deployment-key: $site_key"
 run "as a client" -H "Authorization: Bearer $token" -H "x-feedloop-deployment-key: $site_key"
 run "without credentials"
+
+# The helper aggregator: its own process and database, fuzzed as its leader and without a token.
+leader_token="leader-token-0123456789abcdef"
+helper_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+"$bin" serve --role helper --addr "127.0.0.1:$helper_port" --database "sqlite://$workdir/helper.db" \
+    --leader-token "$leader_token" --admin-rate-per-minute 0 --log warn 2>"$workdir/helper.log" &
+helper_pid=$!
+base="http://127.0.0.1:$helper_port"
+for _ in $(seq 1 100); do
+    healthy && break
+    sleep 0.1
+done
+healthy || { cat "$workdir/helper.log" >&2; exit 1; }
+run "the helper, as its leader" -H "Authorization: Bearer $leader_token"
+run "the helper, without credentials"
+kill "$helper_pid" 2>/dev/null && wait "$helper_pid" 2>/dev/null || true
+helper_pid=""
+cat "$workdir/helper.log" >> "$workdir/server.log"
+
 if grep -q "panicked" "$workdir/server.log"; then
     echo "fuzz-openapi.sh: a handler panicked:" >&2
     grep -A3 panicked "$workdir/server.log" >&2

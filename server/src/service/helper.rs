@@ -318,6 +318,16 @@ impl App {
                 other => Error::internal(other.to_string()),
             })?;
         }
+        if (batch.count() as i64) < task.min_reports {
+            return Err(Error::conflict(
+                "below_minimum",
+                format!(
+                    "the batch has {} valid reports; this helper releases none below {}",
+                    batch.count(),
+                    task.min_reports
+                ),
+            ));
+        }
         let (mantissa, exponent) = task.config()?.lattice_variance();
         let noise = DiscreteGaussian::from_dyadic_variance(mantissa, exponent)
             .map_err(|e| Error::internal(format!("the helper's noise: {e}")))?;
