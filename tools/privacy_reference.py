@@ -6,6 +6,12 @@
 * zCDP -> (eps, delta): OpenDP's `make_zCDP_to_approxDP` on a grid of rho and delta.
 * k-ary randomized response: dp-accounting's PLD accountant (`RandomizedResponseDpEvent` with
   `num_buckets = k`, replace-one neighbours) on the most accurate table for a grid of epsilon and k.
+* PLD accountant: dp-accounting's `PLDAccountant` (add-or-remove-one, h = 1e-4) on the
+  Poisson-subsampled Gaussian composed over steps, and on plain Gaussians composed `count` times.
+* Distributed discrete Gaussian: `ddgauss_epsilon` of google-research/federated
+  `distributed_dp/accounting_utils.py` (Kairouz, Liu, Steinke 2021), ported below function by
+  function because its module imports TensorFlow Privacy only for `get_privacy_spent`, whose
+  `_compute_eps` is inlined here as TFP 0.9 has it.
 * Ledger replay: the dp_event JSON that `Ledger::to_json` emits, replayed with dp-accounting
   by `replay_ledger_event` (the same snippet as docs/PRIVACY.md).
 
@@ -14,7 +20,7 @@ Usage (from the repo root, with the venv that has tools/requirements-test.txt):
     .venv/bin/python tools/privacy_reference.py --check   # recomputes; exit 1 if the fixture differs
 
 The Rust test privacy/tests/reference.rs reads the fixture and holds the Rust accountants to
-0.1 % (RDP epsilon) and 1e-9 relative (zCDP epsilon).
+0.1 % (RDP epsilon), 1e-9 relative (zCDP epsilon) and 0.5 % (PLD and ddgauss epsilon).
 """
 
 import argparse
@@ -150,6 +156,154 @@ def ledger_case():
     return {"releases": LEDGER_RELEASES, "delta": LEDGER_DELTA, "dp_event": export["dp_event"], "epsilon_rdp": eps}
 
 
+PLD_SIGMAS = [1.0, 2.0, 5.0]
+PLD_QS = [1e-3, 0.01, 0.1, 1.0]
+PLD_STEPS = [1, 10, 100, 1000]
+PLD_DELTAS = [1e-9, 1e-5]
+PLD_GAUSSIAN = [(0.5, 1), (1.0, 1), (1.0, 10), (2.0, 5), (4.0, 100)]
+
+
+def pld_grid():
+    """dp-accounting's PLD accountant, as `feedloop privacy epsilon --accountant pld` runs it."""
+    from dp_accounting.pld import pld_privacy_accountant as pld_lib
+    cases = []
+    for sigma in PLD_SIGMAS:
+        for q in PLD_QS:
+            for steps in PLD_STEPS:
+                accountant = pld_lib.PLDAccountant()
+                accountant.compose(
+                    dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps)
+                for delta in PLD_DELTAS:
+                    cases.append({"kind": "poisson_gaussian", "noise_multiplier": sigma,
+                                  "sampling_probability": q, "steps": steps, "delta": delta,
+                                  "epsilon": float(accountant.get_epsilon(delta))})
+    for sigma, count in PLD_GAUSSIAN:
+        accountant = pld_lib.PLDAccountant()
+        accountant.compose(dp_accounting.GaussianDpEvent(sigma), count)
+        for delta in PLD_DELTAS:
+            cases.append({"kind": "gaussian", "noise_multiplier": sigma, "sampling_probability": 1.0,
+                          "steps": count, "delta": delta,
+                          "epsilon": float(accountant.get_epsilon(delta))})
+    return cases
+
+
+# --- ddgauss_epsilon, ported from google-research/federated distributed_dp/accounting_utils.py
+# (Apache-2.0, Copyright 2021 Google LLC); only `tfp.get_privacy_spent` is replaced by its
+# `_compute_eps`, inlined.
+DDG_RDP_ORDERS = tuple(range(2, 129)) + (256,)
+DIV_EPSILON = 1e-22
+
+
+def _ddg_log_comb(n, k):
+    from scipy import special
+    gammaln = special.gammaln
+    return gammaln(n + 1) - gammaln(k + 1) - gammaln(n - k + 1)
+
+
+def _compute_rdp_subsampled(alpha, gamma, eps):
+    """Zhu & Wang 2019, Theorem 5 (the reference's upper_bound=True branch)."""
+    import numpy as np
+    from scipy import special
+    alpha = int(alpha)
+    a = [0, eps(2)]
+    b = [((1 - gamma) ** (alpha - 1)) * (alpha * gamma - gamma + 1),
+         special.comb(alpha, 2) * (gamma ** 2) * (1 - gamma) ** (alpha - 2)]
+    for l in range(3, alpha + 1):
+        a.append((l - 1) * eps(l) + _ddg_log_comb(alpha, l) +
+                 (alpha - l) * np.log(1 - gamma) + l * np.log(gamma))
+        b.append(3)
+    return special.logsumexp(a=a, b=b) / (alpha - 1)
+
+
+def _rounded_l2_norm_bound(l2_norm_bound, beta, dim):
+    import numpy as np
+    bound_1 = l2_norm_bound + np.sqrt(dim)
+    if beta == 0:
+        return bound_1
+    squared_bound_2 = np.square(l2_norm_bound) + 0.25 * dim
+    squared_bound_2 += np.sqrt(2.0 * np.log(1.0 / beta)) * (l2_norm_bound + 0.5 * np.sqrt(dim))
+    return min(bound_1, np.sqrt(squared_bound_2))
+
+
+def _rounded_l1_norm_bound(l2_norm_bound, dim):
+    import numpy as np
+    return l2_norm_bound * min(np.sqrt(dim), l2_norm_bound)
+
+
+def _compute_rdp_dgaussian(q, l1_scale, l2_scale, tau, dim, steps, orders):
+    import numpy as np
+    orders = [int(order) for order in orders]
+
+    def eps(order):
+        term_1 = (order / 2.0) * l2_scale ** 2 + tau * dim
+        term_2 = (order / 2.0) * (l2_scale ** 2 + 2 * l1_scale * tau + tau ** 2 * dim)
+        term_3 = (order / 2.0) * (l2_scale + np.sqrt(dim) * tau) ** 2
+        return min(term_1, term_2, term_3)
+
+    if q == 1:
+        rdp = np.array([eps(order) for order in orders])
+    else:
+        rdp = np.array([min(_compute_rdp_subsampled(order, q, eps), eps(order)) for order in orders])
+    return rdp * steps
+
+
+def _tfp_compute_eps(orders, rdp, delta):
+    """tensorflow_privacy rdp_accountant._compute_eps (what get_privacy_spent returns)."""
+    import numpy as np
+    eps_vec = []
+    for a, r in zip(orders, rdp):
+        if delta ** 2 + math.expm1(-r) >= 0:
+            eps = 0
+        elif a > 1.01:
+            eps = r + math.log1p(-1 / a) - math.log(delta * a) / (a - 1)
+        else:
+            eps = np.inf
+        eps_vec.append(eps)
+    idx_opt = int(np.argmin(eps_vec))
+    return max(0, eps_vec[idx_opt]), orders[idx_opt]
+
+
+def ddgauss_epsilon(gamma, local_stddev, num_clients, l2_sens, beta, dim, q, steps, delta,
+                    l1_sens=None, rounding=True, orders=DDG_RDP_ORDERS):
+    import numpy as np
+    scale = 1.0 / (gamma + DIV_EPSILON)
+    l1_sens = l1_sens or (l2_sens * np.sqrt(dim))
+    if rounding:
+        l2_sens = _rounded_l2_norm_bound(l2_sens * scale, beta, dim) / scale
+        l1_sens = _rounded_l1_norm_bound(l2_sens * scale, dim) / scale
+    tau = 0
+    for k in range(1, num_clients):
+        tau += math.exp(-2 * (math.pi * local_stddev * scale) ** 2 * (k / (k + 1)))
+    tau *= 10
+    l1_scale = l1_sens / (np.sqrt(num_clients) * local_stddev)
+    l2_scale = l2_sens / (np.sqrt(num_clients) * local_stddev)
+    rdp = _compute_rdp_dgaussian(q, l1_scale, l2_scale, tau, dim, steps, orders)
+    eps, order = _tfp_compute_eps(orders, rdp, delta)
+    return eps, order
+# ---------------------------------------------------------------------------------------------
+
+
+def ddgauss_grid():
+    """`feedloop privacy ddg` cases: per-client shares that sum to ~3x the sensitivity (the
+    useful regime, tau ~ 0) and shares narrower than the lattice step (tau dominates)."""
+    cases = []
+    for clients in [10, 100, 1000]:
+        for dim in [131, 10000]:
+            for beta in [0.0, math.exp(-0.5)]:
+                for q, steps in [(1.0, 1), (1.0, 5), (0.1, 10)]:
+                    for granularity, sigma in [(1e-3, 3 * 2.0 / math.sqrt(clients)),
+                                               (1e-2, 3 * 2.0 / math.sqrt(clients)),
+                                               (1e-3, 0.6e-3)]:
+                        eps, order = ddgauss_epsilon(granularity, sigma, clients, 2.0, beta, dim,
+                                                     q, steps, 1e-6)
+                        cases.append({"clients": clients, "client_sigma": sigma,
+                                      "granularity": granularity, "dimension": dim,
+                                      "l2_sensitivity": 2.0, "beta": beta, "sampling_rate": q,
+                                      "steps": steps, "delta": 1e-6, "epsilon": float(eps),
+                                      "order": float(order)})
+    return cases
+
+
 def compute():
     import importlib.metadata as md
     return {
@@ -161,6 +315,8 @@ def compute():
         "zcdp_to_approx_dp": zcdp_grid(),
         "ledger_replay": ledger_case(),
         "categorical_response": categorical_grid(),
+        "pld": pld_grid(),
+        "ddgauss": ddgauss_grid(),
     }
 
 
@@ -205,7 +361,8 @@ def main():
             print(f"{len(diffs)} differences: regenerate with tools/privacy_reference.py", file=sys.stderr)
             return 1
         print(f"{FIXTURE.name}: up to date ({len(data['rdp_poisson_gaussian'])} RDP cases, "
-              f"{len(data['zcdp_to_approx_dp'])} zCDP cases)")
+              f"{len(data['zcdp_to_approx_dp'])} zCDP cases, {len(data['pld'])} PLD cases, "
+              f"{len(data['ddgauss'])} ddgauss cases)")
         return 0
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
     FIXTURE.write_text(json.dumps(data, indent=1) + "\n")

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
-use feedloop_privacy::accounting::{zcdp_to_approx_dp, RdpAccountant};
+use feedloop_privacy::accounting::{
+    ddgauss_epsilon, zcdp_to_approx_dp, DistributedDiscreteGaussian, PldAccountant, RdpAccountant,
+};
 use feedloop_privacy::audit::{audit_gaussian, audit_randomized_response};
 use feedloop_privacy::ledger::Ledger;
 use feedloop_privacy::randomized_response::RandomizedResponse;
@@ -20,6 +22,10 @@ pub enum PrivacyCommand {
     /// (ε, δ) of the Poisson-subsampled Gaussian mechanism composed over steps (the server's
     /// central view of DP-FedAvg); prints {"epsilon", "order"}.
     Epsilon(EpsilonArgs),
+    /// ε of the distributed discrete Gaussian (client noise shares summed under secure
+    /// aggregation; Kairouz–Liu–Steinke 2021 with their τ): the guarantee that holds even if the
+    /// aggregators collude. Prints {"epsilon", "order", "tau"}.
+    Ddg(DdgArgs),
     /// ε at δ for a zCDP guarantee ρ (the tight Canonne–Kamath–Steinke conversion, as OpenDP).
     Zcdp(ZcdpArgs),
     /// Recompute a device ledger's totals, hashes and order; exit 1 on any inconsistency.
@@ -28,8 +34,39 @@ pub enum PrivacyCommand {
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Accountant {
+    /// Rényi DP (dp-accounting `RdpAccountant`).
     Rdp,
+    /// Privacy loss distributions (dp-accounting `PLDAccountant`, h = 1e-4): tighter, slower.
     Pld,
+}
+
+#[derive(Args)]
+pub struct DdgArgs {
+    /// Clients whose noise shares are summed (n).
+    #[arg(long)]
+    clients: u64,
+    /// Each client's noise standard deviation, in model units.
+    #[arg(long)]
+    client_sigma: f64,
+    /// Lattice granularity γ (model units per integer step).
+    #[arg(long)]
+    granularity: f64,
+    /// Dimensions of the update.
+    #[arg(long)]
+    dimension: u64,
+    /// L2 sensitivity of the sum in model units, before rounding (`l2_sens`; 2C for replace-one).
+    #[arg(long)]
+    l2_sensitivity: f64,
+    /// Conditional randomized rounding's β in [0, 1) (`beta`).
+    #[arg(long, default_value_t = 0.0)]
+    beta: f64,
+    /// Poisson sampling rate q in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    sampling_rate: f64,
+    #[arg(long, default_value_t = 1)]
+    steps: u64,
+    #[arg(long)]
+    delta: f64,
 }
 
 #[derive(Args)]
@@ -105,6 +142,23 @@ pub struct AuditArgs {
 pub fn privacy(command: PrivacyCommand) -> CliResult<Value> {
     match command {
         PrivacyCommand::Epsilon(args) => epsilon(args),
+        PrivacyCommand::Ddg(args) => {
+            let params = DistributedDiscreteGaussian {
+                clients: args.clients,
+                client_stddev: args.client_sigma,
+                granularity: args.granularity,
+                dimension: args.dimension,
+                l2_sensitivity: args.l2_sensitivity,
+                beta: args.beta,
+                sampling_rate: args.sampling_rate,
+                steps: args.steps,
+            };
+            let (epsilon, order) =
+                ddgauss_epsilon(&params, args.delta).map_err(|e| e.to_string())?;
+            Ok(
+                json!({ "epsilon": epsilon, "order": order, "tau": params.tau(), "delta": args.delta }),
+            )
+        }
         PrivacyCommand::Zcdp(args) => {
             let epsilon = zcdp_to_approx_dp(args.rho, args.delta).map_err(|e| e.to_string())?;
             Ok(json!({ "epsilon": epsilon, "rho": args.rho, "delta": args.delta }))
@@ -115,7 +169,16 @@ pub fn privacy(command: PrivacyCommand) -> CliResult<Value> {
 
 fn epsilon(args: EpsilonArgs) -> CliResult<Value> {
     if let Accountant::Pld = args.accountant {
-        return Err("the PLD accountant is not implemented yet; use --accountant rdp".into());
+        let mut accountant = PldAccountant::new();
+        accountant
+            .compose_poisson_subsampled_gaussian(
+                args.noise_multiplier,
+                args.sampling_rate,
+                args.steps,
+            )
+            .map_err(|e| e.to_string())?;
+        let epsilon = accountant.epsilon(args.delta).map_err(|e| e.to_string())?;
+        return Ok(json!({ "epsilon": epsilon, "accountant": "pld" }));
     }
     let mut accountant = RdpAccountant::new();
     accountant

@@ -216,6 +216,65 @@ fn privacy_epsilon_and_zcdp_match_dp_accounting_and_opendp() {
         assert!((got_eps - want).abs() <= 1e-3 * want, "{case}: {got}");
         assert_eq!(got["order"], case["optimal_order"], "{case}");
     }
+    for case in reference["pld"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == "poisson_gaussian")
+        .step_by(9)
+    {
+        let arg = |k: &str| case[k].as_f64().unwrap().to_string();
+        let got = json_out(&[
+            "privacy",
+            "epsilon",
+            "--accountant",
+            "pld",
+            "--noise-multiplier",
+            &arg("noise_multiplier"),
+            "--sampling-rate",
+            &arg("sampling_probability"),
+            "--steps",
+            &arg("steps"),
+            "--delta",
+            &arg("delta"),
+        ]);
+        let want = case["epsilon"].as_f64().unwrap();
+        assert!(
+            (got["epsilon"].as_f64().unwrap() - want).abs() <= 5e-3 * want,
+            "{case}: {got}"
+        );
+        assert_eq!(got["accountant"], "pld");
+    }
+    for case in reference["ddgauss"].as_array().unwrap().iter().step_by(13) {
+        let arg = |k: &str| case[k].as_f64().unwrap().to_string();
+        let got = json_out(&[
+            "privacy",
+            "ddg",
+            "--clients",
+            &arg("clients"),
+            "--client-sigma",
+            &arg("client_sigma"),
+            "--granularity",
+            &arg("granularity"),
+            "--dimension",
+            &arg("dimension"),
+            "--l2-sensitivity",
+            &arg("l2_sensitivity"),
+            "--beta",
+            &arg("beta"),
+            "--sampling-rate",
+            &arg("sampling_rate"),
+            "--steps",
+            &arg("steps"),
+            "--delta",
+            &arg("delta"),
+        ]);
+        let want = case["epsilon"].as_f64().unwrap();
+        assert!(
+            (got["epsilon"].as_f64().unwrap() - want).abs() <= 5e-3 * want,
+            "{case}: {got}"
+        );
+    }
     for case in reference["zcdp_to_approx_dp"]
         .as_array()
         .unwrap()
@@ -251,6 +310,26 @@ fn privacy_epsilon_and_zcdp_match_dp_accounting_and_opendp() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sampling_probability"));
+    let out = feedloop(&[
+        "privacy",
+        "ddg",
+        "--clients",
+        "100",
+        "--client-sigma",
+        "0.1",
+        "--granularity",
+        "0.001",
+        "--dimension",
+        "131",
+        "--l2-sensitivity",
+        "2",
+        "--beta",
+        "1",
+        "--delta",
+        "1e-6",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("beta"));
 }
 
 #[test]

@@ -165,3 +165,86 @@ fn categorical_response_matches_dp_accountings_pld_for_k_buckets() {
         );
     }
 }
+
+#[test]
+fn pld_epsilon_matches_dp_accountings_pld_accountant_within_0_5_percent() {
+    use feedloop_privacy::accounting::PldAccountant;
+    let fx = fixture();
+    let cases = fx["pld"].as_array().unwrap();
+    assert_eq!(cases.len(), 3 * 4 * 4 * 2 + 5 * 2);
+    let mut worst = (0.0f64, String::new());
+    // The accountant for one (kind, σ, q, steps) serves every δ of that case.
+    let mut cached: Option<((String, f64, f64, u64), PldAccountant)> = None;
+    for case in cases {
+        let kind = case["kind"].as_str().unwrap().to_string();
+        let (sigma, q, steps, delta) = (
+            f(case, "noise_multiplier"),
+            f(case, "sampling_probability"),
+            f(case, "steps") as u64,
+            f(case, "delta"),
+        );
+        let key = (kind.clone(), sigma, q, steps);
+        if cached.as_ref().map(|(k, _)| k) != Some(&key) {
+            let mut acc = PldAccountant::new();
+            if kind == "gaussian" {
+                acc.compose_gaussian(sigma, steps).unwrap();
+            } else {
+                acc.compose_poisson_subsampled_gaussian(sigma, q, steps)
+                    .unwrap();
+            }
+            cached = Some((key, acc));
+        }
+        let eps = cached.as_ref().unwrap().1.epsilon(delta).unwrap();
+        let want = f(case, "epsilon");
+        let err = rel_err(eps, want);
+        let label = format!("{kind} σ={sigma} q={q} steps={steps} δ={delta}");
+        assert!(err <= 5e-3, "{label}: ε {eps} vs dp-accounting {want}");
+        if err > worst.0 {
+            worst = (err, label);
+        }
+    }
+    println!(
+        "PLD: {} cases, max relative ε error {:.3e} at {}",
+        cases.len(),
+        worst.0,
+        worst.1
+    );
+}
+
+#[test]
+fn ddgauss_epsilon_matches_the_reference_port_within_0_5_percent() {
+    use feedloop_privacy::accounting::{ddgauss_epsilon, DistributedDiscreteGaussian};
+    let fx = fixture();
+    let cases = fx["ddgauss"].as_array().unwrap();
+    assert_eq!(cases.len(), 3 * 2 * 2 * 3 * 3);
+    let mut worst = (0.0f64, String::new());
+    let mut order_mismatches = 0;
+    for case in cases {
+        let params = DistributedDiscreteGaussian {
+            clients: f(case, "clients") as u64,
+            client_stddev: f(case, "client_sigma"),
+            granularity: f(case, "granularity"),
+            dimension: f(case, "dimension") as u64,
+            l2_sensitivity: f(case, "l2_sensitivity"),
+            beta: f(case, "beta"),
+            sampling_rate: f(case, "sampling_rate"),
+            steps: f(case, "steps") as u64,
+        };
+        let (eps, order) = ddgauss_epsilon(&params, f(case, "delta")).unwrap();
+        let want = f(case, "epsilon");
+        let err = rel_err(eps, want);
+        assert!(err <= 5e-3, "{params:?}: ε {eps} vs reference {want}");
+        if order != f(case, "order") {
+            order_mismatches += 1;
+        }
+        if err > worst.0 {
+            worst = (err, format!("{params:?}"));
+        }
+    }
+    println!(
+        "ddgauss: {} cases, max relative ε error {:.3e} at {}, optimal-order mismatches {order_mismatches}",
+        cases.len(),
+        worst.0,
+        worst.1
+    );
+}

@@ -21,7 +21,7 @@ pub(crate) fn log_add(x: f64, y: f64) -> f64 {
 }
 
 /// Standard normal CDF (cephes `ndtr`).
-fn ndtr(a: f64) -> f64 {
+pub(crate) fn ndtr(a: f64) -> f64 {
     let x = a * core::f64::consts::FRAC_1_SQRT_2;
     let z = x.abs();
     if z < core::f64::consts::FRAC_1_SQRT_2 {
@@ -37,7 +37,7 @@ fn ndtr(a: f64) -> f64 {
 }
 
 /// ln Φ(a) (scipy/cephes `log_ndtr`): asymptotic series below −20.
-fn log_ndtr(a: f64) -> f64 {
+pub(crate) fn log_ndtr(a: f64) -> f64 {
     if a > 6.0 {
         return -ndtr(-a); // ln(1 − x) ≈ −x
     }
