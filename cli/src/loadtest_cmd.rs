@@ -6,6 +6,12 @@
 //! `--verify-database` — whether every acknowledged update is stored, plus the lineage
 //! invariants (at most one open round, one version per published round, each parent earlier).
 //!
+//! A `secure` round (a leader with its helper, `feedloop serve --role helper`) is loaded the same
+//! way: each device clips and rounds its update, shards it with Prio3 and seals each share to its
+//! aggregator (the real `feedloop-secagg` client path, as the wasm client runs it), and the
+//! leader acknowledges a report only once it and the helper verified it. The report counts its
+//! uploads per aggregation mode, so a local and a secure run of the same servers compare.
+//!
 //! The servers must not rate-limit registrations from the generator's address (`feedloop serve
 //! --register-rate-per-minute 0`): otherwise the limiter is what gets measured.
 
@@ -14,8 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use feedloop_core::protocol::SecureAggregators;
 use feedloop_core::protocol::{ModelList, Round, RoundList, RoundStatus, TokenGrant};
-use feedloop_privacy::{privatize_with_os_rng, PrivatizerConfig};
+use feedloop_privacy::rng::OsCsprng;
+use feedloop_privacy::{clip_to_lattice, privatize_with_os_rng, PrivatizerConfig};
+use feedloop_secagg::{seal_report, HpkePublicKey, SecureRound};
 use feedloop_server::onnx::sha256_hex;
 use serde_json::{json, Value};
 
@@ -62,6 +71,10 @@ struct Tally {
     no_open_round: usize,
     /// `status code/error code` → count; `transport` for failed connections.
     errors: BTreeMap<String, usize>,
+    /// Acknowledged uploads that were sealed secure-aggregation reports.
+    sealed: usize,
+    /// Time the generator spent privatizing or sealing uploads (its own CPU, not the servers').
+    prepare_time: Duration,
 }
 
 pub fn loadtest(args: LoadtestArgs) -> Result<Value, String> {
@@ -138,6 +151,17 @@ async fn run(args: LoadtestArgs) -> Result<Value, String> {
         "seconds": round2(elapsed),
         "acknowledged": acked,
         "acknowledgedPerSecond": round2(rate),
+        "aggregation": match (tally.sealed, acked) {
+            (0, _) => "local",
+            (s, a) if s == a => "secure",
+            _ => "mixed",
+        },
+        "sealedReports": tally.sealed,
+        "generatorPrepareMsPerUpload": if acked == 0 {
+            Value::Null
+        } else {
+            json!(round2(tally.prepare_time.as_secs_f64() * 1e3 / acked as f64))
+        },
         "registrations": tally.registrations,
         "roundChanges": tally.round_changes,
         "noOpenRound": tally.no_open_round,
@@ -205,6 +229,7 @@ impl Device {
                 };
             }
             let r = round.as_ref().expect("just read");
+            let prepared_at = Instant::now();
             let payload = match self.update(r, n) {
                 Ok(p) => p,
                 Err(e) => {
@@ -212,6 +237,7 @@ impl Device {
                     return;
                 }
             };
+            let prepare_time = prepared_at.elapsed();
             let digest = sha256_hex(&payload);
             let t = Instant::now();
             let sent = self
@@ -229,6 +255,8 @@ impl Device {
                     let ack: Value = resp.json().await.unwrap_or(Value::Null);
                     let mut tally = self.tally.lock().expect("not poisoned");
                     tally.submit_latency.push(latency);
+                    tally.prepare_time += prepare_time;
+                    tally.sealed += usize::from(r.secure.is_some());
                     tally.acked_at.push(self.started.elapsed());
                     tally.acknowledged.push((
                         r.round_id.parse().unwrap_or_default(),
@@ -316,10 +344,42 @@ impl Device {
             .collect();
         let cfg = PrivatizerConfig::new(round.clip_norm, round.granularity, round.noise_stddev)
             .map_err(|e| e.to_string())?;
-        Ok(privatize_with_os_rng(&delta, &cfg)
-            .map_err(|e| e.to_string())?
-            .to_bytes())
+        match &round.secure {
+            None => Ok(privatize_with_os_rng(&delta, &cfg)
+                .map_err(|e| e.to_string())?
+                .to_bytes()),
+            Some(secure) => seal(&delta, round, secure, &cfg),
+        }
     }
+}
+
+/// A secure round's sealed report for `delta`: clipped, rounded without noise (the helper adds it
+/// to the sum), Prio3-sharded and HPKE-sealed to the round's two keys.
+fn seal(
+    delta: &[f32],
+    round: &Round,
+    secure: &SecureAggregators,
+    cfg: &PrivatizerConfig,
+) -> Result<Vec<u8>, String> {
+    let mut rng = OsCsprng::new().map_err(|e| e.to_string())?;
+    let key = |hex: &str| HpkePublicKey::from_hex(hex).map_err(|e| e.to_string());
+    let round_id: u64 = round
+        .round_id
+        .parse()
+        .map_err(|_| format!("secure round id {:?} is not a number", round.round_id))?;
+    let min_reports = u64::try_from(secure.min_reports).unwrap_or(1);
+    let terms = SecureRound::for_privatizer(round_id, delta.len(), cfg, min_reports)
+        .map_err(|e| e.to_string())?;
+    let lattice = clip_to_lattice(delta, cfg, &mut rng).map_err(|e| e.to_string())?;
+    let report = seal_report(
+        lattice,
+        &terms,
+        &key(&secure.leader_key)?,
+        &key(&secure.helper_key)?,
+        &mut rng,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(report.to_bytes())
 }
 
 fn transport(e: &reqwest::Error) -> String {

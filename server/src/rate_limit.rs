@@ -8,9 +8,11 @@
 //! one the balancer appended). Requests handled in process without a peer (tests calling the
 //! router directly) are not limited.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -43,6 +45,8 @@ impl RateLimit {
 pub struct RateLimits {
     register: Option<DefaultKeyedRateLimiter<IpAddr>>,
     admin: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses refused every leader call until the instant, after too many failed ones.
+    blocked_leaders: Mutex<HashMap<IpAddr, Instant>>,
 }
 
 impl RateLimits {
@@ -50,7 +54,41 @@ impl RateLimits {
         Self {
             register: register.limiter(),
             admin: admin.limiter(),
+            blocked_leaders: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// One call to a helper from `peer`, whose leader token was `authenticated` or not. A leader
+    /// calls its helper once per device upload of a secure round, so its authenticated calls are
+    /// not limited (counted like admin requests, they capped a round's ingest at the admin
+    /// burst). Failed ones count against the admin limit, and an address past it is refused
+    /// every call — the right token too — until its wait is over: a guesser cannot tell a hit.
+    pub fn leader_call(&self, peer: Option<IpAddr>, authenticated: bool) -> Result<()> {
+        let (Some(limiter), Some(peer)) = (self.admin.as_ref(), peer) else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let mut blocked = self.blocked_leaders.lock().expect("not poisoned");
+        if let Some(&until) = blocked.get(&peer) {
+            if until > now {
+                return Err(Error::TooManyRequests {
+                    what: "failed leader authentications",
+                    retry_after: (until - now).max(Duration::from_secs(1)),
+                });
+            }
+            blocked.remove(&peer);
+        }
+        if authenticated {
+            return Ok(());
+        }
+        limiter.check_key(&peer).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            blocked.insert(peer, now + wait);
+            Error::TooManyRequests {
+                what: "failed leader authentications",
+                retry_after: wait.max(Duration::from_secs(1)),
+            }
+        })
     }
 
     /// One registration from `peer`.
@@ -70,6 +108,11 @@ impl RateLimits {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        let now = Instant::now();
+        self.blocked_leaders
+            .lock()
+            .expect("not poisoned")
+            .retain(|_, until| *until > now);
     }
 }
 

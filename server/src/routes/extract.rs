@@ -86,20 +86,27 @@ impl FromRequestParts<App> for AdminAuth {
 }
 
 /// A helper's caller: a leader with one of the tokens the helper was given (`--leader-token`).
+/// Only failed attempts count against the address's limit (`RateLimits::leader_call`).
 pub struct LeaderAuth;
 
 impl FromRequestParts<App> for LeaderAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
-        app.rate_limits().admin(peer_address(parts, app))?;
-        let presented = bearer(&parts.headers)?;
+        let presented = bearer(&parts.headers);
         let tokens = &app.config().helper_policy.leader_tokens;
-        match crate::auth::admin_fingerprint(tokens, presented) {
-            Some(_) => Ok(Self),
-            None => Err(Error::Unauthorized(
+        let authenticated = presented
+            .as_ref()
+            .is_ok_and(|p| crate::auth::admin_fingerprint(tokens, p).is_some());
+        app.rate_limits()
+            .leader_call(peer_address(parts, app), authenticated)?;
+        presented?;
+        if authenticated {
+            Ok(Self)
+        } else {
+            Err(Error::Unauthorized(
                 "not a token of this helper's leader".into(),
-            )),
+            ))
         }
     }
 }

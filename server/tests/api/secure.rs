@@ -14,6 +14,7 @@ on_both_backends!(
     invalid_reports_change_nothing_on_either_aggregator,
     a_report_resent_after_the_helper_was_down_counts_once,
     the_helper_keeps_its_own_terms_and_releases_once,
+    the_helper_limits_only_failed_leader_calls,
 );
 
 const LEADER_TOKEN: &str = "leader-token-0123456789abcdef";
@@ -30,6 +31,13 @@ struct Helper {
 
 impl Helper {
     async fn start(backend: Backend) -> Option<Self> {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    async fn start_with(
+        backend: Backend,
+        tweak: impl FnOnce(&mut feedloop_server::Config),
+    ) -> Option<Self> {
         let harness = Harness::new(backend, |c| {
             c.role = Role::Helper;
             c.deployment_keys.clear();
@@ -39,6 +47,7 @@ impl Helper {
                 noise_multiplier: HELPER_Z,
                 min_reports: HELPER_MIN,
             };
+            tweak(c);
         })
         .await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -447,4 +456,55 @@ async fn the_helper_keeps_its_own_terms_and_releases_once(backend: Backend) {
         (status, body["error"]["code"].clone()),
         (409, json!("batch_released"))
     );
+}
+
+/// A leader calls its helper once per device upload of a secure round, so its authenticated calls
+/// are not limited however many there are (they were counted as admin requests and capped a
+/// round's ingest at the burst, `tools/bench-loadtest.sh` found). Failed calls are limited, and
+/// past the limit the address is refused everything, the right token too: a guesser cannot tell
+/// a hit.
+async fn the_helper_limits_only_failed_leader_calls(backend: Backend) {
+    use feedloop_server::rate_limit::RateLimit;
+    let Some(helper) = Helper::start_with(backend, |c| {
+        c.admin_rate = RateLimit {
+            per_minute: 1,
+            burst: 3,
+        };
+    })
+    .await
+    else {
+        return;
+    };
+    let call = |token: &'static str| {
+        let url = helper.url.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/helper/tasks/1/collect"))
+                .bearer_auth(token)
+                .json(&json!({ "reportIds": [] }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // The real peer address (127.0.0.1) is what the limit counts.
+    for _ in 0..20 {
+        let status = call(LEADER_TOKEN).await;
+        assert!(
+            status != 401 && status != 429,
+            "the leader was refused: {status}"
+        );
+    }
+    for _ in 0..3 {
+        assert_eq!(call("not-the-leader-token-0123").await, 401);
+    }
+    assert_eq!(call("not-the-leader-token-0123").await, 429);
+    assert_eq!(
+        call(LEADER_TOKEN).await,
+        429,
+        "a blocked address is refused the right token too"
+    );
+    assert_eq!(helper.reports("1").await, 0);
 }
