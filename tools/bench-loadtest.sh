@@ -6,6 +6,8 @@
 # Prints one JSON object per mode (BENCHMARKS.md, "Server under load").
 #
 #   tools/bench-loadtest.sh BIN [SECONDS] [CLIENTS]
+#   MODES="local secure" (the default) or one of them; HELPER_FLAGS: more `serve` flags for the
+#   helper (e.g. `--sqlite-synchronous normal`, to see what its per-report commit costs).
 #   (BIN: `cargo build --profile release-native -p feedloop-cli` → target/release-native/feedloop)
 set -euo pipefail
 bin="$1" seconds="${2:-60}" clients="${3:-200}"
@@ -43,11 +45,15 @@ run() { # mode leader-port [extra serve flags...]
 }
 
 round='"clipNorm":1,"granularity":0.01,"noiseStddev":4,"minCohort":100,"targetCount":5000'
-run local 18301 --auto-round "{$round}"
+modes="${MODES:-local secure}"
+if [[ " $modes " == *" local "* ]]; then
+    run local 18301 --auto-round "{$round}"
+fi
+[[ " $modes " == *" secure "* ]] || exit 0
 
 "$bin" serve --role helper --addr 127.0.0.1:18302 --database "sqlite://$dir/helper.db" \
     --leader-token "$leader_token" --helper-noise-multiplier 2 --helper-min-reports 100 \
-    >"$dir/helper.log" 2>&1 &
+    ${HELPER_FLAGS:-} >"$dir/helper.log" 2>&1 &
 pids+=("$!")
 wait_for "http://127.0.0.1:18302/v1/helper"
 run secure 18303 --helper-url http://127.0.0.1:18302 --helper-token "$leader_token" \

@@ -137,15 +137,23 @@ impl App {
                 .await
                 .map_err(|e| unavailable(format!("unreadable answer: {e}")));
         }
-        let message = response
-            .json::<ErrorBody>()
-            .await
+        let body = response.json::<ErrorBody>().await.ok();
+        let message = body
+            .as_ref()
             .map(|b| format!("the helper refused: {}", b.error.message))
-            .unwrap_or_else(|_| format!("the helper refused with {status}"));
+            .unwrap_or_else(|| format!("the helper refused with {status}"));
+        let code = body.as_ref().map(|b| b.error.code.as_str());
         match status.as_u16() {
             401 | 403 => Err(Error::internal(format!(
                 "the helper does not accept this leader's token: {message}"
             ))),
+            // A report that reached the helper after the round's batch was released: to the
+            // device this is the round closing under it, which it already handles (409
+            // `round_closed`: read the new round), not an error of its own.
+            409 if code == Some("batch_released") => Err(Error::conflict(
+                "round_closed",
+                format!("the round closed before the report arrived ({message})"),
+            )),
             409 => Err(Error::conflict("helper_conflict", message)),
             400 | 404 | 422 => Err(Error::unprocessable("invalid_report", message)),
             _ => Err(unavailable(message)),
