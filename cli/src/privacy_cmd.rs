@@ -137,6 +137,10 @@ pub struct AuditArgs {
     /// rr: ε of randomized response.
     #[arg(long, default_value_t = 1.0)]
     epsilon: f64,
+    /// Draw from ChaCha20 seeded with this instead of the OS generator, so that a privacy team
+    /// can rerun an audit and get the same report.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 pub fn privacy(command: PrivacyCommand) -> CliResult<Value> {
@@ -220,7 +224,18 @@ fn verify_ledger(args: VerifyLedgerArgs) -> CliResult<Value> {
 
 pub fn audit(command: AuditCommand) -> CliResult<Value> {
     let AuditCommand::Mechanism(args) = command;
-    let mut rng = OsCsprng::new().map_err(|e| e.to_string())?;
+    let (mut os, mut seeded);
+    let rng: &mut dyn chacha20::rand_core::CryptoRng = match args.seed {
+        Some(seed) => {
+            seeded =
+                <chacha20::ChaCha20Rng as chacha20::rand_core::SeedableRng>::seed_from_u64(seed);
+            &mut seeded
+        }
+        None => {
+            os = OsCsprng::new().map_err(|e| e.to_string())?;
+            &mut os
+        }
+    };
     let bar = ProgressBar::new(2 * args.trials);
     bar.set_style(
         ProgressStyle::with_template("{spinner} auditing [{bar:40}] {pos}/{len} runs ({eta} left)")
@@ -240,13 +255,13 @@ pub fn audit(command: AuditCommand) -> CliResult<Value> {
                 args.dimension,
                 args.delta,
                 args.trials,
-                &mut rng,
+                rng,
                 progress,
             )
         }
         MechanismKind::Rr => {
             let rr = RandomizedResponse::new(args.epsilon).map_err(|e| e.to_string())?;
-            audit_randomized_response(&rr, args.trials, &mut rng, progress)
+            audit_randomized_response(&rr, args.trials, rng, progress)
         }
     }
     .map_err(|e| e.to_string())?;

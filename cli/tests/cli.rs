@@ -389,6 +389,10 @@ fn audit_of_randomized_response_does_not_contradict_its_claim() {
         "1",
         "--trials",
         "20000",
+        // Seeded: randomized response is tight, so an unseeded 95 % lower bound exceeds its
+        // claim in about one run in 20-40 (it did in CI). The same seed is the same report.
+        "--seed",
+        "7",
     ]);
     assert_eq!(report["mechanism"], "randomized_response");
     let lower = report["epsilon_lower_bound"].as_f64().unwrap();
