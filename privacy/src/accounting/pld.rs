@@ -20,7 +20,7 @@
 use rustfft::num_complex::Complex;
 use rustfft::FftPlanner;
 
-use super::special::{log_ndtr, ndtr};
+use super::special::{log_add, log_ndtr, ndtr};
 use crate::error::{invalid, Result};
 
 /// dp-accounting's default `value_discretization_interval`.
@@ -259,10 +259,6 @@ fn next_fast_len(n: usize) -> usize {
 
 /// ln(a·e^b + c) (dp-accounting `common.log_a_times_exp_b_plus_c`).
 fn log_a_times_exp_b_plus_c(a: f64, b: f64, c: f64) -> f64 {
-    let log_add = |x: f64, y: f64| {
-        let (lo, hi) = if x < y { (x, y) } else { (y, x) };
-        hi + (lo - hi).exp().ln_1p()
-    };
     let log_sub = |x: f64, y: f64| x + (-(y - x).exp()).ln_1p();
     if a == 0.0 {
         return c.ln();
@@ -286,16 +282,6 @@ fn log_a_times_exp_b_plus_c(a: f64, b: f64, c: f64) -> f64 {
 /// math.isclose with its default relative tolerance.
 fn is_close(a: f64, b: f64) -> bool {
     a == b || (a - b).abs() <= 1e-9 * a.abs().max(b.abs())
-}
-
-fn log_add_exp(a: f64, b: f64) -> f64 {
-    if a == f64::NEG_INFINITY {
-        return b;
-    }
-    if b == f64::NEG_INFINITY {
-        return a;
-    }
-    a.max(b) + (-(a - b).abs()).exp().ln_1p()
 }
 
 fn log_phi(x: f64) -> f64 {
@@ -402,7 +388,7 @@ impl GaussianLoss {
         match self.adjacency {
             Adjacency::Remove => log_cdf(x),
             Adjacency::Add if self.q == 1.0 => log_cdf(x - 1.0),
-            Adjacency::Add => log_add_exp(
+            Adjacency::Add => log_add(
                 (-self.q).ln_1p() + log_cdf(x),
                 self.q.ln() + log_cdf(x - 1.0),
             ),
