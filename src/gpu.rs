@@ -130,6 +130,7 @@ pub async fn score(
     state: Rc<RefCell<GpuState>>,
     context: Vec<f32>,
     catalog: Embeddings,
+    lexical: Option<Vec<f32>>,
     head: RewardHead,
     max_tokens: usize,
 ) -> Vec<f32> {
@@ -147,8 +148,16 @@ pub async fn score(
             mode => (s.gpu.clone(), mode == GpuMode::Always),
         }
     };
-    let scored =
-        fallback::score(gpu.as_deref(), force, &context, &catalog, &head, max_tokens).await;
+    let scored = fallback::score(
+        gpu.as_deref(),
+        force,
+        &context,
+        &catalog,
+        lexical.as_deref(),
+        &head,
+        max_tokens,
+    )
+    .await;
     let mut s = state.borrow_mut();
     s.last_backend = scored.backend;
     s.last_error = scored.gpu_error.map(|e| e.to_string());

@@ -10,8 +10,12 @@ const TS_TYPES: &'static str = r#"
  *  input array and its personal score. */
 export interface RankedCandidate { id: string; index: number; score: number }
 
-/** Texts embedded once (`embedCatalog`), row-major, to score many times with `scoreCatalog`. */
-export interface EmbeddedCatalog { dimensions: number; vectors: Float32Array; tokenCounts: Uint32Array }
+/**
+ * Texts embedded once (`embedCatalog`), row-major, to score many times with `scoreCatalog`.
+ * `tokenIds` (every entry's ids in turn) feeds the lexical term of a contract 2 model; a catalog
+ * without them is refused by such a model (embed it again).
+ */
+export interface EmbeddedCatalog { dimensions: number; vectors: Float32Array; tokenCounts: Uint32Array; tokenIds?: Uint32Array }
 
 /** A candidate with an id of yours, so feedback can name it. */
 export interface CandidateInput { id: string; text: string }
@@ -64,6 +68,7 @@ export interface Explanation {
   candidate: string;
   context: string;
   score: number;
+  /** The global head's meaning (cosine) and shared-word (lexical) terms. */
   relevance: number;
   globalPreference: number;
   personalAdjustment: number;

@@ -403,10 +403,10 @@ fn the_next_upload_can_be_inspected_and_weak_rounds_are_refused() {
         .unwrap();
     let bytes = Uint8Array::from(get(&first, &["bytes"])).to_vec();
     assert_eq!(&bytes[..4], b"FLDP");
-    assert_eq!(get(&first, &["decoded", "dimension"]).as_f64(), Some(131.0));
+    assert_eq!(get(&first, &["decoded", "dimension"]).as_f64(), Some(132.0));
     assert_eq!(
         Array::from(&get(&first, &["decoded", "values"])).length(),
-        131
+        132
     );
     assert!((get(&first, &["rho"]).as_f64().unwrap() - 0.125).abs() < 1e-12);
     // Inspecting again shows the same bytes: what is inspected is what will be sent.

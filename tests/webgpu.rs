@@ -49,6 +49,7 @@ impl Rng {
             dimensions: D,
             values: (0..n).flat_map(|_| self.unit_vector()).collect(),
             token_counts: (0..n).map(|i| (i * 37) % (MAX_TOKENS + 1)).collect(),
+            token_ids: Vec::new(),
         }
     }
 
@@ -114,10 +115,18 @@ async fn webgpu_scores_equal_cpu_scores_for_1_100_and_10000_candidates() {
         let context = rng.unit_vector();
         let candidates = rng.embeddings(n);
         let head = rng.head();
-        let reference = cpu::score(&context, &candidates, &head, MAX_TOKENS);
+        let reference = cpu::score(&context, &candidates, None, &head, MAX_TOKENS);
         // Forced onto the GPU whatever the batch size; the CPU when there is no adapter.
-        let scored =
-            fallback::score(gpu.as_ref(), true, &context, &candidates, &head, MAX_TOKENS).await;
+        let scored = fallback::score(
+            gpu.as_ref(),
+            true,
+            &context,
+            &candidates,
+            None,
+            &head,
+            MAX_TOKENS,
+        )
+        .await;
         assert_eq!(scored.gpu_error, None, "N = {n}");
         match &gpu {
             Some(_) => {
@@ -157,11 +166,20 @@ async fn a_lost_webgpu_device_falls_back_to_the_cpu() {
     let mut rng = Rng(13);
     let (context, candidates, head) = (rng.unit_vector(), rng.embeddings(100), rng.head());
     gpu.destroy();
-    let scored = fallback::score(Some(&gpu), true, &context, &candidates, &head, MAX_TOKENS).await;
+    let scored = fallback::score(
+        Some(&gpu),
+        true,
+        &context,
+        &candidates,
+        None,
+        &head,
+        MAX_TOKENS,
+    )
+    .await;
     assert_eq!(scored.backend, "cpu");
     assert_eq!(
         scored.value,
-        cpu::score(&context, &candidates, &head, MAX_TOKENS)
+        cpu::score(&context, &candidates, None, &head, MAX_TOKENS)
     );
     console_log!("after destroy(): {:?}", scored.gpu_error);
 }
@@ -186,9 +204,15 @@ async fn score_catalog(
     context: &str,
     vectors: &[f32],
     counts: &[u32],
+    ids: &[u32],
 ) -> Vec<f32> {
     let promise = ranker
-        .score_catalog(context.into(), vectors.to_vec(), counts.to_vec())
+        .score_catalog(
+            context.into(),
+            vectors.to_vec(),
+            counts.to_vec(),
+            Some(ids.to_vec()),
+        )
         .map_err(error_message)
         .unwrap();
     let scores: Float32Array = JsFuture::from(promise).await.unwrap().dyn_into().unwrap();
@@ -229,11 +253,13 @@ async fn the_ranker_scores_a_catalog_on_the_backend_it_reports() {
     let catalog = ranker.embed_catalog(array.clone().into()).unwrap();
     let vectors = field::<Float32Array>(&catalog, "vectors").to_vec();
     let counts = field::<Uint32Array>(&catalog, "tokenCounts").to_vec();
+    let ids = field::<Uint32Array>(&catalog, "tokenIds").to_vec();
     assert_eq!(counts.len(), texts.len());
+    assert_eq!(ids.len() as u32, counts.iter().sum::<u32>());
     let context = "I forgot my password";
 
     for round in 0..2 {
-        let scored = score_catalog(&ranker, context, &vectors, &counts).await;
+        let scored = score_catalog(&ranker, context, &vectors, &counts, &ids).await;
         let expected_backend = if has_adapter { "webgpu" } else { "cpu" };
         assert_eq!(
             ranker.backend(),
@@ -266,7 +292,7 @@ async fn the_ranker_scores_a_catalog_on_the_backend_it_reports() {
         JsFuture::from(ranker.set_gpu(mode.into()).unwrap())
             .await
             .unwrap();
-        let scored = score_catalog(&ranker, context, &vectors, &counts).await;
+        let scored = score_catalog(&ranker, context, &vectors, &counts, &ids).await;
         assert_eq!(ranker.backend(), "cpu", "mode {mode}");
         let reference = ranker
             .score(context.into(), array.clone().into())
@@ -278,10 +304,22 @@ async fn the_ranker_scores_a_catalog_on_the_backend_it_reports() {
     // A malformed catalog is an Error that says what is wrong.
     let message = error_message(
         ranker
-            .score_catalog(context.into(), vectors[1..].to_vec(), counts.clone())
+            .score_catalog(
+                context.into(),
+                vectors[1..].to_vec(),
+                counts.clone(),
+                Some(ids.clone()),
+            )
             .unwrap_err(),
     );
     assert!(message.contains("vector values"), "{message}");
+    // The default model's lexical term needs the token ids: a catalog without them is refused.
+    let message = error_message(
+        ranker
+            .score_catalog(context.into(), vectors.clone(), counts.clone(), None)
+            .unwrap_err(),
+    );
+    assert!(message.contains("embed it again"), "{message}");
     let message = error_message(ranker.set_gpu("fast".into()).unwrap_err());
     assert!(
         message.contains("\"auto\", \"always\" or \"off\""),
@@ -304,14 +342,34 @@ async fn auto_requests_an_adapter_only_for_a_large_catalog_and_never_scores_on_s
     let mut rng = Rng(14);
     let small = rng.embeddings(10);
     let counts = |e: &Embeddings| e.token_counts.iter().map(|&n| n as u32).collect::<Vec<_>>();
-    score_catalog(&ranker, "a question", &small.values, &counts(&small)).await;
+    // Synthetic token ids (a fixed pattern) for the lexical term.
+    let ids = |e: &Embeddings| {
+        (0..e.token_counts.iter().sum::<usize>())
+            .map(|k| 1000 + (k % 5000) as u32)
+            .collect::<Vec<_>>()
+    };
+    score_catalog(
+        &ranker,
+        "a question",
+        &small.values,
+        &counts(&small),
+        &ids(&small),
+    )
+    .await;
     assert_eq!(
         ranker.gpu_adapter(),
         None,
         "a small catalog requested an adapter"
     );
     let large = rng.embeddings(feedloop_gpu::GPU_MIN_CANDIDATES);
-    let scored = score_catalog(&ranker, "a question", &large.values, &counts(&large)).await;
+    let scored = score_catalog(
+        &ranker,
+        "a question",
+        &large.values,
+        &counts(&large),
+        &ids(&large),
+    )
+    .await;
     assert_eq!(scored.len(), large.len());
     assert_eq!(ranker.gpu_adapter().is_some(), has_adapter);
     if let Some(adapter) = ranker.gpu_adapter() {

@@ -49,7 +49,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from safetensors.numpy import load_file
 from scipy.sparse import csr_matrix
 from scipy.special import erf
 from scipy.stats import pearsonr, spearmanr
@@ -101,6 +100,7 @@ def teacher_files():
 # --------------------------------------------------------------------------
 class MiniLM:
     def __init__(self, safetensors_path, config_path, dtype=np.float64):
+        from safetensors.numpy import load_file  # only the teacher needs it (tools/requirements.txt)
         cfg = json.loads(Path(config_path).read_text())
         raw = load_file(str(safetensors_path))
         w = {}
@@ -487,14 +487,68 @@ def static_embed(table, id_lists):
 # --------------------------------------------------------------------------
 # ONNX
 # --------------------------------------------------------------------------
-def build_onnx(q, scale, vocab_tokens, source):
+# The lexical feature of contract 2 (docs/MODEL.md, core/src/lexical.rs), chosen by DEV MRR@20 on
+# the retrieval tasks of tools/retrieval_tasks.py: BM25's k1, b and a fixed average length, and the
+# head's initial weights, λ weighing 3× the cosine. The ranking only depends on that ratio; the scale
+# (cosine 1/3, λ 1) keeps default scores in the range of the cosine-only head of contract 1, where one
+# feedback event moves a ranking (with cosine 1 and λ 3, one thumbs-down left the top answer on top
+# for 7 of the demo's 8 samples: core/tests/learning.rs).
+LEXICAL_K1 = 0.9
+LEXICAL_B = 1.0
+LEXICAL_AVG_TOKENS = 128.0
+LEXICAL_WEIGHT = 1.0
+COSINE_WEIGHT = 1.0 / 3.0
+SPECIAL_IDS = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK]: no lexical weight
+
+
+def lexical_idf(vocab_size, log=print):
+    """WordPiece-level idf, ln(1 + (n - df + 0.5) / (df + 0.5)) (Lucene's), with a sentence of the
+    /usr/share/doc TRAIN files (the distiller's own training split) as the document; the special
+    tokens get 0 ([UNK] stands for many different words, so two [UNK]s are no evidence of a match).
+    Returned quantized: uint8 values and one float scale, as the graph stores them."""
+    tok = Tokenizer.from_file(str(teacher_files()["tokenizer.json"]))
+    tok.no_padding()
+    tok.no_truncation()
+    docs = read_usr_share_doc()
+    files = sorted({f for f, _, _ in docs})
+    train = set(split_three(files, SEED, "docs")["train"])
+    sentences = [x for f, _, ss in docs if f in train for x in ss]
+    df = np.zeros(vocab_size)
+    for e in tok.encode_batch(sentences, add_special_tokens=False):
+        df[np.unique(np.asarray(e.ids, dtype=np.int64))] += 1
+    n = len(sentences)
+    idf = np.log(1.0 + (n - df + 0.5) / (df + 0.5))
+    idf[list(SPECIAL_IDS)] = 0.0
+    scale = np.float32(idf.max() / 255.0)
+    q = np.clip(np.rint(idf / scale), 0, 255).astype(np.uint8)
+    log(f"lexical idf: {n} TRAIN sentences of /usr/share/doc, {int((df > 0).sum())} tokens seen, "
+        f"max {idf.max():.3f}, uint8 scale {scale:.6f}")
+    return q, scale, {"sentences": n, "tokens_seen": int((df > 0).sum())}
+
+
+def lexical_reference(idf, k1, b, avg, ctx_ids, cand_ids):
+    """λ in numpy (float64), the formula of core/src/lexical.rs, to check the graph against."""
+    w = idf[np.asarray(ctx_ids, dtype=np.int64)].astype(np.float64) if len(ctx_ids) else np.zeros(0)
+    w = w / max(w.sum(), 1e-6)
+    out = []
+    for c in cand_ids:
+        c = np.asarray(c, dtype=np.int64)
+        K = max(k1 * ((1 - b) + b * (len(c) / avg)), 1e-6)
+        tf = np.array([(c == t).sum() for t in ctx_ids], dtype=np.float64)
+        out.append(float((tf / (tf + K) * w).sum()) if len(ctx_ids) else 0.0)
+    return np.array(out)
+
+
+def build_onnx(q, scale, vocab_tokens, source, lexical=None):
+    """The contract graph around an int8 table; with `lexical` (a dict of idf_q, idf_scale, k1, b,
+    avg_tokens, weight) a contract 2 graph whose score has the lexical term, else contract 1."""
     V, D = q.shape
     f32 = np.float32
     inits = [
         numpy_helper.from_array(q, "token_embeddings_int8"),
         numpy_helper.from_array(scale.astype(f32), "token_embeddings_scale"),
         numpy_helper.from_array(np.zeros(V, dtype=np.int8), "token_embeddings_zero_point"),
-        numpy_helper.from_array(np.array([1.0], f32), "head_cosine"),
+        numpy_helper.from_array(np.array([1.0 if lexical is None else COSINE_WEIGHT], f32), "head_cosine"),
         numpy_helper.from_array(np.zeros(D, f32), "head_interaction"),
         numpy_helper.from_array(np.zeros(D, f32), "head_candidate"),
         numpy_helper.from_array(np.array([0.0], f32), "head_length"),
@@ -546,8 +600,56 @@ def build_onnx(q, scale, vocab_tokens, source):
         N("Add", ["t_1", "candidate"], ["t_2"], name="head_add_candidate"),
         N("Mul", ["head_length", "length"], ["t_len"], name="head_w_length"),
         N("Add", ["t_2", "t_len"], ["t_3"], name="head_add_length"),
-        N("Add", ["t_3", "head_bias"], ["score"], name="head_add_bias"),
     ])
+    if lexical is None:
+        nodes.append(N("Add", ["t_3", "head_bias"], ["score"], name="head_add_bias"))
+    else:
+        assert lexical["idf_q"].shape == (V,) and lexical["idf_q"].dtype == np.uint8
+        inits.extend([
+            numpy_helper.from_array(lexical["idf_q"], "lexical_idf"),
+            numpy_helper.from_array(np.array([lexical["idf_scale"]], f32), "lexical_idf_scale"),
+            numpy_helper.from_array(np.array([lexical["k1"]], f32), "lexical_k1"),
+            numpy_helper.from_array(np.array([lexical["b"]], f32), "lexical_b"),
+            numpy_helper.from_array(np.array([lexical["avg_tokens"]], f32), "lexical_avg_tokens"),
+            numpy_helper.from_array(np.array([lexical["weight"]], f32), "head_lexical"),
+            numpy_helper.from_array(np.array([1e-6], f32), "lexical_min_total"),
+            numpy_helper.from_array(np.array([2], np.int64), "axes_2"),
+        ])
+        # λ = Σᵢ wᵢ·tfᵢ/(tfᵢ + K), wᵢ = idf(cᵢ)/max(Σ idf, 1e-6), K = max(k1·((1 − b) + b·(n/avg)), 1e-6),
+        # in the order core/src/lexical.rs computes it. tf counts each context token among the
+        # candidate's (masked) tokens: Equal [N, Lc, L] @ mask [N, L, 1].
+        nodes.extend([
+            N("Unsqueeze", ["context_token_ids", "axes_2"], ["lex_ctx_col"], name="lex_ctx_col"),
+            N("Unsqueeze", ["token_ids", "axes_1"], ["lex_cand_row"], name="lex_cand_row"),
+            N("Equal", ["lex_ctx_col", "lex_cand_row"], ["lex_eq"], name="lex_equal"),
+            N("Cast", ["lex_eq"], ["lex_eq_f"], name="lex_equal_float", to=TensorProto.FLOAT),
+            N("Unsqueeze", ["cand_M", "axes_2"], ["lex_mask_col"], name="lex_mask_col"),
+            N("MatMul", ["lex_eq_f", "lex_mask_col"], ["lex_tf3"], name="lex_term_frequency"),
+            N("Squeeze", ["lex_tf3", "axes_2"], ["lex_tf"], name="lex_tf_squeeze"),
+            N("Sub", ["one", "lexical_b"], ["lex_one_minus_b"], name="lex_one_minus_b"),
+            N("Div", ["cand_C", "lexical_avg_tokens"], ["lex_rel_len"], name="lex_relative_length"),
+            N("Mul", ["lexical_b", "lex_rel_len"], ["lex_b_len"], name="lex_b_length"),
+            N("Add", ["lex_one_minus_b", "lex_b_len"], ["lex_norm"], name="lex_length_norm"),
+            N("Mul", ["lexical_k1", "lex_norm"], ["lex_K0"], name="lex_K"),
+            # with b = 1 an empty candidate has K = 0: 0 / (0 + K) must be 0, not NaN
+            N("Max", ["lex_K0", "lexical_min_total"], ["lex_K"], name="lex_clamp_K"),
+            N("Add", ["lex_tf", "lex_K"], ["lex_tf_K"], name="lex_tf_plus_K"),
+            N("Div", ["lex_tf", "lex_tf_K"], ["lex_sat"], name="lex_saturate"),
+            N("Gather", ["lexical_idf", "context_token_ids"], ["lex_idf_q"], name="lex_gather_idf", axis=0),
+            N("Cast", ["lex_idf_q"], ["lex_idf_f"], name="lex_idf_float", to=TensorProto.FLOAT),
+            N("Mul", ["lex_idf_f", "lexical_idf_scale"], ["lex_idf"], name="lex_idf_scale"),
+            N("Cast", ["context_attention_mask"], ["lex_ctx_M"], name="lex_ctx_mask", to=TensorProto.FLOAT),
+            N("Mul", ["lex_idf", "lex_ctx_M"], ["lex_w"], name="lex_masked_idf"),
+            N("ReduceSum", ["lex_w", "axes_1"], ["lex_wsum"], name="lex_total_idf", keepdims=1),
+            N("Max", ["lex_wsum", "lexical_min_total"], ["lex_wden"], name="lex_clamp_total"),
+            N("Div", ["lex_w", "lex_wden"], ["lex_wn"], name="lex_weights"),
+            N("Transpose", ["lex_wn"], ["lex_wn_col"], name="lex_weights_col", perm=[1, 0]),
+            N("MatMul", ["lex_sat", "lex_wn_col"], ["lex_2d"], name="lex_weighted_sum"),
+            N("Squeeze", ["lex_2d", "axes_1"], ["lexical"], name="lex_squeeze"),
+            N("Mul", ["head_lexical", "lexical"], ["t_lex"], name="head_w_lexical"),
+            N("Add", ["t_3", "t_lex"], ["t_4"], name="head_add_lexical"),
+            N("Add", ["t_4", "head_bias"], ["score"], name="head_add_bias"),
+        ])
     I64 = TensorProto.INT64
     graph = helper.make_graph(
         nodes, "feedloop_static_embedding",
@@ -567,8 +669,11 @@ def build_onnx(q, scale, vocab_tokens, source):
                               opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     assert all("\n" not in t for t in vocab_tokens)
+    head_names = ["head_cosine", "head_interaction", "head_candidate", "head_length", "head_bias"]
+    if lexical is not None:
+        head_names.insert(4, "head_lexical")
     helper.set_model_props(model, {
-        "feedloop.contract": "1",
+        "feedloop.contract": "1" if lexical is None else "2",
         "feedloop.tokenizer": "bert-wordpiece-uncased",
         "feedloop.vocab": "\n".join(vocab_tokens),
         "feedloop.tokenizer.unk_token": "[UNK]",
@@ -580,7 +685,7 @@ def build_onnx(q, scale, vocab_tokens, source):
         "feedloop.tokenizer.add_special_tokens": "false",
         "feedloop.max_tokens": str(MAX_TOKENS),
         "feedloop.dimensions": str(D),
-        "feedloop.head.parameters": "head_cosine,head_interaction,head_candidate,head_length,head_bias",
+        "feedloop.head.parameters": ",".join(head_names),
         "feedloop.source": source,
         "feedloop.license": "Apache-2.0 (derived from sentence-transformers/all-MiniLM-L6-v2)",
     })
@@ -625,15 +730,30 @@ def sha256_file(p):
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
-def rebuild_graph(path):
-    """The committed model with build_onnx's current graph: same weights, same outputs."""
+def rebuild_graph(path, add_lexical=False):
+    """The committed model with build_onnx's current graph: same weights, same outputs. With
+    `add_lexical`, a contract 1 model becomes contract 2 (the idf table from lexical_idf and the
+    LEXICAL_* constants): the same embeddings, and a score that is the old one plus w·λ, which is
+    checked against lexical_reference."""
     old = onnx.load(str(path))
     weights = {t.name: numpy_helper.to_array(t) for t in old.graph.initializer}
     props = {p.key: p.value for p in old.metadata_props}
+    vocab_tokens = props["feedloop.vocab"].split("\n")
+    lexical = None
+    if "lexical_idf" in weights:
+        lexical = {"idf_q": weights["lexical_idf"], "idf_scale": float(weights["lexical_idf_scale"][0]),
+                   "k1": float(weights["lexical_k1"][0]), "b": float(weights["lexical_b"][0]),
+                   "avg_tokens": float(weights["lexical_avg_tokens"][0]),
+                   "weight": float(weights["head_lexical"][0])}
+    elif add_lexical:
+        idf_q, idf_scale, _ = lexical_idf(len(vocab_tokens))
+        lexical = {"idf_q": idf_q, "idf_scale": float(idf_scale), "k1": LEXICAL_K1, "b": LEXICAL_B,
+                   "avg_tokens": LEXICAL_AVG_TOKENS, "weight": LEXICAL_WEIGHT}
+    added = lexical is not None and "lexical_idf" not in weights
     model = build_onnx(weights["token_embeddings_int8"], weights["token_embeddings_scale"],
-                       props["feedloop.vocab"].split("\n"), props["feedloop.source"])
+                       vocab_tokens, props["feedloop.source"], lexical=lexical)
     for init in model.graph.initializer:
-        if init.name.startswith("head_"):
+        if init.name.startswith("head_") and init.name in weights and not (added and init.name == "head_cosine"):
             init.CopyFrom(numpy_helper.from_array(weights[init.name], init.name))
     onnx.checker.check_model(model, full_check=True)
     data = model.SerializeToString()
@@ -648,12 +768,27 @@ def rebuild_graph(path):
         mask[:, 0] = 1
         feed = {"token_ids": ids, "attention_mask": mask,
                 "context_token_ids": ids[:1, :context], "context_attention_mask": mask[:1, :context]}
-        for x, y in zip(before.run(None, feed), after.run(None, feed)):
-            worst = max(worst, float(np.abs(x - y).max()))
-    assert worst < 1e-6, f"the rebuilt graph changes the outputs by {worst}"
+        (e0, s0), (e1, s1) = before.run(None, feed), after.run(None, feed)
+        if added:
+            ctx = [int(t) for t, m in zip(ids[0, :context], mask[0, :context]) if m]
+            cands = [[int(t) for t, m in zip(r, mr) if m] for r, mr in zip(ids, mask)]
+            idf = lexical["idf_q"].astype(np.float64) * np.float32(lexical["idf_scale"])
+            lam = lexical_reference(idf, lexical["k1"], lexical["b"], lexical["avg_tokens"], ctx, cands)
+            s0 = np.float32(COSINE_WEIGHT) * s0 + lexical["weight"] * lam
+        worst = max(worst, float(np.abs(e0 - e1).max()), float(np.abs(s0 - s1).max()))
+    assert worst < 1e-5, f"the rebuilt graph changes the outputs by {worst}"
     path.write_bytes(data)
     digest = sha256_file(path)
     Path(str(path) + ".sha256").write_text(f"{digest}  {path.name}\n")
+    if path.resolve() == MODEL_PATH.resolve() and QUALITY_PATH.exists():
+        quality = json.loads(QUALITY_PATH.read_text())
+        quality.update(sha256=digest, size_bytes=len(data))
+        if added:
+            quality["lexical"] = {"k1": LEXICAL_K1, "b": LEXICAL_B, "avg_tokens": LEXICAL_AVG_TOKENS,
+                                  "head_lexical": LEXICAL_WEIGHT, "head_cosine": COSINE_WEIGHT,
+                                  "idf": "tools/distill_model.py lexical_idf (/usr/share/doc TRAIN sentences)",
+                                  "command": "python tools/distill_model.py --rebuild-graph --add-lexical"}
+        QUALITY_PATH.write_text(json.dumps(quality, indent=2) + "\n")
     print(f"rebuilt {path} ({len(data)} bytes, sha256 {digest}); outputs within {worst:.1e} of the old graph")
     return 0
 
@@ -667,9 +802,12 @@ def main():
                     help="rebuild the graph of the existing --output model around its own weights (same "
                          "table, vocabulary, head and metadata; no teacher, no training) and check that "
                          "onnxruntime gives the same outputs; for graph-only changes to build_onnx")
+    ap.add_argument("--add-lexical", action="store_true",
+                    help="with --rebuild-graph: turn a contract 1 model into contract 2 (the lexical "
+                         "term, its idf table from /usr/share/doc TRAIN and the LEXICAL_* constants)")
     args = ap.parse_args()
     if args.rebuild_graph:
-        return rebuild_graph(Path(args.output))
+        return rebuild_graph(Path(args.output), add_lexical=args.add_lexical)
     t_start = time.time()
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     timing = {}
@@ -827,7 +965,11 @@ def main():
         recipe = f"{chosen['pooling']} pooling, {chosen['projection']}, weighting {chosen['weighting']}"
     source = (f"sentence-transformers/all-MiniLM-L6-v2; Model2Vec-style distillation ([CLS] tok [SEP]): {recipe}; "
               f"int8 per-row symmetric scale; tools/distill_model.py")
-    onnx_model = build_onnx(q, scale, vocab_tokens, source)
+    idf_q, idf_scale, idf_stats = lexical_idf(V, log=log)
+    data_stats["lexical_idf"] = idf_stats
+    onnx_model = build_onnx(q, scale, vocab_tokens, source, lexical={
+        "idf_q": idf_q, "idf_scale": float(idf_scale), "k1": LEXICAL_K1, "b": LEXICAL_B,
+        "avg_tokens": LEXICAL_AVG_TOKENS, "weight": LEXICAL_WEIGHT})
     data = onnx_model.SerializeToString()
 
     # run the serialized model with onnxruntime before writing it
@@ -841,9 +983,14 @@ def main():
         ids_b = [e["ids"][i] for i in e["ib"]]
         a = ort_embed(sess, ids_a)
         assert np.abs(static_embed(deq, ids_a) - a).max() < 1e-5, "ORT embedding != numpy reference"
-        gs = ort_pair_scores(sess, list(zip(ids_a, ids_b)))
+        scores = ort_pair_scores(sess, list(zip(ids_a, ids_b)))
         b = ort_embed(sess, ids_b)
-        assert np.abs(gs - (a * b).sum(1)).max() < 1e-5, "score output != cosine of embeddings"
+        gs = (a * b).sum(1)  # the embedding's own similarity: the Spearman below is about the table
+        idf = idf_q.astype(np.float64) * np.float32(idf_scale)
+        lam = np.array([lexical_reference(idf, LEXICAL_K1, LEXICAL_B, LEXICAL_AVG_TOKENS, x, [y])[0]
+                        for x, y in zip(ids_a, ids_b)])
+        assert np.abs(scores - (COSINE_WEIGHT * gs + LEXICAL_WEIGHT * lam)).max() < 1e-5, \
+            "score output != cosine weight · cosine + lexical weight · λ"
         t = e["teacher"]
         res = {"pairs": len(gs),
                "spearman": round(float(spearmanr(gs, t).statistic), 4),

@@ -32,6 +32,12 @@ function syntheticCatalog(size, dimensions, maxTokens) {
   };
   const vectors = new Float32Array(size * dimensions);
   const tokenCounts = new Uint32Array(size);
+  for (let i = 0; i < size; i++) tokenCounts[i] = 1 + ((i * 37) % maxTokens);
+  // Token ids for the default model's lexical term: ids 1000 + (i·j mod 20000), a fixed pattern.
+  const tokenIds = new Uint32Array(tokenCounts.reduce((a, b) => a + b, 0));
+  for (let i = 0, k = 0; i < size; i++) {
+    for (let j = 0; j < tokenCounts[i]; j++) tokenIds[k++] = 1000 + ((i * 31 + j * 7) % 20000);
+  }
   for (let i = 0; i < size; i++) {
     let norm = 0;
     for (let d = 0; d < dimensions; d++) {
@@ -41,9 +47,8 @@ function syntheticCatalog(size, dimensions, maxTokens) {
     }
     norm = Math.sqrt(norm);
     for (let d = 0; d < dimensions; d++) vectors[i * dimensions + d] /= norm;
-    tokenCounts[i] = 1 + ((i * 37) % maxTokens);
   }
-  return { dimensions, vectors, tokenCounts };
+  return { dimensions, vectors, tokenCounts, tokenIds };
 }
 
 async function timed(ranker, mode, context, catalog) {

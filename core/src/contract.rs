@@ -8,11 +8,21 @@ use std::collections::HashMap;
 use tract_onnx::pb::{ModelProto, TensorProto};
 
 use crate::error::{Error, Result};
-use crate::head::{RewardHead, HEAD_PARAMETERS};
+use crate::head::{parameter_count, RewardHead, HEAD_PARAMETERS, HEAD_PARAMETERS_LEXICAL};
+use crate::lexical::LexicalFeature;
 use crate::tokenizer::TokenizerConfig;
 
-/// The contract version this build understands.
-pub const CONTRACT_VERSION: &str = "1";
+/// The newest contract version this build understands; it also reads version 1 (no lexical term).
+pub const CONTRACT_VERSION: &str = "2";
+/// Contract versions this build reads.
+pub const CONTRACT_VERSIONS: [&str; 2] = ["1", "2"];
+
+/// Contract 2's initializers for the lexical feature ([`crate::lexical`]).
+pub const LEXICAL_IDF: &str = "lexical_idf";
+pub const LEXICAL_IDF_SCALE: &str = "lexical_idf_scale";
+pub const LEXICAL_K1: &str = "lexical_k1";
+pub const LEXICAL_B: &str = "lexical_b";
+pub const LEXICAL_AVG_TOKENS: &str = "lexical_avg_tokens";
 pub const TOKENIZER_KIND: &str = "bert-wordpiece-uncased";
 
 pub const INPUT_TOKEN_IDS: &str = "token_ids";
@@ -38,6 +48,8 @@ pub struct ModelContract {
     pub max_tokens: usize,
     pub dimensions: usize,
     pub head: RewardHead,
+    /// The lexical feature (contract 2); `None` for a contract 1 model.
+    pub lexical: Option<LexicalFeature>,
     /// Every `metadata_props` entry except the (large) vocabulary, for display.
     pub metadata: Vec<(String, String)>,
 }
@@ -93,11 +105,13 @@ impl ModelContract {
             head_names.unwrap_or_default(),
         );
 
-        if contract_version != CONTRACT_VERSION {
+        if !CONTRACT_VERSIONS.contains(&contract_version.as_str()) {
             return Err(Error::Contract(format!(
-                "contract version {contract_version:?} is not supported (this build reads {CONTRACT_VERSION:?})"
+                "contract version {contract_version:?} is not supported (this build reads {})",
+                CONTRACT_VERSIONS.join(" and ")
             )));
         }
+        let lexical = contract_version != "1";
         if tokenizer_kind != TOKENIZER_KIND {
             return Err(Error::Contract(format!(
                 "tokenizer {tokenizer_kind:?} is not supported (this build reads {TOKENIZER_KIND:?})"
@@ -105,15 +119,24 @@ impl ModelContract {
         }
         let max_tokens = parse_positive(KEY_MAX_TOKENS, &max_tokens)?;
         let dimensions = parse_positive(KEY_DIMENSIONS, &dimensions)?;
-        let expected_names = HEAD_PARAMETERS.join(",");
+        let expected_names = if lexical {
+            HEAD_PARAMETERS_LEXICAL.join(",")
+        } else {
+            HEAD_PARAMETERS.join(",")
+        };
         if head_names != expected_names {
             return Err(Error::Contract(format!(
                 "metadata `{KEY_HEAD_PARAMETERS}` is {head_names:?}, expected {expected_names:?}"
             )));
         }
         let tokenizer = tokenizer_config(&meta)?;
-        let head = read_head(graph.initializer.as_slice(), dimensions)?;
+        let head = read_head(graph.initializer.as_slice(), dimensions, lexical)?;
         let vocab: Vec<String> = vocab.split('\n').map(str::to_string).collect();
+        let lexical = if lexical {
+            Some(read_lexical(graph.initializer.as_slice(), vocab.len())?)
+        } else {
+            None
+        };
 
         let metadata = proto
             .metadata_props
@@ -128,6 +151,7 @@ impl ModelContract {
             max_tokens,
             dimensions,
             head,
+            lexical,
             metadata,
         })
     }
@@ -189,14 +213,19 @@ fn tokenizer_config(meta: &HashMap<&str, &str>) -> Result<TokenizerConfig> {
 }
 
 /// Reads the head's initial parameters from the graph's initializers.
-fn read_head(initializers: &[TensorProto], dimensions: usize) -> Result<RewardHead> {
+fn read_head(initializers: &[TensorProto], dimensions: usize, lexical: bool) -> Result<RewardHead> {
     let expected_len = |name: &str| match name {
         "head_interaction" | "head_candidate" => dimensions,
         _ => 1,
     };
-    let mut values = Vec::with_capacity(2 * dimensions + 3);
+    let names: &[&str] = if lexical {
+        &HEAD_PARAMETERS_LEXICAL
+    } else {
+        &HEAD_PARAMETERS
+    };
+    let mut values = Vec::with_capacity(parameter_count(dimensions, lexical));
     let mut problems = Vec::new();
-    for name in HEAD_PARAMETERS {
+    for &name in names {
         let Some(tensor) = initializers.iter().find(|t| t.name == name) else {
             problems.push(format!("initializer `{name}`"));
             continue;
@@ -220,7 +249,70 @@ fn read_head(initializers: &[TensorProto], dimensions: usize) -> Result<RewardHe
         .map_err(|e| Error::Contract(format!("head initializers: {e}")))
 }
 
+/// Reads contract 2's lexical constants: `lexical_idf` (uint8 [V] with a float `lexical_idf_scale`,
+/// or float32 [V]) and the float scalars k1, b and avg_tokens.
+fn read_lexical(initializers: &[TensorProto], vocab_size: usize) -> Result<LexicalFeature> {
+    let find = |name: &str| initializers.iter().find(|t| t.name == name);
+    let missing_names: Vec<String> = [LEXICAL_IDF, LEXICAL_K1, LEXICAL_B, LEXICAL_AVG_TOKENS]
+        .iter()
+        .filter(|n| find(n).is_none())
+        .map(|n| format!("initializer `{n}`"))
+        .collect();
+    if !missing_names.is_empty() {
+        return Err(missing(missing_names));
+    }
+    let scalar = |name: &str| -> Result<f32> {
+        let v = float_values(find(name).expect("checked above"))?;
+        match v.as_slice() {
+            [x] => Ok(*x),
+            _ => Err(Error::Contract(format!(
+                "initializer `{name}` has {} values, expected 1",
+                v.len()
+            ))),
+        }
+    };
+    let table = find(LEXICAL_IDF).expect("checked above");
+    let idf = if table.data_type == ONNX_UINT8 {
+        let Some(scale) = find(LEXICAL_IDF_SCALE) else {
+            return Err(missing(vec![format!(
+                "initializer `{LEXICAL_IDF_SCALE}` (for a uint8 `{LEXICAL_IDF}`)"
+            )]));
+        };
+        let scale = match float_values(scale)?.as_slice() {
+            [x] => *x,
+            v => {
+                return Err(Error::Contract(format!(
+                    "initializer `{LEXICAL_IDF_SCALE}` has {} values, expected 1",
+                    v.len()
+                )))
+            }
+        };
+        // As the graph computes it: Cast(uint8 → float) · scale.
+        let bytes: Vec<u8> = if table.raw_data.is_empty() {
+            table.int32_data.iter().map(|&v| v as u8).collect()
+        } else {
+            table.raw_data.clone()
+        };
+        bytes.iter().map(|&q| f32::from(q) * scale).collect()
+    } else {
+        float_values(table)?
+    };
+    if idf.len() != vocab_size {
+        return Err(Error::Contract(format!(
+            "initializer `{LEXICAL_IDF}` has {} values, the vocabulary {vocab_size} tokens",
+            idf.len()
+        )));
+    }
+    LexicalFeature::new(
+        idf,
+        scalar(LEXICAL_K1)?,
+        scalar(LEXICAL_B)?,
+        scalar(LEXICAL_AVG_TOKENS)?,
+    )
+}
+
 const ONNX_FLOAT: i32 = 1;
+const ONNX_UINT8: i32 = 2;
 
 fn float_values(t: &TensorProto) -> Result<Vec<f32>> {
     if t.data_type != ONNX_FLOAT {

@@ -64,7 +64,8 @@ pub struct RankedCandidate {
 #[derive(Debug)]
 struct Embedded {
     vector: Vec<f32>,
-    tokens: usize,
+    /// Token ids after truncation (their count is ℓ's n; a contract 2 model's λ reads them).
+    ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,7 +123,8 @@ pub struct Explanation {
     pub context: String,
     /// relevance + global_preference + personal_adjustment (up to float rounding).
     pub score: f32,
-    /// The global head's cosine weight × cos(context, candidate): relevance to the context.
+    /// The global head's cosine weight × cos(context, candidate), plus (a contract 2 model) its
+    /// lexical weight × λ, the context's words found in the candidate: relevance to the context.
     pub relevance: f32,
     /// The rest of the global head: what the shipped (later: federated) model prefers.
     pub global_preference: f32,
@@ -539,7 +541,12 @@ impl FeedbackLoop {
             ))
         })?;
         let x = &record.features;
-        let relevance = self.global[0] * x[0];
+        let mut relevance = self.global[0] * x[0];
+        if self.model.lexical().is_some() {
+            // φ ends [..., ℓ(n), λ, 1]
+            let i = x.len() - 2;
+            relevance += self.global[i] * x[i];
+        }
         let global_score = dot(&self.global, x);
         let personal_adjustment = dot(&self.state.learning.delta, x);
         let direct = self.state.support.get(candidate).copied().unwrap_or(0.0);
@@ -633,6 +640,9 @@ impl FeedbackLoop {
         }
         if !missing.is_empty() {
             let embedded = self.model.embed(&missing)?;
+            let rows = embedded
+                .token_rows()
+                .ok_or_else(|| Error::Inference("the embeddings lack their token ids".into()))?;
             // Held in `found` for this call, so starting the cache over loses nothing needed now.
             if self.embeddings.len() + missing.len() > EMBEDDING_CACHE {
                 self.embeddings.clear();
@@ -640,7 +650,7 @@ impl FeedbackLoop {
             for (i, text) in missing.iter().enumerate() {
                 let e = Arc::new(Embedded {
                     vector: embedded.row(i).to_vec(),
-                    tokens: embedded.token_counts[i],
+                    ids: rows[i].to_vec(),
                 });
                 self.embeddings.insert(text.to_string(), e.clone());
                 found.insert(text, e);
@@ -648,11 +658,14 @@ impl FeedbackLoop {
         }
         let max_tokens = self.model.info().max_tokens;
         let c = &found[context];
+        let lexical = self.model.lexical().map(|l| l.query(&c.ids));
         Ok(texts
             .iter()
             .map(|t| {
                 let r = &found[*t];
-                PairFeatures::new(&c.vector, &r.vector, r.tokens, max_tokens).to_vector()
+                PairFeatures::new(&c.vector, &r.vector, r.ids.len(), max_tokens)
+                    .with_lexical(lexical.as_ref().map(|q| q.value(&r.ids)))
+                    .to_vector()
             })
             .collect())
     }

@@ -21,6 +21,7 @@ pub mod feedback;
 pub mod feedback_loop;
 pub mod head;
 pub mod learning;
+pub mod lexical;
 pub mod metric_reports;
 pub mod model;
 pub mod onnx_runner;

@@ -8,6 +8,7 @@ use tract_onnx::prelude::*;
 use crate::contract::{ModelContract, INPUT_ATTENTION_MASK, INPUT_TOKEN_IDS, OUTPUT_EMBEDDING};
 use crate::error::{inference, Error, Result};
 use crate::head::{PairFeatures, RewardHead};
+use crate::lexical::LexicalFeature;
 use crate::tokenizer::WordPieceTokenizer;
 
 type Plan = Arc<TypedRunnableModel>;
@@ -30,6 +31,9 @@ pub struct Embeddings {
     pub values: Vec<f32>,
     /// Tokens per text after truncation at `max_tokens`.
     pub token_counts: Vec<usize>,
+    /// Every text's token ids in turn (`token_counts[i]` each), which the lexical feature of a
+    /// contract 2 model needs; empty when they were not kept (a catalog from before contract 2).
+    pub token_ids: Vec<u32>,
 }
 
 impl Embeddings {
@@ -45,12 +49,29 @@ impl Embeddings {
         &self.values[i * self.dimensions..(i + 1) * self.dimensions]
     }
 
+    /// Each text's token ids, or `None` when they were not kept.
+    pub fn token_rows(&self) -> Option<Vec<&[u32]>> {
+        let total: usize = self.token_counts.iter().sum();
+        if self.token_ids.len() != total {
+            return None;
+        }
+        let mut rows = Vec::with_capacity(self.token_counts.len());
+        let mut start = 0;
+        for &n in &self.token_counts {
+            rows.push(&self.token_ids[start..start + n]);
+            start += n;
+        }
+        Some(rows)
+    }
+
     /// A catalog kept by the page (`embedCatalog`'s output handed back): `values` must hold
-    /// `dimensions` finite numbers per entry and no entry more tokens than `max_tokens`.
+    /// `dimensions` finite numbers per entry and no entry more tokens than `max_tokens`;
+    /// `token_ids`, when given, every entry's ids in turn (`token_counts` of them).
     pub fn catalog(
         dimensions: usize,
         values: Vec<f32>,
         token_counts: &[u32],
+        token_ids: Option<Vec<u32>>,
         max_tokens: usize,
     ) -> Result<Self> {
         if values.len() != token_counts.len() * dimensions {
@@ -73,10 +94,19 @@ impl Embeddings {
                 token_counts[i]
             )));
         }
+        let token_ids = token_ids.unwrap_or_default();
+        let total: u64 = token_counts.iter().map(|&n| u64::from(n)).sum();
+        if !token_ids.is_empty() && token_ids.len() as u64 != total {
+            return Err(Error::InvalidInput(format!(
+                "catalog tokenIds has {} ids, tokenCounts adds up to {total}",
+                token_ids.len()
+            )));
+        }
         Ok(Self {
             dimensions,
             values,
             token_counts: token_counts.iter().map(|&n| n as usize).collect(),
+            token_ids,
         })
     }
 }
@@ -90,6 +120,8 @@ pub struct ModelInfo {
     pub max_tokens: usize,
     pub vocab_size: usize,
     pub head_parameters: usize,
+    /// Whether the head has the lexical term (a contract 2 model).
+    pub lexical_feature: bool,
     pub metadata: Vec<(String, String)>,
 }
 
@@ -99,6 +131,7 @@ pub struct RewardModel {
     tokenizer: WordPieceTokenizer,
     body: Plan,
     head: RewardHead,
+    lexical: Option<LexicalFeature>,
     info: ModelInfo,
 }
 
@@ -125,12 +158,23 @@ impl RewardModel {
             max_tokens: contract.max_tokens,
             vocab_size: tokenizer.vocab_size(),
             head_parameters: contract.head.parameter_count(),
+            lexical_feature: contract.lexical.is_some(),
             metadata: contract.metadata.clone(),
         };
+        if let Some(lexical) = &contract.lexical {
+            if lexical.vocab_size() != info.vocab_size {
+                return Err(Error::Contract(format!(
+                    "the lexical idf table has {} values, the vocabulary {} tokens",
+                    lexical.vocab_size(),
+                    info.vocab_size
+                )));
+            }
+        }
         let model = Self {
             tokenizer,
             body,
             head: contract.head,
+            lexical: contract.lexical,
             info,
         };
         // A model whose body does not produce [N, dimensions] is refused now, not at the first rank.
@@ -172,8 +216,42 @@ impl RewardModel {
                 self.info.dimensions
             )));
         }
+        if head.lexical.is_some() != self.lexical.is_some() {
+            return Err(Error::InvalidInput(format!(
+                "head has {} parameters, the model's head {}",
+                head.parameter_count(),
+                self.head.parameter_count()
+            )));
+        }
         self.head = head;
         Ok(())
+    }
+
+    /// The lexical feature of a contract 2 model; `None` for contract 1.
+    pub fn lexical(&self) -> Option<&LexicalFeature> {
+        self.lexical.as_ref()
+    }
+
+    /// λ of every candidate against the context's token ids, for a model with a lexical term
+    /// (`Ok(None)` without one). Candidates must carry their token ids (a catalog embedded before
+    /// contract 2 does not, and is refused with a message saying to embed it again).
+    pub fn lexical_values(
+        &self,
+        context_ids: &[u32],
+        candidates: &Embeddings,
+    ) -> Result<Option<Vec<f32>>> {
+        let Some(lexical) = &self.lexical else {
+            return Ok(None);
+        };
+        let rows = candidates.token_rows().ok_or_else(|| {
+            Error::InvalidInput(
+                "this model's head has a lexical term, which needs the candidates' token ids: \
+                 the catalog has none (embed it again with this model)"
+                    .into(),
+            )
+        })?;
+        let query = lexical.query(context_ids);
+        Ok(Some(rows.iter().map(|r| query.value(r)).collect()))
     }
 
     /// The dequantized token table, row-major [vocab_size × dimensions], read from the body's plan
@@ -228,17 +306,10 @@ impl RewardModel {
         lengths.push(context_ids.len() as u32);
         lengths.extend_from_slice(candidate_lengths);
         let embeddings = self.embed_flat(&ids, &lengths)?;
-        let max_tokens = self.info().max_tokens;
-        Ok((1..embeddings.len())
-            .map(|i| {
-                let features = PairFeatures::new(
-                    embeddings.row(0),
-                    embeddings.row(i),
-                    embeddings.token_counts[i],
-                    max_tokens,
-                );
-                self.head().score(&features)
-            })
+        Ok(self
+            .pair_features(&embeddings)?
+            .iter()
+            .map(|f| self.head.score(f))
             .collect())
     }
 
@@ -267,6 +338,7 @@ impl RewardModel {
                 dimensions,
                 values: Vec::new(),
                 token_counts: Vec::new(),
+                token_ids: Vec::new(),
             });
         }
         let vocab = self.info.vocab_size as u32;
@@ -307,6 +379,7 @@ impl RewardModel {
             dimensions,
             values,
             token_counts: ids.iter().map(|r| r.len()).collect(),
+            token_ids: ids.iter().flat_map(|r| r.iter().copied()).collect(),
         })
     }
 
@@ -358,15 +431,34 @@ impl RewardModel {
         texts.push(context);
         texts.extend(candidates.iter().map(AsRef::as_ref));
         let embeddings = self.embed(&texts)?;
-        let context_embedding = embeddings.row(0);
+        self.pair_features(&embeddings)
+    }
+
+    /// Features of rows 1.. of `embeddings` against row 0 (the context).
+    fn pair_features(&self, embeddings: &Embeddings) -> Result<Vec<PairFeatures>> {
+        let rows = embeddings.token_rows();
+        let query = match (&self.lexical, &rows) {
+            (Some(lexical), Some(rows)) => Some(lexical.query(rows[0])),
+            (Some(_), None) => {
+                return Err(Error::InvalidInput(
+                    "the lexical feature needs the texts' token ids".into(),
+                ))
+            }
+            (None, _) => None,
+        };
         Ok((1..embeddings.len())
             .map(|i| {
+                let lexical = match (&query, &rows) {
+                    (Some(q), Some(rows)) => Some(q.value(rows[i])),
+                    _ => None,
+                };
                 PairFeatures::new(
-                    context_embedding,
+                    embeddings.row(0),
                     embeddings.row(i),
                     embeddings.token_counts[i],
                     self.info.max_tokens,
                 )
+                .with_lexical(lexical)
             })
             .collect())
     }

@@ -418,7 +418,12 @@ fn explanations_add_up_and_confidence_grows_with_feedback() {
 #[test]
 fn state_round_trips_and_two_tabs_merge_without_losing_learning() {
     let samples = samples();
-    let parameters = 2 * 64 + 3;
+    let parameters = RewardModel::bundled().unwrap().info().head_parameters;
+    assert_eq!(
+        parameters,
+        2 * 64 + 4,
+        "cosine, 2 × 64 embedding terms, length, lexical, bias"
+    );
     let mut tab_a = new_loop(11);
     let mut tab_b = new_loop(12);
     rank_all(&mut tab_a, &samples);
@@ -505,10 +510,13 @@ fn adopting_a_new_global_head_keeps_what_was_learned_on_top() {
     let learned = fl.explain(&top).unwrap();
     let delta = fl.learning_state().delta.clone();
 
-    // A federated version: the global head moves (here: a bigger weight on relevance).
+    // A federated version: the global head moves (here: bigger weights on relevance, the cosine
+    // and the lexical term, which φ holds second to last).
     let (_, old) = fl.global();
     let mut head = old.to_vec();
     head[0] *= 2.0;
+    let lexical = head.len() - 2;
+    head[lexical] *= 2.0;
     fl.set_global("7", &head).unwrap();
     assert_eq!(fl.global().0, "7");
     assert_eq!(fl.learning_state().base_version, "7");
@@ -546,12 +554,17 @@ fn the_personal_head_scores_what_rank_scores() {
             let embedded = model.embed(&texts).unwrap();
             let head = fl.personal_head();
             for r in &ranked {
+                let lexical = model
+                    .lexical_values(&model.token_ids(&s.question), &embedded)
+                    .unwrap()
+                    .map(|l| l[r.index]);
                 let features = feedloop_core::PairFeatures::new(
                     context.row(0),
                     embedded.row(r.index),
                     embedded.token_counts[r.index],
                     model.info().max_tokens,
-                );
+                )
+                .with_lexical(lexical);
                 let score = head.score(&features);
                 assert!(
                     (score - r.score).abs() <= 1e-5 * r.score.abs().max(1.0),

@@ -12,6 +12,9 @@ const MODEL: &[u8] = include_bytes!("../../models/feedloop-default.onnx");
 const MODEL_SHA256: &str = include_str!("../../models/feedloop-default.onnx.sha256");
 const TOKENIZER_CASES: &str = include_str!("../../tests/fixtures/tokenizer_cases.json");
 const PARITY: &str = include_str!("../../tests/fixtures/parity.json");
+/// The default model as it was before contract 2 (the same table, no lexical term): contract 1
+/// files keep loading.
+const MODEL_CONTRACT_1: &[u8] = include_bytes!("../../tests/fixtures/model-contract-1.onnx");
 
 fn model() -> RewardModel {
     RewardModel::from_bytes(MODEL).expect("the default model loads")
@@ -279,12 +282,121 @@ fn default_ranking_is_by_relevance() {
     let features = model
         .features("How do I reset my password?", &candidates)
         .unwrap();
+    let head = model.head();
+    let weight = head.lexical.expect("the default model is contract 2");
+    assert!(weight > 0.0 && head.cosine > 0.0);
     for (r, f) in ranking.iter().map(|r| (r, &features[r.index])) {
+        let lexical = f.lexical.expect("a contract 2 model supplies λ");
         assert!(
-            (r.score - f.cosine()).abs() < 1e-6,
-            "default head scores cosine"
+            (r.score - (head.cosine * f.cosine() + weight * lexical)).abs() < 1e-6,
+            "the default head scores a·cosine + w·λ"
         );
     }
+    let shared = features[1].lexical.unwrap();
+    assert!(shared > 0.2, "shares \"reset\", \"password\": {shared}");
+    assert_eq!(features[2].lexical, Some(0.0), "shares no word");
+}
+
+#[test]
+fn contract_1_models_still_load_and_score_by_cosine() {
+    let v1 = RewardModel::from_bytes(MODEL_CONTRACT_1).expect("a contract 1 model loads");
+    assert_eq!(v1.info().contract_version, "1");
+    assert!(!v1.info().lexical_feature && v1.lexical().is_none());
+    assert_eq!(v1.info().head_parameters, 2 * 64 + 3);
+    let v2 = model();
+    assert_eq!(v2.info().contract_version, "2");
+    assert!(v2.info().lexical_feature);
+    assert_eq!(v2.info().head_parameters, 2 * 64 + 4);
+    let candidates = [
+        "Reset it under Settings › Security › Password.",
+        "Bananas.",
+        "",
+    ];
+    let context = "how do I reset my password?";
+    let f1 = v1.features(context, &candidates).unwrap();
+    let f2 = v2.features(context, &candidates).unwrap();
+    for ((a, b), score) in f1
+        .iter()
+        .zip(&f2)
+        .zip(v1.score(context, &candidates).unwrap())
+    {
+        assert_eq!(a.lexical, None);
+        assert_eq!(a.product, b.product, "the same table embeds the same");
+        assert!((score - a.cosine()).abs() < 1e-6);
+        assert_eq!(a.to_vector().len(), 131);
+        assert_eq!(b.to_vector().len(), 132);
+    }
+    // A contract 1 head cannot be set on a contract 2 model, nor the other way round.
+    let mut v2 = v2;
+    assert!(v2.set_head(v1.head().clone()).is_err());
+}
+
+fn lexical(model: &RewardModel, context: &str, candidate: &str) -> f32 {
+    model.features(context, &[candidate]).unwrap()[0]
+        .lexical
+        .unwrap()
+}
+
+#[test]
+fn the_lexical_term_on_edge_cases() {
+    let model = model();
+    // empty texts
+    assert_eq!(lexical(&model, "", "reset your password"), 0.0);
+    assert_eq!(lexical(&model, "reset your password", ""), 0.0);
+    // repeated words saturate below 1
+    let once = lexical(&model, "password", "password");
+    let often = lexical(&model, "password", &"password ".repeat(50));
+    assert!(once > 0.0 && often < 1.0, "{once} {often}");
+    // a text longer than max tokens: only the first max_tokens count
+    let max = model.info().max_tokens;
+    let long = "privacy ".repeat(2 * max);
+    let longer = format!("{long} bananas");
+    assert_eq!(
+        lexical(&model, "bananas privacy", &long),
+        lexical(&model, "bananas privacy", &longer)
+    );
+    // unknown tokens ([UNK] stands for many words) carry no weight
+    let unk = "\u{10FFFF}\u{10FFFE}";
+    assert_eq!(model.token_ids(unk), [100]);
+    assert_eq!(lexical(&model, unk, unk), 0.0);
+    assert_eq!(
+        lexical(&model, &format!("{unk} password"), "password"),
+        once
+    );
+    // a rarer shared word counts for more than a common one
+    let common = lexical(&model, "the password", "the cat");
+    let rare = lexical(&model, "the password", "password cat");
+    assert!(rare > common, "{rare} vs {common}");
+}
+
+#[test]
+fn contract_2_without_its_lexical_initializers_is_refused() {
+    let mut p = proto();
+    p.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .retain(|t| t.name != "lexical_idf" && t.name != "lexical_k1");
+    let message = contract_error(&p);
+    for part in ["initializer `lexical_idf`", "initializer `lexical_k1`"] {
+        assert!(message.contains(part), "{part} not named in: {message}");
+    }
+    let mut p = proto();
+    for t in &mut p.graph.as_mut().unwrap().initializer {
+        if t.name == "lexical_idf" {
+            t.raw_data.truncate(100);
+            t.dims = vec![100];
+        }
+    }
+    let message = contract_error(&p);
+    assert!(message.contains("has 100 values"), "{message}");
+    let mut p = proto();
+    for e in &mut p.metadata_props {
+        if e.key == "feedloop.head.parameters" {
+            e.value = "head_cosine,head_interaction,head_candidate,head_length,head_bias".into();
+        }
+    }
+    assert!(contract_error(&p).contains("head_lexical"));
 }
 
 #[test]

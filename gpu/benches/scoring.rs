@@ -39,6 +39,7 @@ impl Rng {
             dimensions: D,
             values: (0..n).flat_map(|_| self.unit_vector()).collect(),
             token_counts: (0..n).map(|i| 1 + i % MAX_TOKENS).collect(),
+            token_ids: Vec::new(),
         }
     }
 
@@ -92,17 +93,19 @@ fn scoring(c: &mut Criterion) {
         let candidates = rng.embeddings(n);
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("cpu", n), &candidates, |b, cands| {
-            b.iter(|| cpu::score(&context, cands, &head, MAX_TOKENS))
+            b.iter(|| cpu::score(&context, cands, None, &head, MAX_TOKENS))
         });
         let Some(gpu) = &gpu else { continue };
         group.bench_with_input(
             BenchmarkId::new("gpu_upload", n),
             &candidates,
-            |b, cands| b.iter(|| block_on(gpu.score(&context, cands, &head, MAX_TOKENS)).unwrap()),
+            |b, cands| {
+                b.iter(|| block_on(gpu.score(&context, cands, None, &head, MAX_TOKENS)).unwrap())
+            },
         );
         let resident = block_on(gpu.upload_candidates(&candidates, MAX_TOKENS)).unwrap();
         group.bench_with_input(BenchmarkId::new("gpu_resident", n), &resident, |b, res| {
-            b.iter(|| block_on(gpu.score_resident(res, &context, &head)).unwrap())
+            b.iter(|| block_on(gpu.score_resident(res, &context, None, &head)).unwrap())
         });
     }
     group.finish();

@@ -5,10 +5,13 @@ use feedloop_core::head::{PairFeatures, RewardHead};
 use feedloop_core::learning::{clipped_gradient, Example};
 use feedloop_core::Embeddings;
 
-/// The head's score of every candidate for `context`, exactly as `RewardModel::score` computes it.
+/// The head's score of every candidate for `context`, exactly as `RewardModel::score` computes it;
+/// `lexical` is each candidate's λ against the context (`RewardModel::lexical_values`), for a head
+/// with a lexical term.
 pub fn score(
     context: &[f32],
     candidates: &Embeddings,
+    lexical: Option<&[f32]>,
     head: &RewardHead,
     max_tokens: usize,
 ) -> Vec<f32> {
@@ -19,7 +22,8 @@ pub fn score(
                 candidates.row(i),
                 candidates.token_counts[i],
                 max_tokens,
-            );
+            )
+            .with_lexical(lexical.and_then(|l| l.get(i).copied()));
             head.score(&features)
         })
         .collect()

@@ -138,6 +138,7 @@ impl GpuBackend {
         &self,
         context: &[f32],
         candidates: &Embeddings,
+        lexical: Option<&[f32]>,
         head: &RewardHead,
         max_tokens: usize,
     ) -> Result<Vec<f32>> {
@@ -145,7 +146,7 @@ impl GpuBackend {
             return Ok(Vec::new());
         }
         let resident = self.upload_candidates(candidates, max_tokens).await?;
-        self.score_resident(&resident, context, head).await
+        self.score_resident(&resident, context, lexical, head).await
     }
 
     /// Uploads candidate embeddings (and their ℓ(n), computed here with the CPU's formula).
@@ -192,11 +193,13 @@ impl GpuBackend {
         })
     }
 
-    /// Scores candidates already on the GPU: only the context and head go up, the scores come back.
+    /// Scores candidates already on the GPU: only the context, the head and (for a head with a
+    /// lexical term) each candidate's λ against this context go up; the scores come back.
     pub async fn score_resident(
         &self,
         candidates: &ResidentCandidates,
         context: &[f32],
+        lexical: Option<&[f32]>,
         head: &RewardHead,
     ) -> Result<Vec<f32>> {
         let d = candidates.dimensions;
@@ -207,6 +210,21 @@ impl GpuBackend {
                 head.dimensions()
             )));
         }
+        match (head.lexical.is_some(), lexical) {
+            (true, Some(l)) if l.len() == candidates.count => {}
+            (false, None) => {}
+            (true, _) => {
+                return Err(GpuError::InvalidInput(format!(
+                    "a head with a lexical term needs {} lexical values",
+                    candidates.count
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(GpuError::InvalidInput(
+                    "lexical values given for a head without a lexical term".into(),
+                ))
+            }
+        }
         if candidates.is_empty() {
             return Ok(Vec::new());
         }
@@ -214,11 +232,15 @@ impl GpuBackend {
         let params = Params {
             count: to_u32(candidates.count)?,
             dims: to_u32(d)?,
+            lexical: u32::from(lexical.is_some()),
             ..Default::default()
         };
         let scope = ErrorScope::push(&self.device);
         let theta = self.storage("head", bytemuck::cast_slice(&head.to_vector()))?;
         let context = self.storage("context", bytemuck::cast_slice(context))?;
+        // A binding needs a buffer even when the head has no lexical term (the kernel skips it).
+        let zero = [0f32];
+        let lexical = self.storage("lexical", bytemuck::cast_slice(lexical.unwrap_or(&zero)))?;
         let run = self.dispatch(
             &self.score,
             params,
@@ -228,6 +250,7 @@ impl GpuBackend {
                 &context,
                 &candidates.embeddings,
                 &candidates.lengths,
+                &lexical,
             ],
             candidates.count,
         );
@@ -262,6 +285,7 @@ impl GpuBackend {
                 dimensions,
                 values: Vec::new(),
                 token_counts,
+                token_ids: Vec::new(),
             });
         }
         for (row, r) in ids.iter().enumerate() {
@@ -306,6 +330,7 @@ impl GpuBackend {
             dimensions,
             values,
             token_counts,
+            token_ids: ids.iter().flat_map(|r| r.iter().copied()).collect(),
         })
     }
 

@@ -34,6 +34,7 @@ pub async fn score(
     force_gpu: bool,
     context: &[f32],
     candidates: &Embeddings,
+    lexical: Option<&[f32]>,
     head: &RewardHead,
     max_tokens: usize,
 ) -> Computed<Vec<f32>> {
@@ -41,7 +42,10 @@ pub async fn score(
         gpu.filter(|g| !g.is_lost() && (force_gpu || use_gpu(candidates.len(), g.is_software())));
     let mut gpu_error = None;
     if let Some(gpu) = chosen {
-        match gpu.score(context, candidates, head, max_tokens).await {
+        match gpu
+            .score(context, candidates, lexical, head, max_tokens)
+            .await
+        {
             Ok(value) => {
                 return Computed {
                     value,
@@ -52,7 +56,10 @@ pub async fn score(
             Err(e) => gpu_error = Some(e),
         }
     }
-    Computed::cpu(cpu::score(context, candidates, head, max_tokens), gpu_error)
+    Computed::cpu(
+        cpu::score(context, candidates, lexical, head, max_tokens),
+        gpu_error,
+    )
 }
 
 /// Σᵢ wᵢ·clip(∇Lᵢ(θ)) on the GPU when there is one and it is not lost, else (or on failure) on the CPU.

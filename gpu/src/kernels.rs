@@ -24,7 +24,9 @@ pub struct Params {
     pub clip_norm: f32,
     /// Workgroups that hold work (gradient; the grid may have a few more).
     pub groups: u32,
-    pub _pad: [u32; 2],
+    /// 1 when the head has a lexical term (scoring).
+    pub lexical: u32,
+    pub _pad: u32,
 }
 
 /// Lays `groups` workgroups out as an x × y grid within the per-dimension limit.

@@ -21,11 +21,55 @@ fn scores_match_the_cpu_for_1_100_and_10000_candidates() {
         let context = rng.unit_vector(D);
         let candidates = rng.embeddings(n, D, MAX_TOKENS);
         let head = rng.head(D);
-        let on_gpu = block_on(gpu.score(&context, &candidates, &head, MAX_TOKENS)).unwrap();
-        let on_cpu = cpu::score(&context, &candidates, &head, MAX_TOKENS);
+        let on_gpu = block_on(gpu.score(&context, &candidates, None, &head, MAX_TOKENS)).unwrap();
+        let on_cpu = cpu::score(&context, &candidates, None, &head, MAX_TOKENS);
         let worst = assert_close(&format!("scores (N = {n})"), &on_gpu, &on_cpu);
         eprintln!("N = {n}: largest relative difference {worst:e}");
     }
+}
+
+#[test]
+fn lexical_heads_score_like_the_cpu_and_refuse_missing_values() {
+    let Some(gpu) = backend() else { return };
+    let mut rng = Rng::new(11);
+    for n in [1, 100, 10_000] {
+        let context = rng.unit_vector(D);
+        let candidates = rng.embeddings(n, D, MAX_TOKENS);
+        let head = rng.lexical_head(D);
+        let lexical = rng.lexical_values(n);
+        let on_gpu =
+            block_on(gpu.score(&context, &candidates, Some(&lexical), &head, MAX_TOKENS)).unwrap();
+        let on_cpu = cpu::score(&context, &candidates, Some(&lexical), &head, MAX_TOKENS);
+        let worst = assert_close(&format!("lexical scores (N = {n})"), &on_gpu, &on_cpu);
+        eprintln!("lexical, N = {n}: largest relative difference {worst:e}");
+        let resident = block_on(gpu.upload_candidates(&candidates, MAX_TOKENS)).unwrap();
+        let again =
+            block_on(gpu.score_resident(&resident, &context, Some(&lexical), &head)).unwrap();
+        assert_close("resident lexical scores", &again, &on_cpu);
+        let missing = block_on(gpu.score(&context, &candidates, None, &head, MAX_TOKENS));
+        assert!(
+            matches!(missing, Err(GpuError::InvalidInput(_))),
+            "{missing:?}"
+        );
+        let short = block_on(gpu.score(
+            &context,
+            &candidates,
+            Some(&lexical[1..]),
+            &head,
+            MAX_TOKENS,
+        ));
+        assert!(matches!(short, Err(GpuError::InvalidInput(_))), "{short:?}");
+    }
+    let plain = rng.head(D);
+    let candidates = rng.embeddings(5, D, MAX_TOKENS);
+    let extra = block_on(gpu.score(
+        &rng.unit_vector(D),
+        &candidates,
+        Some(&[0.5; 5]),
+        &plain,
+        MAX_TOKENS,
+    ));
+    assert!(matches!(extra, Err(GpuError::InvalidInput(_))), "{extra:?}");
 }
 
 #[test]
@@ -39,11 +83,11 @@ fn resident_candidates_score_like_uploaded_ones() {
     for _ in 0..3 {
         let context = rng.unit_vector(D);
         let head = rng.head(D);
-        let on_gpu = block_on(gpu.score_resident(&resident, &context, &head)).unwrap();
+        let on_gpu = block_on(gpu.score_resident(&resident, &context, None, &head)).unwrap();
         assert_close(
             "resident scores",
             &on_gpu,
-            &cpu::score(&context, &candidates, &head, MAX_TOKENS),
+            &cpu::score(&context, &candidates, None, &head, MAX_TOKENS),
         );
     }
 }
@@ -55,19 +99,21 @@ fn empty_and_mismatched_inputs() {
     let head = rng.head(D);
     let none = rng.embeddings(0, D, MAX_TOKENS);
     assert!(
-        block_on(gpu.score(&rng.unit_vector(D), &none, &head, MAX_TOKENS))
+        block_on(gpu.score(&rng.unit_vector(D), &none, None, &head, MAX_TOKENS))
             .unwrap()
             .is_empty()
     );
     let some = rng.embeddings(3, D, MAX_TOKENS);
-    let wrong_context = block_on(gpu.score(&rng.unit_vector(D + 1), &some, &head, MAX_TOKENS));
+    let wrong_context =
+        block_on(gpu.score(&rng.unit_vector(D + 1), &some, None, &head, MAX_TOKENS));
     assert!(matches!(wrong_context, Err(GpuError::InvalidInput(_))));
     let bad = Embeddings {
         dimensions: D,
         values: vec![0.0; 5],
         token_counts: vec![1, 2],
+        token_ids: Vec::new(),
     };
-    let bad = block_on(gpu.score(&rng.unit_vector(D), &bad, &head, MAX_TOKENS));
+    let bad = block_on(gpu.score(&rng.unit_vector(D), &bad, None, &head, MAX_TOKENS));
     assert!(matches!(bad, Err(GpuError::InvalidInput(_))));
 }
 
@@ -82,8 +128,8 @@ proptest! {
         let context = rng.unit_vector(d);
         let candidates = rng.embeddings(n, d, MAX_TOKENS);
         let head = rng.head(d);
-        let on_gpu = block_on(gpu.score(&context, &candidates, &head, MAX_TOKENS)).unwrap();
-        assert_close("scores", &on_gpu, &cpu::score(&context, &candidates, &head, MAX_TOKENS));
+        let on_gpu = block_on(gpu.score(&context, &candidates, None, &head, MAX_TOKENS)).unwrap();
+        assert_close("scores", &on_gpu, &cpu::score(&context, &candidates, None, &head, MAX_TOKENS));
     }
 }
 
@@ -133,7 +179,15 @@ fn embedding_bag_matches_the_bundled_model_on_real_texts() {
 
     // End to end: GPU embeddings, GPU head ⇒ the model's own scores.
     let context = block_on(gpu.embed_bag(&table, &ids[..1])).unwrap();
-    let scores = block_on(gpu.score(context.row(0), &on_gpu, model.head(), MAX_TOKENS)).unwrap();
+    let lexical = model.lexical_values(&ids[0], &on_gpu).unwrap();
+    let scores = block_on(gpu.score(
+        context.row(0),
+        &on_gpu,
+        lexical.as_deref(),
+        model.head(),
+        MAX_TOKENS,
+    ))
+    .unwrap();
     assert_close("scores", &scores, &model.score(&texts[0], &texts).unwrap());
 }
 
@@ -259,9 +313,9 @@ fn a_lost_device_gives_an_error_not_a_panic() {
     let mut rng = Rng::new(7);
     let candidates = rng.embeddings(50, D, MAX_TOKENS);
     let (context, head) = (rng.unit_vector(D), rng.head(D));
-    assert!(block_on(gpu.score(&context, &candidates, &head, MAX_TOKENS)).is_ok());
+    assert!(block_on(gpu.score(&context, &candidates, None, &head, MAX_TOKENS)).is_ok());
     gpu.destroy();
-    let after = block_on(gpu.score(&context, &candidates, &head, MAX_TOKENS));
+    let after = block_on(gpu.score(&context, &candidates, None, &head, MAX_TOKENS));
     assert!(matches!(after, Err(GpuError::DeviceLost(_))), "{after:?}");
     assert!(gpu.is_lost());
     let examples = examples(&mut rng, 10);
@@ -290,19 +344,21 @@ fn the_fallback_uses_the_gpu_for_large_batches_and_the_cpu_otherwise() {
         false,
         &context,
         &small,
+        None,
         &head,
         MAX_TOKENS,
     ));
     assert_eq!((scored.backend, &scored.gpu_error), ("cpu", &None));
     assert_eq!(
         scored.value,
-        cpu::score(&context, &small, &head, MAX_TOKENS)
+        cpu::score(&context, &small, None, &head, MAX_TOKENS)
     );
     let scored = block_on(fallback::score(
         Some(&gpu),
         false,
         &context,
         &large,
+        None,
         &head,
         MAX_TOKENS,
     ));
@@ -315,13 +371,14 @@ fn the_fallback_uses_the_gpu_for_large_batches_and_the_cpu_otherwise() {
     assert_close(
         "scores",
         &scored.value,
-        &cpu::score(&context, &large, &head, MAX_TOKENS),
+        &cpu::score(&context, &large, None, &head, MAX_TOKENS),
     );
     let scored = block_on(fallback::score(
         Some(&gpu),
         true,
         &context,
         &large,
+        None,
         &head,
         MAX_TOKENS,
     ));
@@ -332,7 +389,7 @@ fn the_fallback_uses_the_gpu_for_large_batches_and_the_cpu_otherwise() {
     assert_close(
         "scores",
         &scored.value,
-        &cpu::score(&context, &large, &head, MAX_TOKENS),
+        &cpu::score(&context, &large, None, &head, MAX_TOKENS),
     );
 
     // A lost device: the CPU answers, and says why.
@@ -342,13 +399,14 @@ fn the_fallback_uses_the_gpu_for_large_batches_and_the_cpu_otherwise() {
         true,
         &context,
         &small,
+        None,
         &head,
         MAX_TOKENS,
     ));
     assert_eq!(scored.backend, "cpu");
     assert_eq!(
         scored.value,
-        cpu::score(&context, &small, &head, MAX_TOKENS)
+        cpu::score(&context, &small, None, &head, MAX_TOKENS)
     );
     let examples = examples(&mut rng, 10);
     let theta = head.to_vector();

@@ -6,9 +6,9 @@
 //!    a real privatized payload from its own registered client, answered `202` only after its
 //!    transaction committed — next to a bare axum handler on the same machine in the same run
 //!    (reads the body, answers `202`, no database). The server runs on its own tokio runtime, the
-//!    load generator on another, in this one process. d = 131 (the bundled model's head) and
-//!    d = 9,999 (a model built here: the bundled model's body widened to D = 4,998 over its first
-//!    2,000 vocabulary tokens, so that its head has 2·D + 3 = 9,999 parameters).
+//!    load generator on another, in this one process. d = 132 (the bundled model's head) and
+//!    d = 10,000 (a model built here: the bundled model's body widened to D = 4,998 over its first
+//!    2,000 vocabulary tokens, so that its head has 2·D + 4 = 10,000 parameters).
 //! 2. **Aggregation**: the time of `App::close_round` (read the round's payloads, decode,
 //!    exact integer FedAvg, server optimizer step, rewrite the ONNX file, publish) against the
 //!    cohort size, in-process.
@@ -53,23 +53,25 @@ struct Sizes {
 
 const WIDE_D: usize = 4998;
 const WIDE_VOCAB: usize = 2000;
+/// The bundled model's head parameters (contract 2: 2 × 64 + 4).
+const BUNDLED_D: usize = 2 * 64 + 4;
 
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let sizes = if full {
         Sizes {
-            ingest: [(131, 8000), (2 * WIDE_D + 3, 2000)],
+            ingest: [(BUNDLED_D, 8000), (2 * WIDE_D + 4, 2000)],
             passes: 3,
             cohorts: [
-                (131, &[10, 100, 1000, 10000]),
-                (2 * WIDE_D + 3, &[10, 100, 1000]),
+                (BUNDLED_D, &[10, 100, 1000, 10000]),
+                (2 * WIDE_D + 4, &[10, 100, 1000]),
             ],
         }
     } else {
         Sizes {
-            ingest: [(131, 64), (2 * WIDE_D + 3, 32)],
+            ingest: [(BUNDLED_D, 64), (2 * WIDE_D + 4, 32)],
             passes: 1,
-            cohorts: [(131, &[10]), (2 * WIDE_D + 3, &[10])],
+            cohorts: [(BUNDLED_D, &[10]), (2 * WIDE_D + 4, &[10])],
         }
     };
     let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -99,12 +101,12 @@ fn main() {
     let wide = wide_model(WIDE_D, WIDE_VOCAB);
     eprintln!(
         "built the d = {} model ({} bytes) in {:.1?}",
-        2 * WIDE_D + 3,
+        2 * WIDE_D + 4,
         wide.len(),
         t.elapsed()
     );
     let model_for = |d: usize| -> Arc<[u8]> {
-        if d == 131 {
+        if d == BUNDLED_D {
             feedloop_core::BUNDLED_MODEL.into()
         } else {
             wide.clone().into()
@@ -471,7 +473,7 @@ async fn open_round(app: &App, min_cohort: i64) -> feedloop_server::db::RoundRow
 
 /// The bundled model with its body widened to `dims` dimensions over its first `vocab` tokens
 /// (deterministic pseudo-random int8 embeddings): a valid feedloop model (docs/MODEL.md) whose
-/// head has 2·dims + 3 parameters. Only the head's size matters here, not the body's quality.
+/// head has 2·dims + 4 parameters (contract 2, like the bundled model). Only the head's size matters here, not the body's quality.
 fn wide_model(dims: usize, vocab: usize) -> Vec<u8> {
     let mut proto = ModelProto::decode(feedloop_core::BUNDLED_MODEL).unwrap();
     let graph = proto.graph.as_mut().unwrap();
@@ -494,6 +496,7 @@ fn wide_model(dims: usize, vocab: usize) -> Vec<u8> {
                 (0..vocab).flat_map(|_| 0.01f32.to_le_bytes()).collect(),
             ),
             "token_embeddings_zero_point" => (vec![vocab as i64], vec![0; vocab]),
+            "lexical_idf" => (vec![vocab as i64], t.raw_data[..vocab].to_vec()),
             "head_interaction" | "head_candidate" => (
                 vec![dims as i64],
                 (0..dims).flat_map(|_| 0f32.to_le_bytes()).collect(),
@@ -528,6 +531,6 @@ fn wide_model(dims: usize, vocab: usize) -> Vec<u8> {
     }
     let bytes = proto.encode_to_vec();
     let model = feedloop_core::RewardModel::from_bytes(&bytes).expect("the widened model loads");
-    assert_eq!(model.head().to_vector().len(), 2 * dims + 3);
+    assert_eq!(model.head().to_vector().len(), 2 * dims + 4);
     bytes
 }

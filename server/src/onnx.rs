@@ -1,7 +1,7 @@
 //! Publishing a head as an ONNX file: the base model with its `head_*` initializers rewritten
 //! and the metadata key `feedloop.model.version` set.
 
-use feedloop_core::head::{split_head_vector, HEAD_PARAMETERS};
+use feedloop_core::head::split_head_vector;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
@@ -12,7 +12,8 @@ use crate::error::{Error, Result};
 pub const KEY_MODEL_VERSION: &str = "feedloop.model.version";
 
 /// The ONNX model `base` with the head replaced by `head` (in `RewardHead::to_vector` order,
-/// 2·D + 3 values) and `feedloop.model.version = version`.
+/// 2·D + 3 values, or 2·D + 4 for a contract 2 model's head with its lexical weight) and
+/// `feedloop.model.version = version`.
 pub fn rewrite_head(base: &[u8], head: &[f32], version: &str) -> Result<Vec<u8>> {
     let mut proto = ModelProto::decode(base)
         .map_err(|e| Error::internal(format!("base model is not ONNX: {e}")))?;
@@ -21,11 +22,11 @@ pub fn rewrite_head(base: &[u8], head: &[f32], version: &str) -> Result<Vec<u8>>
         .as_mut()
         .ok_or_else(|| Error::internal("base model has no graph"))?;
     let slices = split_head_vector(head).map_err(|e| Error::internal(e.to_string()))?;
-    for (name, values) in HEAD_PARAMETERS.iter().zip(slices) {
+    for (name, values) in slices {
         let tensor = graph
             .initializer
             .iter_mut()
-            .find(|t| t.name == *name)
+            .find(|t| t.name == name)
             .ok_or_else(|| Error::internal(format!("base model lacks initializer `{name}`")))?;
         let existing: i64 = tensor.dims.iter().product();
         if existing != values.len() as i64 {

@@ -20,6 +20,8 @@ use serde_json::{json, Value};
 
 const DEPLOYMENT_KEY: &str = "site-key-0123456789abcdef";
 const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+/// The bundled model's head parameters (contract 2: 2 × 64 + 4).
+const HEAD_D: usize = 2 * 64 + 4;
 const LEADER_TOKEN: &str = "leader-token-0123456789abcdef";
 
 mod a_leader_and_a_helper_publish_a_version {
@@ -137,13 +139,13 @@ async fn a_leader_and_a_helper_publish_a_version(backend: Backend) {
             .await
             .unwrap();
         let token: Value = register.json().await.unwrap();
-        let update: Vec<f32> = (0..131)
+        let update: Vec<f32> = (0..HEAD_D)
             .map(|i| ((i as f32 * 0.37 + seed as f32).sin()) * 0.02)
             .collect();
         let cfg = PrivatizerConfig::new(0.5, 1e-3, sigma).unwrap();
         let terms = SecureRound::for_privatizer(
             round_id.parse().unwrap(),
-            131,
+            HEAD_D,
             &cfg,
             round["secure"]["minReports"].as_u64().unwrap(),
         )

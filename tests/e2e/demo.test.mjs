@@ -246,7 +246,7 @@ describe("feedloop demo page", () => {
     const text = await page.textContent("#upload");
     assert.match(text, /^\d+ bytes, sha256 [0-9a-f]{64}/, text);
     assert.match(text, /46 4c 44 50/, "the bytes start with the FLDP magic");
-    assert.match(text, /clip C = 1, lattice γ = 0\.01, noise σ = 4, 131 values/);
+    assert.match(text, /clip C = 1, lattice γ = 0\.01, noise σ = 4, 132 values/);
     assert.match(await page.textContent("#privacy-budget"), /Budget: ε = 8 at δ = 0\.000001 per 30 days/);
   });
 

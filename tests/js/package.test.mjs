@@ -209,6 +209,8 @@ test("catalog scoring: no WebGPU in Node → the CPU path, the ranker's own scor
   assert.equal(catalog.dimensions, 64);
   assert.equal(catalog.vectors.length, texts.length * 64);
   assert.equal(catalog.tokenCounts.length, texts.length);
+  assert.ok(catalog.tokenIds instanceof Uint32Array);
+  assert.equal(catalog.tokenIds.length, catalog.tokenCounts.reduce((a, b) => a + b, 0));
   // Plain `score` runs through the same personal head, so the catalog scores equal it.
   const scores = await ranker.scoreCatalog(context, catalog);
   const reference = ranker.score(context, texts);
@@ -227,6 +229,11 @@ test("catalog scoring: no WebGPU in Node → the CPU path, the ranker's own scor
   const nan = { vectors: catalog.vectors.slice(), tokenCounts: catalog.tokenCounts };
   nan.vectors[70] = Number.NaN;
   await assert.rejects(() => ranker.scoreCatalog(context, nan), /value 70 \(entry 1\) is not a finite number/);
+  // The default model's lexical term needs the token ids: a catalog without them says what to do.
+  await assert.rejects(
+    () => ranker.scoreCatalog(context, { vectors: catalog.vectors, tokenCounts: catalog.tokenCounts }),
+    (e) => e instanceof Error && /embed it again/.test(e.message),
+  );
   await assert.rejects(() => ranker.setGpu("fast"), /gpu must be "auto", "always" or "off"/);
   await assert.rejects(() => Ranker.create({ storage: false, gpu: "yes" }), /options.gpu must be/);
 });

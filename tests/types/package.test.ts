@@ -279,7 +279,7 @@ ranker.inspectNextUpload({ roundId: "r1", modelVersion: "bundled", clipNorm: 1, 
 
 const catalog = ranker.embedCatalog(["a", "b"]);
 expectTypeOf(catalog).toEqualTypeOf<EmbeddedCatalog>();
-expectTypeOf(catalog).toEqualTypeOf<{ dimensions: number; vectors: Float32Array; tokenCounts: Uint32Array }>();
+expectTypeOf(catalog).toEqualTypeOf<{ dimensions: number; vectors: Float32Array; tokenCounts: Uint32Array; tokenIds?: Uint32Array }>();
 expectTypeOf(ranker.scoreCatalog(question, catalog)).resolves.toEqualTypeOf<Float32Array>();
 expectTypeOf(await Ranker.create({ gpu: "always" })).toEqualTypeOf<Ranker>();
 expectTypeOf(ranker.setGpu("off")).resolves.toEqualTypeOf<string | null>();

@@ -8,19 +8,22 @@ struct Params {
     groups_x: u32,
     clip_norm: f32,
     _pad0: u32,
-    _pad1: u32,
+    // 1 when the head has a lexical term
+    lexical: u32,
     _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
-// θ = [cosine, interaction (D), candidate (D), length, bias]
+// θ = [cosine, interaction (D), candidate (D), length, (lexical,) bias]
 @group(0) @binding(1) var<storage, read> head: array<f32>;
 @group(0) @binding(2) var<storage, read> context: array<f32>;
 // D × N, column-major: dimension k of candidate i at k·N + i
 @group(0) @binding(3) var<storage, read> candidates: array<f32>;
 // ℓ(n) per candidate, computed on the host with the CPU's formula
 @group(0) @binding(4) var<storage, read> lengths: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+// λ per candidate against this context (contract 2 heads), computed on the host; one 0 otherwise
+@group(0) @binding(5) var<storage, read> lexical: array<f32>;
+@group(0) @binding(6) var<storage, read_write> scores: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(
@@ -43,6 +46,10 @@ fn main(
         interaction += product * head[1u + k];
         candidate += r * head[1u + d + k];
     }
-    scores[i] = head[0] * cosine + interaction + candidate + head[1u + 2u * d] * lengths[i]
-        + head[2u + 2u * d];
+    let base = head[0] * cosine + interaction + candidate + head[1u + 2u * d] * lengths[i];
+    if params.lexical != 0u {
+        scores[i] = base + head[2u + 2u * d] * lexical[i] + head[3u + 2u * d];
+    } else {
+        scores[i] = base + head[2u + 2u * d];
+    }
 }

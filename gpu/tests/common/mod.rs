@@ -120,6 +120,7 @@ impl Rng {
             dimensions,
             values,
             token_counts: (0..count).map(|_| self.below(max_tokens + 1)).collect(),
+            token_ids: Vec::new(),
         }
     }
 
@@ -127,6 +128,19 @@ impl Rng {
     pub fn head(&mut self, dimensions: usize) -> RewardHead {
         let v: Vec<f32> = (0..2 * dimensions + 3).map(|_| self.signed()).collect();
         RewardHead::from_vector(dimensions, &v).unwrap()
+    }
+
+    /// A head with a lexical term (contract 2 layout), every parameter random in [-1, 1).
+    pub fn lexical_head(&mut self, dimensions: usize) -> RewardHead {
+        let v: Vec<f32> = (0..2 * dimensions + 4).map(|_| self.signed()).collect();
+        let head = RewardHead::from_vector(dimensions, &v).unwrap();
+        assert!(head.lexical.is_some());
+        head
+    }
+
+    /// `count` random λ values in [0, 1).
+    pub fn lexical_values(&mut self, count: usize) -> Vec<f32> {
+        (0..count).map(|_| 0.5 * (self.signed() + 1.0)).collect()
     }
 
     /// φ of a random (context, candidate) pair, as learning builds its examples.

@@ -286,12 +286,12 @@ async fn browser_sync_support(backend: Backend) {
     let path = format!("/v1/rounds/{}/updates", round["roundId"].as_str().unwrap());
     let beacon = format!("{path}?access_token={token}&modelVersion=1");
     let (s, _) = h
-        .raw(Method::POST, &beacon, &[], privatized(1, 131).to_bytes())
+        .raw(Method::POST, &beacon, &[], privatized(1, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
     // The same beacon again is a duplicate; a bad query is a JSON 400; no token is a 401.
     let (s, body) = h
-        .raw(Method::POST, &beacon, &[], privatized(1, 131).to_bytes())
+        .raw(Method::POST, &beacon, &[], privatized(1, HEAD_D).to_bytes())
         .await;
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
@@ -303,7 +303,7 @@ async fn browser_sync_support(backend: Backend) {
             Method::POST,
             &format!("{path}?nonsense=1"),
             &[],
-            privatized(2, 131).to_bytes(),
+            privatized(2, HEAD_D).to_bytes(),
         )
         .await;
     let v: Value = serde_json::from_slice(&body).unwrap();
@@ -312,7 +312,7 @@ async fn browser_sync_support(backend: Backend) {
         (StatusCode::BAD_REQUEST, Some("invalid_query"))
     );
     let (s, _) = h
-        .raw(Method::POST, &path, &[], privatized(2, 131).to_bytes())
+        .raw(Method::POST, &path, &[], privatized(2, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(h.get(&path.replace("/updates", "")).await["received"], 1);
@@ -320,7 +320,7 @@ async fn browser_sync_support(backend: Backend) {
     // The second update reaches the target: version 2 is published and the next round opens on it.
     let token = h.register().await;
     let (s, v) = h
-        .submit(&token, &round, Some("1"), privatized(3, 131).to_bytes())
+        .submit(&token, &round, Some("1"), privatized(3, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["roundClosed"]["status"], "published");

@@ -19,6 +19,9 @@ pub use tower::ServiceExt;
 
 pub const DEPLOYMENT_KEY: &str = "site-key-0123456789abcdef";
 pub const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+/// Parameters of the bundled model's head (contract 2: cosine, 2 × 64 embedding terms, length,
+/// lexical, bias): the dimension of every update the server takes for it.
+pub const HEAD_D: usize = 2 * 64 + 4;
 pub const C: f64 = 0.5;
 pub const GAMMA: f64 = 1e-3;
 pub const SIGMA: f64 = 0.1;
@@ -326,7 +329,7 @@ pub async fn publish_one_round(
     let mut updates = Vec::new();
     let mut last = Value::Null;
     for s in seeds {
-        let u = privatized(s, 131);
+        let u = privatized(s, HEAD_D);
         let token = h.register().await;
         let (st, v) = h.submit(&token, &round, Some(base), u.to_bytes()).await;
         assert_eq!(st, StatusCode::ACCEPTED, "{v}");

@@ -100,7 +100,7 @@ async fn hostile_requests_change_nothing(backend: Backend) {
     let round = h.open_round(round_body(5, None)).await;
     let token = h.register().await;
     let (s, v) = h
-        .submit(&token, &round, Some("2"), privatized(7, 131).to_bytes())
+        .submit(&token, &round, Some("2"), privatized(7, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let (s, _) = h
@@ -195,7 +195,7 @@ async fn hostile_requests_change_nothing(backend: Backend) {
     // The server is still fine: a new client's valid update is stored.
     let other = h.register().await;
     let (s, v) = h
-        .submit(&other, &round, Some("2"), privatized(8, 131).to_bytes())
+        .submit(&other, &round, Some("2"), privatized(8, HEAD_D).to_bytes())
         .await;
     assert_eq!((s, v["received"].as_i64()), (StatusCode::ACCEPTED, Some(2)));
 }
@@ -324,7 +324,7 @@ async fn the_lineage_stays_linear(backend: Backend) {
     let round = h.get("/v1/rounds/current").await;
     let token = h.register().await;
     let (s, v) = h
-        .submit(&token, &round, Some("1"), privatized(1, 131).to_bytes())
+        .submit(&token, &round, Some("1"), privatized(1, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{v}");
     let mut tx = h.app.store().begin().await.unwrap();
@@ -372,7 +372,7 @@ async fn the_lineage_stays_linear(backend: Backend) {
                 &token,
                 &round,
                 Some(&current),
-                privatized(attempt, 131).to_bytes(),
+                privatized(attempt, HEAD_D).to_bytes(),
             )
             .await;
         assert_eq!(s, StatusCode::ACCEPTED, "{v}");

@@ -137,7 +137,7 @@ async fn fedavgm_uses_momentum(backend: Backend) {
         us.iter().map(|u| u.values()[i] as f64 * GAMMA).sum::<f64>() / us.len() as f64
     };
     let h2 = h.head("2").await;
-    let expected: Vec<f32> = (0..131)
+    let expected: Vec<f32> = (0..HEAD_D)
         .map(|i| {
             let m = 0.5 * mean(&u1, i) + mean(&u2, i);
             (h2[i] as f64 + m) as f32

@@ -91,12 +91,12 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
     assert_eq!(s, StatusCode::OK, "{changed}");
     assert_eq!(changed["targetCount"], 3);
     let (s, ack) = h
-        .submit(&token, &round, Some("1"), privatized(1, 131).to_bytes())
+        .submit(&token, &round, Some("1"), privatized(1, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{ack}");
     assert_eq!(ack["roundClosed"], Value::Null);
     let (s, _) = h
-        .submit(&token, &round, Some("1"), privatized(2, 131).to_bytes())
+        .submit(&token, &round, Some("1"), privatized(2, HEAD_D).to_bytes())
         .await;
     assert_eq!(s, StatusCode::CONFLICT, "one update per client per round");
     let (s, closed) = h

@@ -26,12 +26,15 @@ async fn concurrent_submissions_are_committed_together_and_each_judged(backend: 
         }
         t
     };
-    let shared = privatized(999, 131).to_bytes();
+    let shared = privatized(999, HEAD_D).to_bytes();
     // Each client sends two different updates; clients 40..60 also send one shared payload.
     let mut requests = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        requests.push((token.clone(), privatized(i as u32, 131).to_bytes()));
-        requests.push((token.clone(), privatized(1000 + i as u32, 131).to_bytes()));
+        requests.push((token.clone(), privatized(i as u32, HEAD_D).to_bytes()));
+        requests.push((
+            token.clone(),
+            privatized(1000 + i as u32, HEAD_D).to_bytes(),
+        ));
         if i >= 40 {
             requests.push((token.clone(), shared.clone()));
         }
@@ -106,7 +109,7 @@ async fn concurrent_submissions_are_committed_together_and_each_judged(backend: 
                     &token,
                     &round,
                     Some("1"),
-                    privatized(5000 + i, 131).to_bytes(),
+                    privatized(5000 + i, HEAD_D).to_bytes(),
                 )
                 .await
             })
@@ -126,7 +129,7 @@ async fn round_publishes_fedavg_and_the_onnx_carries_the_new_head(backend: Backe
         return;
     };
     let d = h.app.dimension();
-    assert_eq!(d, 131);
+    assert_eq!(d, HEAD_D);
     let round = h.open_round(round_body(3, Some(3))).await;
     // The client's RoundConfig parses from the server's round JSON.
     let current = h.get("/v1/rounds/current").await;
@@ -137,7 +140,7 @@ async fn round_publishes_fedavg_and_the_onnx_carries_the_new_head(backend: Backe
         (rc.clip_norm, rc.granularity, rc.noise_stddev),
         (C, GAMMA, SIGMA)
     );
-    assert_eq!(current["dimension"], 131);
+    assert_eq!(current["dimension"], HEAD_D);
 
     let old = h.head("1").await;
     let updates: Vec<PrivatizedUpdate> = (0..3).map(|s| privatized(s, d)).collect();
@@ -201,7 +204,7 @@ async fn below_minimum_cohort_nothing_is_published(backend: Backend) {
     for s in 0..2 {
         let token = h.register().await;
         let (st, _) = h
-            .submit(&token, &round, Some("1"), privatized(s, 131).to_bytes())
+            .submit(&token, &round, Some("1"), privatized(s, HEAD_D).to_bytes())
             .await;
         assert_eq!(st, StatusCode::ACCEPTED);
     }
@@ -241,7 +244,7 @@ async fn bad_submissions_are_refused_without_state_change(backend: Backend) {
     };
     let round = h.open_round(round_body(1, None)).await;
     let token = h.register().await;
-    let good = privatized(7, 131).to_bytes();
+    let good = privatized(7, HEAD_D).to_bytes();
     let code = |v: &Value| v["error"]["code"].as_str().unwrap().to_string();
 
     // No token, a forged token.
@@ -295,7 +298,7 @@ async fn bad_submissions_are_refused_without_state_change(backend: Backend) {
         b"not an update".to_vec(),
         good[..good.len() - 8].to_vec(),
         privatize_with_os_rng(
-            &delta(1, 131),
+            &delta(1, HEAD_D),
             &PrivatizerConfig::new(C, GAMMA, 0.2).unwrap(),
         )
         .unwrap()
@@ -338,7 +341,7 @@ async fn bad_submissions_are_refused_without_state_change(backend: Backend) {
     let (s, _) = h.submit(&token, &round, Some("1"), good.clone()).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     let (s, v) = h
-        .submit(&token, &round, Some("1"), privatized(8, 131).to_bytes())
+        .submit(&token, &round, Some("1"), privatized(8, HEAD_D).to_bytes())
         .await;
     assert_eq!(
         (s, code(&v)),
@@ -373,7 +376,7 @@ async fn bad_submissions_are_refused_without_state_change(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::OK);
     let (s, v) = h
-        .submit(&other, &round, Some("1"), privatized(9, 131).to_bytes())
+        .submit(&other, &round, Some("1"), privatized(9, HEAD_D).to_bytes())
         .await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "round_closed".into()));
     let m = h.raw(Method::GET, "/metrics", &[], vec![]).await.1;
@@ -396,7 +399,7 @@ async fn deadline_closes_the_round(backend: Backend) {
     for s in 0..2 {
         let token = h.register().await;
         let (st, _) = h
-            .submit(&token, &round, Some("1"), privatized(s, 131).to_bytes())
+            .submit(&token, &round, Some("1"), privatized(s, HEAD_D).to_bytes())
             .await;
         assert_eq!(st, StatusCode::ACCEPTED);
     }

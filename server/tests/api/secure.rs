@@ -143,7 +143,7 @@ fn sealed_to(
     let cfg = PrivatizerConfig::new(C, GAMMA, sigma).unwrap();
     let terms = SecureRound::for_privatizer(
         round["roundId"].as_str().unwrap().parse().unwrap(),
-        131,
+        HEAD_D,
         &cfg,
         secure["minReports"].as_u64().unwrap(),
     )
@@ -151,7 +151,7 @@ fn sealed_to(
     let leader = HpkePublicKey::from_hex(secure["leaderKey"].as_str().unwrap()).unwrap();
     let helper = HpkePublicKey::from_hex(secure["helperKey"].as_str().unwrap()).unwrap();
     let mut rng = OsCsprng::new().unwrap();
-    let lattice = clip_to_lattice(&delta(seed, 131), &cfg, &mut rng).unwrap();
+    let lattice = clip_to_lattice(&delta(seed, HEAD_D), &cfg, &mut rng).unwrap();
     seal_report(
         lattice,
         &terms,
@@ -204,8 +204,8 @@ async fn a_secure_round_publishes_the_helper_noised_mean(backend: Backend) {
     assert_eq!(last["roundClosed"]["status"], "published", "{last}");
     let version = last["roundClosed"]["publishedVersion"].as_str().unwrap();
     let new = h.head(version).await;
-    let expected: Vec<f32> = (0..131)
-        .map(|i| old[i] + (0..3).map(|s| delta(s, 131)[i]).sum::<f32>() / 3.0)
+    let expected: Vec<f32> = (0..HEAD_D)
+        .map(|i| old[i] + (0..3).map(|s| delta(s, HEAD_D)[i]).sum::<f32>() / 3.0)
         .collect();
     // Rounding moves each coordinate by < γ, the helper's noise by σ/3 ≈ 1e-3 (6σ bound).
     assert_close(&new, &expected, (GAMMA + 6.0 * sigma / 3.0) as f32);
@@ -224,7 +224,7 @@ async fn a_secure_round_publishes_the_helper_noised_mean(backend: Backend) {
             &bytes,
             &feedloop_privacy::ExpectedRound {
                 config: PrivatizerConfig::new(C, GAMMA, sigma).unwrap(),
-                dimension: 131,
+                dimension: HEAD_D,
             }
         )
         .is_err());
@@ -258,7 +258,7 @@ async fn invalid_reports_change_nothing_on_either_aggregator(backend: Backend) {
             "sealed under a σ the helper does not apply",
             sealed_to(&round, 3, Some(1.0), None),
         ),
-        ("a local update", privatized(4, 131).to_bytes()),
+        ("a local update", privatized(4, HEAD_D).to_bytes()),
     ];
     for (what, bytes) in cases {
         let token = h.register().await;
@@ -327,7 +327,7 @@ async fn the_helper_keeps_its_own_terms_and_releases_once(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(unauthorized.status().as_u16(), 401);
-    let task = json!({ "dimension": 131, "clipNorm": C, "granularity": GAMMA,
+    let task = json!({ "dimension": HEAD_D, "clipNorm": C, "granularity": GAMMA,
         "noiseStddev": 1e-4, "minReports": 1, "verifyKey": "ab".repeat(32) });
     let (status, terms) = helper
         .call(reqwest::Method::PUT, "/v1/helper/tasks/77", task.clone())
