@@ -547,6 +547,7 @@ def build_onnx(q, scale, vocab_tokens, source, lexical=None):
     inits = [
         numpy_helper.from_array(q, "token_embeddings_int8"),
         numpy_helper.from_array(scale.astype(f32), "token_embeddings_scale"),
+        numpy_helper.from_array(np.zeros(V, dtype=np.int8), "token_embeddings_zero_point"),
         numpy_helper.from_array(np.array([1.0 if lexical is None else COSINE_WEIGHT], f32), "head_cosine"),
         numpy_helper.from_array(np.zeros(D, f32), "head_interaction"),
         numpy_helper.from_array(np.zeros(D, f32), "head_candidate"),
@@ -558,24 +559,19 @@ def build_onnx(q, scale, vocab_tokens, source, lexical=None):
         numpy_helper.from_array(np.array([1.0 / math.log(1.0 + MAX_TOKENS)], f32), "length_norm"),
     ]
     N = helper.make_node
-    nodes = []
+    nodes = [N("DequantizeLinear", ["token_embeddings_int8", "token_embeddings_scale",
+                                    "token_embeddings_zero_point"], ["token_embeddings"],
+               name="dequantize", axis=0)]
 
     def body(prefix, ids, mask, out):
         p = prefix
         nodes.extend([
-            # Load-free: gather the int8 rows and their scales, not rows of a dequantized table. A
-            # DequantizeLinear of the whole table is constant but grows the data, which tract does
-            # not fold: it built the 7.8 MB float table at every load (or ran it at every call).
-            # Σ_t mask[t]·scale[t]·q[t] is the same sum (the mask is 0/1).
-            N("Gather", ["token_embeddings_int8", ids], [p + "Q"], name=p + "gather_rows", axis=0),
-            N("Cast", [p + "Q"], [p + "T"], name=p + "cast_rows", to=TensorProto.FLOAT),
-            N("Gather", ["token_embeddings_scale", ids], [p + "R"], name=p + "gather_scales", axis=0),
+            N("Gather", ["token_embeddings", ids], [p + "T"], name=p + "gather", axis=0),
             N("Cast", [mask], [p + "M"], name=p + "cast_mask", to=TensorProto.FLOAT),
-            N("Mul", [p + "M", p + "R"], [p + "MR"], name=p + "scaled_mask"),
-            # Σ_t (mask·scale)[t]·row[t] as one batched MatMul, [N,1,T] @ [N,T,D]: runtimes run it
-            # through their matrix kernels (tract's masked Mul + ReduceSum over the middle axis was a
-            # generic strided loop: 57% of the time to score 100 candidates in wasm).
-            N("Unsqueeze", [p + "MR", "axes_1"], [p + "M1T"], name=p + "mask_row"),
+            # Σ_t mask[t]·token[t] as one batched MatMul, mask[N,1,T] @ tokens[N,T,D]: runtimes run
+            # it through their matrix kernels (tract's masked Mul + ReduceSum over the middle axis
+            # was a generic strided loop: 57% of the time to score 100 candidates in wasm).
+            N("Unsqueeze", [p + "M", "axes_1"], [p + "M1T"], name=p + "mask_row"),
             N("MatMul", [p + "M1T", p + "T"], [p + "S1"], name=p + "masked_sum"),
             N("Squeeze", [p + "S1", "axes_1"], [p + "S"], name=p + "sum_tokens"),
             N("ReduceSum", [p + "M", "axes_1"], [p + "C"], name=p + "count_tokens", keepdims=1),

@@ -254,50 +254,20 @@ impl RewardModel {
         Ok(Some(rows.iter().map(|r| query.value(r)).collect()))
     }
 
-    /// The dequantized token table, row-major [vocab_size × dimensions], read from the body's plan,
-    /// for runtimes that gather the rows themselves (the WebGPU path): a float constant of that
-    /// shape (a table dequantized at load), or an int8 one with one float scale per row (the default
-    /// model's load-free graph gathers those rows and scales them itself). `None` when the body
-    /// holds neither (a model whose body is not an embedding bag).
+    /// The dequantized token table, row-major [vocab_size × dimensions], read from the body's plan
+    /// (the constant folded at load), for runtimes that gather the rows themselves (the WebGPU path).
+    /// `None` when the body holds no such constant (a model whose body is not an embedding bag).
     pub fn token_table(&self) -> Option<Vec<f32>> {
         use tract_onnx::tract_core::ops::konst::Const;
-        let (vocab, dims) = (self.info.vocab_size, self.info.dimensions);
-        let consts: Vec<&Tensor> = self
-            .body
-            .model()
-            .nodes()
-            .iter()
-            .filter_map(|node| node.op_as::<Const>().map(|c| &**c.val()))
-            .collect();
-        let plain = |t: &Tensor| -> Option<Vec<f32>> {
-            Some(
-                t.to_plain_array_view::<f32>()
-                    .ok()?
-                    .iter()
-                    .copied()
-                    .collect(),
-            )
-        };
-        if let Some(table) = consts
-            .iter()
-            .find(|t| t.datum_type() == f32::datum_type() && t.shape() == [vocab, dims])
-        {
-            return plain(table);
-        }
-        let rows = consts
-            .iter()
-            .find(|t| t.datum_type() == i8::datum_type() && t.shape() == [vocab, dims])?;
-        let scales = consts
-            .iter()
-            .find(|t| t.datum_type() == f32::datum_type() && t.shape() == [vocab])?;
-        let scales = plain(scales)?;
-        let rows = rows.to_plain_array_view::<i8>().ok()?;
-        Some(
-            rows.iter()
-                .enumerate()
-                .map(|(i, &q)| f32::from(q) * scales[i / dims])
-                .collect(),
-        )
+        let shape = [self.info.vocab_size, self.info.dimensions];
+        self.body.model().nodes().iter().find_map(|node| {
+            let table = node.op_as::<Const>()?.val();
+            if table.datum_type() != f32::datum_type() || table.shape() != shape {
+                return None;
+            }
+            let view = table.to_plain_array_view::<f32>().ok()?;
+            Some(view.iter().copied().collect())
+        })
     }
 
     /// Token ids the model sees for `text` (truncated at `max_tokens`).
@@ -555,8 +525,7 @@ fn plan_body(onnx: &tract_onnx::Onnx, proto: &tract_onnx::pb::ModelProto) -> Res
 /// tract refuses a fold whose result is larger than its inputs, and an int8 embedding table
 /// dequantized to f32 is four times larger: left alone, every run would dequantize the whole
 /// vocabulary (2M multiplications) before gathering a handful of rows. feedloop spends the memory
-/// (V × D × 4 bytes, 7.8 MB for a 30,522 × 64 table) to make small batches cheap. The default model
-/// needs none of this: its graph gathers int8 rows and scales them after the gather (docs/MODEL.md).
+/// (V × D × 4 bytes, 7.8 MB for the default model) to make small batches cheap.
 fn fold_constants(mut model: TypedModel) -> TractResult<TypedModel> {
     use tract_onnx::tract_core::ops::konst::Const;
     'fold: loop {
