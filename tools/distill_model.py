@@ -474,6 +474,76 @@ def quantize_rows(table):
     return q, scale
 
 
+# The shipped table (docs/MODEL.md, "The token table"): int4 values in groups of INT4_GROUP columns
+# with one f16 scale each, and no rows for the 994 `[unusedN]` tokens (the tokenizer never produces
+# them; they share [UNK]'s). Chosen by tools/table_study.py: against the int8 per-row table it saves
+# 1.0 MB of brotli for -0.001 DEV mean MRR@20. Pruning further by the TRAIN corpus's counts saved
+# 0.42 MB more for -0.002 but dropped everyday words its text lacks ("laptop", "subscription", "visa"
+# in the demo's samples) and the demo's learning test with them.
+INT4_GROUP = 32
+UNK_ID = 100
+
+
+def train_token_counts(vocab_size, sentences):
+    """How often each WordPiece id occurs in `sentences` (the TRAIN corpus), as the model sees them
+    (tools/table_study.py prunes by it)."""
+    tok = Tokenizer.from_file(str(teacher_files()["tokenizer.json"]))
+    tok.no_padding()
+    tok.no_truncation()
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for e in tok.encode_batch(sentences, add_special_tokens=False):
+        np.add.at(counts, np.asarray(e.ids, dtype=np.int64), 1)
+    return counts
+
+
+def live_rows(vocab_tokens):
+    """Every id but the `[unusedN]` placeholders, which WordPiece never produces."""
+    return [i for i, t in enumerate(vocab_tokens) if not t.startswith("[unused")]
+
+
+def quantize_int4(q8, scale8, keep, group=INT4_GROUP):
+    """The int8 per-row table requantized to packed int4: the rows of the ids in `keep` (which must
+    hold [UNK]), symmetric ±7 per `group` columns with an f16 scale. Values are stored +8 as
+    nibbles, column 2j in the low nibble of byte j and 2j+1 in the high one. Returns (packed uint8
+    [R, D/2], scales f16 [R, D/group], rows uint16 [V]: each id's row, [UNK]'s for an id not kept).
+    Requantizing from int8 (not from the floats) keeps `--rebuild-graph` and a full distillation on
+    the same bytes."""
+    V, D = q8.shape
+    keep = sorted(set(keep) | set(SPECIAL_IDS))
+    table = q8[keep].astype(np.float32) * scale8[keep][:, None]  # what DequantizeLinear computes
+    g = table.reshape(len(keep), D // group, group).astype(np.float64)
+    scale = (np.abs(g).max(2) / 7.0).astype(np.float16)
+    scale[scale == 0] = np.float16(1.0)
+    q = np.clip(np.rint(g / scale.astype(np.float64)[:, :, None]), -7, 7).reshape(len(keep), D)
+    n = (q + 8).astype(np.uint8)
+    packed = (n[:, 0::2] | (n[:, 1::2] << 4)).astype(np.uint8)
+    rows = np.full(V, keep.index(UNK_ID), dtype=np.uint16)
+    rows[keep] = np.arange(len(keep), dtype=np.uint16)
+    return packed, scale, rows
+
+
+def dequantize_int4(packed, scale, rows):
+    """numpy reference of the graph's (and core/src/dequantize.rs's) unpacking: f32 [V, D]."""
+    R, half = packed.shape
+    n = np.stack([packed & 15, packed >> 4], axis=2).reshape(R, 2 * half).astype(np.float32) - np.float32(8)
+    group = 2 * half // scale.shape[1]
+    t = (n.reshape(R, scale.shape[1], group) * scale.astype(np.float32)[:, :, None]).reshape(R, 2 * half)
+    return t[rows.astype(np.int64)]
+
+
+INT4_SOURCE = (f"int8 per-row symmetric scale, requantized to int4 in groups of {INT4_GROUP} columns "
+               "with f16 scales, no rows for [unusedN]")
+
+
+def table_stats(table, command):
+    _, packed, scale, rows = table
+    return {"encoding": f"int4, groups of {INT4_GROUP} columns, f16 scales", "rows": int(packed.shape[0]),
+            "vocabulary": int(rows.shape[0]), "sharing_unk_row": int(rows.shape[0] - packed.shape[0]),
+            "bytes": int(packed.nbytes + scale.nbytes + rows.nbytes),
+            "rows_kept": "every id but the [unusedN] placeholders (the tokenizer never produces them)",
+            "chosen_by": "tools/table_study.py (table_study in this file)", "command": command}
+
+
 def static_embed(table, id_lists):
     """numpy mirror of the ONNX body (float64)."""
     out = np.zeros((len(id_lists), table.shape[1]), dtype=np.float64)
@@ -539,15 +609,64 @@ def lexical_reference(idf, k1, b, avg, ctx_ids, cand_ids):
     return np.array(out)
 
 
-def build_onnx(q, scale, vocab_tokens, source, lexical=None):
-    """The contract graph around an int8 table; with `lexical` (a dict of idf_q, idf_scale, k1, b,
-    avg_tokens, weight) a contract 2 graph whose score has the lexical term, else contract 1."""
-    V, D = q.shape
+def table_graph(table):
+    """Initializers and nodes that compute `token_embeddings` (f32 [V, D]) from the stored table:
+    ("int8", q, scale) — one DequantizeLinear (contract 1 and 2 models before the int4 table); or
+    ("int4", packed, scale, rows) — the nibbles unpacked with Cast/Mod/Div/Concat, centred, scaled by
+    their group's f16 scale and gathered into every id's row. Both are constant: a runtime folds them
+    once at load (feedloop's loader in one native pass, core/src/dequantize.rs), so the per-text
+    work gathers plain f32 rows."""
+    N = helper.make_node
+    if table[0] == "int8":
+        _, q, scale = table
+        inits = [numpy_helper.from_array(q, "token_embeddings_int8"),
+                 numpy_helper.from_array(scale.astype(np.float32), "token_embeddings_scale"),
+                 numpy_helper.from_array(np.zeros(q.shape[0], dtype=np.int8), "token_embeddings_zero_point")]
+        nodes = [N("DequantizeLinear", ["token_embeddings_int8", "token_embeddings_scale",
+                                        "token_embeddings_zero_point"], ["token_embeddings"],
+                   name="dequantize", axis=0)]
+        return inits, nodes, q.shape
+    _, packed, scale, rows = table
+    R, half = packed.shape
+    D, G = 2 * half, scale.shape[1]
+    assert packed.dtype == np.uint8 and scale.dtype == np.float16 and rows.dtype == np.uint16
+    inits = [numpy_helper.from_array(packed, "token_embeddings_int4"),
+             numpy_helper.from_array(scale, "token_embeddings_scale"),
+             numpy_helper.from_array(rows, "token_embeddings_row"),
+             numpy_helper.from_array(np.array([16], np.int32), "int4_sixteen"),
+             numpy_helper.from_array(np.array([8.0], np.float32), "int4_eight"),
+             numpy_helper.from_array(np.array([2], np.int64), "int4_axes_2"),
+             numpy_helper.from_array(np.array([-1, G, D // G], np.int64), "int4_group_shape"),
+             numpy_helper.from_array(np.array([-1, D], np.int64), "int4_row_shape")]
+    F, I32, I64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+    nodes = [
+        N("Cast", ["token_embeddings_int4"], ["int4_bytes"], name="int4_bytes", to=I32),
+        N("Mod", ["int4_bytes", "int4_sixteen"], ["int4_low"], name="int4_low"),
+        N("Div", ["int4_bytes", "int4_sixteen"], ["int4_high"], name="int4_high"),
+        N("Unsqueeze", ["int4_low", "int4_axes_2"], ["int4_low_3d"], name="int4_low_3d"),
+        N("Unsqueeze", ["int4_high", "int4_axes_2"], ["int4_high_3d"], name="int4_high_3d"),
+        # byte j holds column 2j (low nibble) and 2j + 1 (high)
+        N("Concat", ["int4_low_3d", "int4_high_3d"], ["int4_pairs"], name="int4_interleave", axis=2),
+        N("Reshape", ["int4_pairs", "int4_group_shape"], ["int4_groups"], name="int4_groups"),
+        N("Cast", ["int4_groups"], ["int4_float"], name="int4_float", to=F),
+        N("Sub", ["int4_float", "int4_eight"], ["int4_centred"], name="int4_centre"),
+        N("Cast", ["token_embeddings_scale"], ["int4_scale"], name="int4_scale", to=F),
+        N("Unsqueeze", ["int4_scale", "int4_axes_2"], ["int4_scale_3d"], name="int4_scale_3d"),
+        N("Mul", ["int4_centred", "int4_scale_3d"], ["int4_scaled"], name="int4_apply_scale"),
+        N("Reshape", ["int4_scaled", "int4_row_shape"], ["int4_table"], name="int4_table"),
+        N("Cast", ["token_embeddings_row"], ["int4_row"], name="int4_row", to=I64),
+        N("Gather", ["int4_table", "int4_row"], ["token_embeddings"], name="int4_rows", axis=0),
+    ]
+    return inits, nodes, (rows.shape[0], D)
+
+
+def build_onnx(table, vocab_tokens, source, lexical=None):
+    """The contract graph around a stored table (see table_graph); with `lexical` (a dict of idf_q,
+    idf_scale, k1, b, avg_tokens, weight) a contract 2 graph whose score has the lexical term, else
+    contract 1."""
+    table_inits, table_nodes, (V, D) = table_graph(table)
     f32 = np.float32
-    inits = [
-        numpy_helper.from_array(q, "token_embeddings_int8"),
-        numpy_helper.from_array(scale.astype(f32), "token_embeddings_scale"),
-        numpy_helper.from_array(np.zeros(V, dtype=np.int8), "token_embeddings_zero_point"),
+    inits = table_inits + [
         numpy_helper.from_array(np.array([1.0 if lexical is None else COSINE_WEIGHT], f32), "head_cosine"),
         numpy_helper.from_array(np.zeros(D, f32), "head_interaction"),
         numpy_helper.from_array(np.zeros(D, f32), "head_candidate"),
@@ -559,9 +678,7 @@ def build_onnx(q, scale, vocab_tokens, source, lexical=None):
         numpy_helper.from_array(np.array([1.0 / math.log(1.0 + MAX_TOKENS)], f32), "length_norm"),
     ]
     N = helper.make_node
-    nodes = [N("DequantizeLinear", ["token_embeddings_int8", "token_embeddings_scale",
-                                    "token_embeddings_zero_point"], ["token_embeddings"],
-               name="dequantize", axis=0)]
+    nodes = list(table_nodes)
 
     def body(prefix, ids, mask, out):
         p = prefix
@@ -730,15 +847,38 @@ def sha256_file(p):
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
-def rebuild_graph(path, add_lexical=False):
+def stored_table(weights):
+    """The table of a model's initializers, as table_graph takes it."""
+    if "token_embeddings_int4" in weights:
+        return ("int4", weights["token_embeddings_int4"], weights["token_embeddings_scale"],
+                weights["token_embeddings_row"])
+    return ("int8", weights["token_embeddings_int8"], weights["token_embeddings_scale"])
+
+
+def table_floats(table):
+    """The f32 table [V, D] a runtime computes from a stored table."""
+    if table[0] == "int8":
+        return table[1].astype(np.float32) * table[2].astype(np.float32)[:, None]
+    return dequantize_int4(*table[1:])
+
+
+def rebuild_graph(path, add_lexical=False, int4=False):
     """The committed model with build_onnx's current graph: same weights, same outputs. With
     `add_lexical`, a contract 1 model becomes contract 2 (the idf table from lexical_idf and the
     LEXICAL_* constants): the same embeddings, and a score that is the old one plus w·λ, which is
-    checked against lexical_reference."""
+    checked against lexical_reference. With `int4`, an int8 table becomes the packed int4 one
+    (quantize_int4, no rows for [unusedN]); the outputs are then checked against
+    the numpy reference of the new table instead of the old graph."""
     old = onnx.load(str(path))
     weights = {t.name: numpy_helper.to_array(t) for t in old.graph.initializer}
     props = {p.key: p.value for p in old.metadata_props}
     vocab_tokens = props["feedloop.vocab"].split("\n")
+    table = stored_table(weights)
+    source = props["feedloop.source"]
+    repacked = int4 and table[0] == "int8"
+    if repacked:
+        table = ("int4", *quantize_int4(table[1], table[2], live_rows(vocab_tokens)))
+        source = source.replace("int8 per-row symmetric scale", INT4_SOURCE)
     lexical = None
     if "lexical_idf" in weights:
         lexical = {"idf_q": weights["lexical_idf"], "idf_scale": float(weights["lexical_idf_scale"][0]),
@@ -750,8 +890,7 @@ def rebuild_graph(path, add_lexical=False):
         lexical = {"idf_q": idf_q, "idf_scale": float(idf_scale), "k1": LEXICAL_K1, "b": LEXICAL_B,
                    "avg_tokens": LEXICAL_AVG_TOKENS, "weight": LEXICAL_WEIGHT}
     added = lexical is not None and "lexical_idf" not in weights
-    model = build_onnx(weights["token_embeddings_int8"], weights["token_embeddings_scale"],
-                       vocab_tokens, props["feedloop.source"], lexical=lexical)
+    model = build_onnx(table, vocab_tokens, source, lexical=lexical)
     for init in model.graph.initializer:
         if init.name.startswith("head_") and init.name in weights and not (added and init.name == "head_cosine"):
             init.CopyFrom(numpy_helper.from_array(weights[init.name], init.name))
@@ -762,13 +901,24 @@ def rebuild_graph(path, add_lexical=False):
     after = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     worst = 0.0
+    floats = table_floats(table)
     for batch, tokens, context in [(1, 1, 1), (7, 13, 5), (100, 40, 12), (3, MAX_TOKENS, MAX_TOKENS)]:
-        ids = rng.integers(0, weights["token_embeddings_int8"].shape[0], (batch, tokens))
+        ids = rng.integers(0, len(vocab_tokens), (batch, tokens))
         mask = (rng.random((batch, tokens)) < 0.8).astype(np.int64)
         mask[:, 0] = 1
         feed = {"token_ids": ids, "attention_mask": mask,
                 "context_token_ids": ids[:1, :context], "context_attention_mask": mask[:1, :context]}
         (e0, s0), (e1, s1) = before.run(None, feed), after.run(None, feed)
+        if repacked:
+            # the new table's own embeddings (numpy, float64 mean of f32 rows), and the old score
+            # with the old cosine replaced by the new one
+            cands = [[int(t) for t, m in zip(r, mr) if m] for r, mr in zip(ids, mask)]
+            ctx = [int(t) for t, m in zip(ids[0, :context], mask[0, :context]) if m]
+            e0 = static_embed(floats, cands)
+            c_old = (static_embed(table_floats(stored_table(weights)), cands)
+                     * static_embed(table_floats(stored_table(weights)), [ctx])).sum(1)
+            c_new = (e0 * static_embed(floats, [ctx])).sum(1)
+            s0 = s0 + float(weights["head_cosine"][0]) * (c_new - c_old)
         if added:
             ctx = [int(t) for t, m in zip(ids[0, :context], mask[0, :context]) if m]
             cands = [[int(t) for t, m in zip(r, mr) if m] for r, mr in zip(ids, mask)]
@@ -783,6 +933,8 @@ def rebuild_graph(path, add_lexical=False):
     if path.resolve() == MODEL_PATH.resolve() and QUALITY_PATH.exists():
         quality = json.loads(QUALITY_PATH.read_text())
         quality.update(sha256=digest, size_bytes=len(data))
+        if repacked:
+            quality["table"] = table_stats(table, "python tools/distill_model.py --rebuild-graph --int4")
         if added:
             quality["lexical"] = {"k1": LEXICAL_K1, "b": LEXICAL_B, "avg_tokens": LEXICAL_AVG_TOKENS,
                                   "head_lexical": LEXICAL_WEIGHT, "head_cosine": COSINE_WEIGHT,
@@ -805,9 +957,11 @@ def main():
     ap.add_argument("--add-lexical", action="store_true",
                     help="with --rebuild-graph: turn a contract 1 model into contract 2 (the lexical "
                          "term, its idf table from /usr/share/doc TRAIN and the LEXICAL_* constants)")
+    ap.add_argument("--int4", action="store_true",
+                    help="with --rebuild-graph: turn an int8 table into the packed int4 one (quantize_int4)")
     args = ap.parse_args()
     if args.rebuild_graph:
-        return rebuild_graph(Path(args.output), add_lexical=args.add_lexical)
+        return rebuild_graph(Path(args.output), add_lexical=args.add_lexical, int4=args.int4)
     t_start = time.time()
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     timing = {}
@@ -958,23 +1112,24 @@ def main():
     chosen = max((v for v in variants if "dev_spearman" in v), key=lambda v: v["dev_spearman"])
     log(f"chosen: {chosen}")
     q, scale = quantize_rows(tables[id(chosen)])
+    table = ("int4", *quantize_int4(q, scale, live_rows(vocab_tokens)))
     if chosen["stage"] == "3":
         recipe = (f"{chosen['pooling']} pooling, corpus SIF {chosen['weighting'][len('sif_corpus_'):]}, common component "
                   f"removed, ridge to teacher PCA {DIMS}, pairwise fine-tuning on fortunes + /usr/share/doc ({ft_step} steps)")
     else:
         recipe = f"{chosen['pooling']} pooling, {chosen['projection']}, weighting {chosen['weighting']}"
     source = (f"sentence-transformers/all-MiniLM-L6-v2; Model2Vec-style distillation ([CLS] tok [SEP]): {recipe}; "
-              f"int8 per-row symmetric scale; tools/distill_model.py")
+              f"{INT4_SOURCE}; tools/distill_model.py")
     idf_q, idf_scale, idf_stats = lexical_idf(V, log=log)
     data_stats["lexical_idf"] = idf_stats
-    onnx_model = build_onnx(q, scale, vocab_tokens, source, lexical={
+    onnx_model = build_onnx(table, vocab_tokens, source, lexical={
         "idf_q": idf_q, "idf_scale": float(idf_scale), "k1": LEXICAL_K1, "b": LEXICAL_B,
         "avg_tokens": LEXICAL_AVG_TOKENS, "weight": LEXICAL_WEIGHT})
     data = onnx_model.SerializeToString()
 
     # run the serialized model with onnxruntime before writing it
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    deq = q.astype(np.float64) * scale.astype(np.float64)[:, None]
+    deq = table_floats(table).astype(np.float64)
     baseline = tables[id(stage1)]
     results = {}
     for split in ("dev", "dev_docs", "test", "test_docs"):
@@ -1047,6 +1202,7 @@ def main():
             **data_stats,
         },
         "teacher_sanity_check": {k: round(v, 4) for k, v in sanity.items()},
+        "table": table_stats(table, "python tools/distill_model.py"),
         "variants": variants,
         "chosen": chosen,
         "test": results["test"],

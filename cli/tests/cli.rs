@@ -478,11 +478,11 @@ fn simulate_secure_aggregation_spends_the_same_epsilon_with_less_noise() {
         "--aggregation",
         "local,secure",
         "--seeds",
-        "2",
+        "3",
         "--quiet",
     ]);
     let runs = out["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 8, "2 seeds × 2 aggregations × 2 ε");
+    assert_eq!(runs.len(), 12, "3 seeds × 2 aggregations × 2 ε");
     let of = |aggregation: &str, eps: Option<f64>| -> Vec<&Value> {
         runs.iter()
             .filter(|r| r["aggregation"] == aggregation && r["targetEpsilon"].as_f64() == eps)
@@ -506,11 +506,14 @@ fn simulate_secure_aggregation_spends_the_same_epsilon_with_less_noise() {
     for (local, secure) in of("local", None).into_iter().zip(of("secure", None)) {
         assert_eq!(local["rounds"], secure["rounds"]);
     }
-    // σ/N on the mean instead of σ/√N: at N = 200 the secure runs keep more of the learning
-    // (measured 0.729 ± 0.021 against 0.573 ± 0.139 over these two seeds).
+    // σ/N on the mean instead of σ/√N: at N = 200 the secure runs keep more of the learning. Measured
+    // as the accuracy after each of the two rounds, averaged over the three seeds (the area under
+    // the learning curve: one lucky local round moves the last round alone by ±0.1): 0.761 secure
+    // against 0.656 local with the int4 default model (after the last round only: 0.785 / 0.718).
     let mean = |runs: Vec<&Value>| {
+        let after = |r: &Value, k: usize| r["rounds"][k]["accuracy"].as_f64().unwrap();
         runs.iter()
-            .map(|r| last(r)["accuracy"].as_f64().unwrap())
+            .map(|r| (after(r, 1) + after(r, 2)) / 2.0)
             .sum::<f64>()
             / runs.len() as f64
     };

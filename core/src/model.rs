@@ -146,6 +146,7 @@ impl RewardModel {
             .proto_model_for_read(&mut &*bytes)
             .map_err(|e| Error::MalformedModel(format!("not an ONNX protobuf ({e:#})")))?;
         let mut contract = ModelContract::from_proto(&proto)?;
+        crate::dequantize::fold_packed_int4_table(&mut proto);
         crate::dequantize::fold_constant_dequantize(&mut proto);
         let tokenizer = WordPieceTokenizer::new(
             std::mem::take(&mut contract.vocab),

@@ -321,7 +321,9 @@ fn contract_1_models_still_load_and_score_by_cosine() {
         .zip(v1.score(context, &candidates).unwrap())
     {
         assert_eq!(a.lexical, None);
-        assert_eq!(a.product, b.product, "the same table embeds the same");
+        // contract 1's file has the int8 table the default model's int4 one was requantized from
+        let drift = (a.cosine() - b.cosine()).abs();
+        assert!(drift < 0.05, "int8 and int4 cosines differ by {drift}");
         assert!((score - a.cosine()).abs() < 1e-6);
         assert_eq!(a.to_vector().len(), 131);
         assert_eq!(b.to_vector().len(), 132);

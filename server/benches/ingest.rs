@@ -34,7 +34,7 @@ use feedloop_server::auth::Claims;
 use feedloop_server::{App, Config};
 use prost::Message;
 use sqlx::Connection;
-use tract_onnx::pb::{tensor_shape_proto, type_proto, ModelProto};
+use tract_onnx::pb::{tensor_proto, tensor_shape_proto, type_proto, ModelProto, TensorProto};
 
 const DEPLOYMENT_KEY: &str = "site-key-0123456789abcdef";
 const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
@@ -472,30 +472,34 @@ async fn open_round(app: &App, min_cohort: i64) -> feedloop_server::db::RoundRow
 }
 
 /// The bundled model with its body widened to `dims` dimensions over its first `vocab` tokens
-/// (deterministic pseudo-random int8 embeddings): a valid feedloop model (docs/MODEL.md) whose
-/// head has 2·dims + 4 parameters (contract 2, like the bundled model). Only the head's size matters here, not the body's quality.
+/// (deterministic pseudo-random f32 embeddings in place of its packed table): a valid feedloop
+/// model (docs/MODEL.md) whose head has 2·dims + 4 parameters (contract 2, like the bundled
+/// model). Only the head's size matters here, not the body's quality.
 fn wide_model(dims: usize, vocab: usize) -> Vec<u8> {
     let mut proto = ModelProto::decode(feedloop_core::BUNDLED_MODEL).unwrap();
     let graph = proto.graph.as_mut().unwrap();
+    // the int4 table's unpacking (tools/distill_model.py `table_graph`) gives way to a plain table
+    graph.node.retain(|n| !n.name.starts_with("int4_"));
+    graph
+        .initializer
+        .retain(|t| !t.name.starts_with("int4_") && !t.name.starts_with("token_embeddings_"));
     let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    graph.initializer.push(TensorProto {
+        name: "token_embeddings".into(),
+        dims: vec![vocab as i64, dims as i64],
+        data_type: tensor_proto::DataType::Float as i32,
+        raw_data: (0..vocab * dims)
+            .flat_map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (((state >> 56) as u8 as i8) as f32 * 0.01).to_le_bytes()
+            })
+            .collect(),
+        ..Default::default()
+    });
     for t in &mut graph.initializer {
         let (shape, raw): (Vec<i64>, Vec<u8>) = match t.name.as_str() {
-            "token_embeddings_int8" => (
-                vec![vocab as i64, dims as i64],
-                (0..vocab * dims)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        (state >> 56) as u8
-                    })
-                    .collect(),
-            ),
-            "token_embeddings_scale" => (
-                vec![vocab as i64],
-                (0..vocab).flat_map(|_| 0.01f32.to_le_bytes()).collect(),
-            ),
-            "token_embeddings_zero_point" => (vec![vocab as i64], vec![0; vocab]),
             "lexical_idf" => (vec![vocab as i64], t.raw_data[..vocab].to_vec()),
             "head_interaction" | "head_candidate" => (
                 vec![dims as i64],

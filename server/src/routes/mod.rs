@@ -181,14 +181,58 @@ async fn static_file(
     if !static_path_allowed(&dir, request.uri().path()) {
         return not_found().await.into_response();
     }
+    let immutable = hashed_name(request.uri().path());
+    // A `name.ext.br` / `.gz` beside a file is sent instead when the browser accepts it (the wasm
+    // and the model are most of a first visit's bytes).
     let served = tower_http::services::ServeDir::new(dir)
         .append_index_html_on_directories(true)
+        .precompressed_br()
+        .precompressed_gzip()
         .oneshot(request)
         .await;
     match served {
-        Ok(response) if response.status() != StatusCode::NOT_FOUND => response.into_response(),
+        Ok(response) if response.status() != StatusCode::NOT_FOUND => {
+            let mut response = response.into_response();
+            if response.status().is_success() || response.status() == StatusCode::NOT_MODIFIED {
+                response.headers_mut().insert(
+                    axum::http::header::CACHE_CONTROL,
+                    axum::http::HeaderValue::from_static(match immutable {
+                        true => "public, max-age=31536000, immutable",
+                        // revalidated every time (ServeDir answers 304 to If-Modified-Since)
+                        false => "no-cache",
+                    }),
+                );
+            }
+            response
+        }
         _ => not_found().await.into_response(),
     }
+}
+
+/// Whether a file's name carries a content hash, so that it never changes and a browser may keep it
+/// for a year without asking again: webpack's `name.[contenthash:8].ext` (a dot-separated segment of
+/// ≥ 8 hex digits) or Vite's `name-[hash].ext` (a last dash-separated segment of 8 base64url
+/// characters with a digit and an upper-case letter, which words do not have). A hashed name taken
+/// for a plain one only costs a revalidation; the other way round would serve stale files, hence the
+/// narrow rules.
+fn hashed_name(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or_default();
+    let Some((stem, _extension)) = name.rsplit_once('.') else {
+        return false;
+    };
+    let webpack = stem
+        .split('.')
+        .skip(1)
+        .any(|p| p.len() >= 8 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    let vite = stem.rsplit_once('-').is_some_and(|(_, hash)| {
+        hash.len() == 8
+            && hash
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && hash.bytes().any(|b| b.is_ascii_digit())
+            && hash.bytes().any(|b| b.is_ascii_uppercase())
+    });
+    webpack || vite
 }
 
 fn static_path_allowed(root: &std::path::Path, path: &str) -> bool {
@@ -227,4 +271,35 @@ async fn not_found() -> Error {
 async fn method_not_allowed() -> Response {
     let body = ErrorBody::new("method_not_allowed", "method not allowed on this endpoint");
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hashed_names_are_webpacks_and_vites() {
+        for hashed in [
+            "/index.3f2a9c1d.js",
+            "/assets/feedloop-default.0a1b2c3d.onnx",
+            "/assets/feedloop_bg.deadbeef01.wasm",
+            "/assets/index-BRcU3kVs.js",
+            "/assets/feedloop_wasm_bg-D4x9aQ2b.wasm",
+        ] {
+            assert!(super::hashed_name(hashed), "{hashed}");
+        }
+        for plain in [
+            "/",
+            "/index.html",
+            "/dashboard/",
+            "/feedloop_bg.wasm",
+            "/deadbeef.js",
+            "/a.b.c.js",
+            "/release.1234567.js",
+            "/notes.2026-12-02.txt",
+            "/my-template.js",
+            "/site-overview.html",
+            "/index-abcdefgh.js",
+        ] {
+            assert!(!super::hashed_name(plain), "{plain}");
+        }
+    }
 }

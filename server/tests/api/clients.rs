@@ -256,6 +256,67 @@ async fn browser_sync_support(backend: Backend) {
         (s, v["error"]["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("no_such_route"))
     );
+    // What a first ranking downloads: the wasm and the model with their types; a content-hashed
+    // name cached for good, anything else revalidated; a precompressed `.br` beside a file sent
+    // to a browser that accepts brotli.
+    std::fs::create_dir_all(site.join("assets")).unwrap();
+    std::fs::write(site.join("assets/feedloop_bg.0123abcd.wasm"), b"\0asm wasm").unwrap();
+    std::fs::write(
+        site.join("assets/feedloop_bg.0123abcd.wasm.br"),
+        b"brotli bytes",
+    )
+    .unwrap();
+    std::fs::write(site.join("assets/feedloop-default.89abcdef.onnx"), b"onnx").unwrap();
+    let get = |path: &'static str, encoding: Option<&'static str>| {
+        let router = h.router.clone();
+        async move {
+            let mut request = Request::get(path);
+            if let Some(encoding) = encoding {
+                request = request.header("accept-encoding", encoding);
+            }
+            let response = router
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let (parts, body) = response.into_parts();
+            let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+            let header = |name: &str| {
+                parts
+                    .headers
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            (
+                parts.status,
+                header("content-type"),
+                header("cache-control"),
+                header("content-encoding"),
+                body.to_vec(),
+            )
+        }
+    };
+    let (s, kind, cache, encoding, body) = get("/assets/feedloop_bg.0123abcd.wasm", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(kind.as_deref(), Some("application/wasm"));
+    assert_eq!(
+        cache.as_deref(),
+        Some("public, max-age=31536000, immutable")
+    );
+    assert_eq!((encoding, body.as_slice()), (None, &b"\0asm wasm"[..]));
+    let (s, kind, _, encoding, body) =
+        get("/assets/feedloop_bg.0123abcd.wasm", Some("gzip, br")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(kind.as_deref(), Some("application/wasm"));
+    assert_eq!(
+        (encoding.as_deref(), body.as_slice()),
+        (Some("br"), &b"brotli bytes"[..])
+    );
+    let (s, kind, cache, _, _) = get("/assets/feedloop-default.89abcdef.onnx", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(kind.as_deref(), Some("application/octet-stream"));
+    assert!(cache.unwrap().contains("immutable"));
+    let (s, _, cache, _, _) = get("/dashboard/", None).await;
+    assert_eq!((s, cache.as_deref()), (StatusCode::OK, Some("no-cache")));
 
     let round = h.app.ensure_auto_round().await.unwrap().expect("opened");
     assert!(
