@@ -315,12 +315,15 @@ pub async fn refresh(server: &ServerConfig, token: &ClientToken) -> Result<Clien
     self::token(resp, server).await
 }
 
-/// The current model; `None` when it is still the one tagged `etag` (304).
+/// The model this device should run (the current one, or a canary when the server's staged
+/// rollout put this client in its arm); `None` when it is still the one tagged `etag` (304).
 pub async fn current_model(
     server: &ServerConfig,
+    token: &ClientToken,
     etag: Option<&str>,
 ) -> Result<Option<GlobalModel>, NetError> {
-    let mut headers = vec![];
+    let bearer = format!("Bearer {}", token.grant.token);
+    let mut headers = vec![("authorization", bearer.as_str())];
     if let Some(tag) = etag {
         headers.push(("if-none-match", tag));
     }

@@ -273,7 +273,7 @@ async fn run_sync(
         let inner = inner.borrow();
         inner.model_etag.clone()
     };
-    match network::current_model(server, etag.as_deref()).await {
+    match network::current_model(server, &token, etag.as_deref()).await {
         Ok(Some(model)) => {
             if adopt(inner, name, model).await? {
                 report.model_updated = true;

@@ -1,6 +1,7 @@
 // The feedloop dashboard: rounds, cohorts, model versions with their provenance, de-biased thumbs-up
 // rates and ε per round, read from the server's public API (/v1/rounds, /v1/models, /v1/stats), with
-// rollback for an admin (POST /v1/admin/rollback). Served by `feedloop serve --static-dir www/dist`.
+// rollback for an admin (POST /v1/admin/rollback), and staged rollouts with their sequential tests
+// (promote or withdraw a canary: POST /v1/admin/rollout/promote, /abort). Served by `feedloop serve --static-dir www/dist`.
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
@@ -78,8 +79,52 @@ function chart(svg, points, { yMax, reference, label }) {
   });
 }
 
+/** A rate and its interval, e.g. "0.612 [0.55, 0.67] (812)". */
+function rateWithInterval(estimate, interval, reports) {
+  return estimate == null ? `– (${reports ?? 0} reports)` : `${fixed(estimate, 3)} [${fixed(interval[0], 2)}, ${fixed(interval[1], 2)}] (${reports})`;
+}
+
+function renderRollouts(stats) {
+  const body = $("rollouts").tBodies[0];
+  body.replaceChildren();
+  if (stats.rollouts.length === 0) {
+    const row = document.createElement("tr");
+    cell(row, "No staged rollout yet (serve --canary-fraction).").colSpan = 10;
+    body.append(row);
+    return;
+  }
+  for (const r of [...stats.rollouts].reverse()) {
+    const row = document.createElement("tr");
+    row.dataset.rollout = r.version;
+    row.dataset.status = r.status;
+    const e = r.evidence;
+    cell(row, `v${r.version}`);
+    cell(row, `v${r.controlVersion}`);
+    cell(row, `${fixed(100 * r.fraction, 0)} %`);
+    cell(row, r.status.replace("_", " "));
+    cell(row, e ? rateWithInterval(e.canary.thumbsUpRate, e.canary.confidenceSequence ?? [], e.canary.reports) : "–");
+    cell(row, e ? rateWithInterval(e.control.thumbsUpRate, e.control.confidenceSequence ?? [], e.control.reports) : "–");
+    cell(row, e?.difference ? `[${fixed(e.difference[0], 3)}, ${fixed(e.difference[1], 3)}] vs −${e.margin}` : "–");
+    cell(row, e ? e.verdict.replace("_", " ") : "–");
+    const decided = cell(row, r.decidedAt == null ? "–" : `${when(r.decidedAt)} by ${r.decidedBy}`);
+    if (r.reason) decided.title = r.reason;
+    const action = cell(row, "");
+    if (r.status === "canary" || r.status === "awaiting_approval") {
+      for (const [label, path] of [["Promote", "promote"], ["Withdraw", "abort"]]) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.textContent = `${label} v${r.version}`;
+        button.addEventListener("click", () => adminPost(`/v1/admin/rollout/${path}`, `${label} v${r.version}?`));
+        action.append(button);
+      }
+    }
+    body.append(row);
+  }
+}
+
 function renderVersions(models, stats) {
   const rates = new Map(stats.versions.map((v) => [v.version, v]));
+  const canaries = new Set(stats.rollouts.filter((r) => r.status === "canary" || r.status === "awaiting_approval").map((r) => r.version));
   const body = $("versions").tBodies[0];
   body.replaceChildren();
   for (const v of [...models.versions].reverse()) {
@@ -87,7 +132,7 @@ function renderVersions(models, stats) {
     row.dataset.version = v.version;
     if (v.current) row.classList.add("current");
     if (v.flagged) row.classList.add("flagged");
-    cell(row, `v${v.version}${v.current ? " (current)" : ""}`);
+    cell(row, `v${v.version}${v.current ? " (current)" : canaries.has(v.version) ? " (canary)" : ""}`);
     cell(row, v.roundId ? `round ${v.roundId} on v${v.parentVersion}` : v.parentVersion ? `rollback of v${v.parentVersion}` : "base model");
     cell(row, v.cohortSize ?? "–");
     cell(row, v.optimizer ?? "–");
@@ -156,6 +201,24 @@ function renderCharts(rounds, stats) {
   return closed.length;
 }
 
+/** An admin action without a body (promote or withdraw a canary), after a confirmation. */
+async function adminPost(path, question) {
+  const key = $("admin-key").value.trim();
+  if (!key) {
+    showError("Enter the admin key first.");
+    $("admin-key").focus();
+    return;
+  }
+  if (!confirm(question)) return;
+  try {
+    await api(path, { method: "POST", headers: { authorization: `Bearer ${key}` } });
+    sessionStorage.setItem("feedloop-admin-key", key);
+    await refresh();
+  } catch (error) {
+    showError(`Failed: ${error.message}`);
+  }
+}
+
 async function rollback(version) {
   const key = $("admin-key").value.trim();
   if (!key) {
@@ -186,6 +249,7 @@ async function refresh() {
   try {
     const [rounds, models, stats] = await Promise.all([api("/v1/rounds?limit=200"), api("/v1/models"), api("/v1/stats")]);
     renderVersions(models, stats);
+    renderRollouts(stats);
     renderRounds(rounds.rounds);
     const closed = renderCharts(rounds.rounds, stats);
     $("status").textContent =
@@ -194,6 +258,7 @@ async function refresh() {
     document.body.dataset.state = "ready";
     dashboard.loads += 1;
     dashboard.current = models.current;
+    dashboard.rollouts = stats.rollouts.map((r) => ({ version: r.version, status: r.status }));
     showError("");
   } catch (error) {
     document.body.dataset.state = "error";

@@ -7,6 +7,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod evaluate_sim;
 mod loadtest_cmd;
 mod privacy_cmd;
 mod serve_cmd;

@@ -62,15 +62,28 @@ pub struct ServeArgs {
     /// Drift: the tolerated drop in thumbs-up rate.
     #[arg(long, env = "FEEDLOOP_DRIFT_MARGIN", default_value_t = 0.02)]
     drift_margin: f64,
-    /// Drift: one-sided critical z (1.645 = α 0.05).
-    #[arg(long, env = "FEEDLOOP_DRIFT_Z", default_value_t = 1.645)]
-    drift_z: f64,
+    /// Drift and canaries: the sequential test's error rate at all looks together (an equal
+    /// version is rolled back with probability ≤ α/2, however often it is tested).
+    #[arg(long, env = "FEEDLOOP_DRIFT_ALPHA", default_value_t = 0.05)]
+    drift_alpha: f64,
     /// Drift: reports needed on both versions before testing.
     #[arg(long, env = "FEEDLOOP_DRIFT_MIN_REPORTS", default_value_t = 100)]
     drift_min_reports: u64,
     /// Drift: URL POSTed a JSON event when a version is flagged.
     #[arg(long, env = "FEEDLOOP_DRIFT_WEBHOOK")]
     drift_webhook: Option<String>,
+    /// Staged rollout: the share of devices (by client id) a newly published version goes to
+    /// first; 0 publishes to everyone at once.
+    #[arg(long, env = "FEEDLOOP_CANARY_FRACTION", default_value_t = 0.0)]
+    canary_fraction: f64,
+    /// Staged rollout: canary thumbs reports the test is tightest at; a canary with no
+    /// regression by then is promoted.
+    #[arg(long, env = "FEEDLOOP_CANARY_REPORTS", default_value_t = 2000)]
+    canary_reports: u64,
+    /// Staged rollout: `auto` promotes a canary that passed; `approve` waits for
+    /// `POST /v1/admin/rollout/promote`.
+    #[arg(long, env = "FEEDLOOP_CANARY_PROMOTION", default_value = "auto", value_parser = ["auto", "approve"])]
+    canary_promotion: String,
     /// Maximum request body in bytes.
     #[arg(long, env = "FEEDLOOP_MAX_BODY_BYTES", default_value_t = 256 * 1024)]
     max_body_bytes: usize,
@@ -177,7 +190,13 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
     };
     config.rr_epsilon = args.rr_epsilon;
     config.drift.margin = args.drift_margin;
-    config.drift.z_critical = args.drift_z;
+    config.drift.alpha = args.drift_alpha;
+    config.drift.planned_reports = args.canary_reports;
+    config.drift.canary_fraction = args.canary_fraction;
+    config.drift.promotion = match args.canary_promotion.as_str() {
+        "approve" => feedloop_server::Promotion::Approve,
+        _ => feedloop_server::Promotion::Auto,
+    };
     config.drift.min_reports = args.drift_min_reports;
     config.drift.webhook_url = args.drift_webhook;
     config.max_body_bytes = args.max_body_bytes;

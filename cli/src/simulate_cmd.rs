@@ -101,6 +101,34 @@ pub struct SimulateArgs {
     /// population taste, train/held-out split, users and noise; the table shows mean ± sd.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
+    /// Instead of learning: the staged-rollout loop (`evaluate_sim`): N users report thumbs
+    /// through the real client metric path, the server's sequential test decides.
+    #[arg(long)]
+    evaluate: bool,
+    /// --evaluate: runs per (N, drop).
+    #[arg(long, default_value_t = 200)]
+    runs: u64,
+    /// --evaluate: how much lower the canary's true thumbs-up rate is (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1")]
+    drops: Vec<f64>,
+    /// --evaluate: the control version's true thumbs-up rate.
+    #[arg(long, default_value_t = 0.6)]
+    base_rate: f64,
+    /// --evaluate: the share of users served the canary.
+    #[arg(long, default_value_t = 0.5)]
+    canary_fraction: f64,
+    /// --evaluate: ε of each thumbs report (randomized response).
+    #[arg(long, default_value_t = 1.0)]
+    metric_epsilon: f64,
+    /// --evaluate: the tolerated drop (the server's --drift-margin).
+    #[arg(long, default_value_t = 0.02)]
+    margin: f64,
+    /// --evaluate: the test's error rate at all looks (the server's --drift-alpha).
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
+    /// --evaluate: reports per arm before a verdict (the server's --drift-min-reports).
+    #[arg(long, default_value_t = 100)]
+    min_reports: u64,
     /// Also write the results as a Markdown table to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -487,6 +515,9 @@ fn run(
 }
 
 pub fn simulate(args: SimulateArgs) -> CliResult<Value> {
+    if args.evaluate {
+        return simulate_evaluation(&args);
+    }
     if args.rounds == 0 || args.choices == 0 || args.users.contains(&0) {
         return Err("--rounds, --choices and --users must be at least 1".into());
     }
@@ -695,4 +726,54 @@ fn markdown(result: &Value) -> String {
         result["texts"], result["trainPairs"], result["heldOutPairs"], result["choicesPerRound"], result["clipNorm"], result["granularity"], result["delta"], result["optimizer"],
     ));
     out
+}
+
+/// `--evaluate`: the staged-rollout simulation ([`crate::evaluate_sim`]).
+fn simulate_evaluation(args: &SimulateArgs) -> CliResult<Value> {
+    if args.users.contains(&0) || args.runs == 0 || args.drops.is_empty() {
+        return Err("--users, --runs and --drops need at least one user, run and drop".into());
+    }
+    if !(0.0..=1.0).contains(&args.base_rate)
+        || args
+            .drops
+            .iter()
+            .any(|d| !(0.0..=args.base_rate).contains(d))
+    {
+        return Err(
+            "--base-rate must be in [0, 1] and every --drops value in [0, base rate]".into(),
+        );
+    }
+    if !(args.canary_fraction > 0.0 && args.canary_fraction < 1.0) {
+        return Err("--canary-fraction must be between 0 and 1".into());
+    }
+    let evaluation = crate::evaluate_sim::Evaluation {
+        users: args.users.clone(),
+        drops: args.drops.clone(),
+        runs: args.runs,
+        base_rate: args.base_rate,
+        canary_fraction: args.canary_fraction,
+        metric_epsilon: args.metric_epsilon,
+        margin: args.margin,
+        alpha: args.alpha,
+        min_reports: args.min_reports,
+        seed: args.seed,
+    };
+    let total = args.users.iter().sum::<usize>() as u64 * args.drops.len() as u64 * args.runs;
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} reports ({eta})")
+            .map_err(|e| e.to_string())?
+            .progress_chars("=> "),
+    );
+    let result = crate::evaluate_sim::evaluate(&evaluation, &bar)?;
+    bar.finish_and_clear();
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, crate::evaluate_sim::markdown(&result))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(result)
 }

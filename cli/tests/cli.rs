@@ -560,3 +560,44 @@ fn simulate_repeats_runs_over_seeds() {
     assert!(table.contains(" ± "), "{table}");
     assert!(table.contains("mean ± sd over 3 seeds"), "{table}");
 }
+
+/// `simulate --evaluate`: the rollout loop through the real client metric path and the server's
+/// test. A drop of 0.6 at ε = 3 is caught in every run; an equal version is never rolled back here;
+/// the dashboard's 95 % intervals cover the truth about as often as they say.
+#[test]
+fn simulate_evaluate_rolls_back_a_much_worse_canary_and_not_an_equal_one() {
+    let md = temp_file("simulate-evaluate.md", b"");
+    let out = json_out(&[
+        "simulate",
+        "--evaluate",
+        "--users",
+        "600",
+        "--runs",
+        "20",
+        "--drops",
+        "0,0.6",
+        "--base-rate",
+        "0.7",
+        "--metric-epsilon",
+        "3",
+        "--quiet",
+        "--markdown",
+        md.to_str().unwrap(),
+    ]);
+    let rows = out["evaluate"]["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let (equal, worse) = (&rows[0], &rows[1]);
+    assert_eq!(equal["rollbackRate"], 0.0, "{equal}");
+    assert_eq!(worse["rollbackRate"], 1.0, "{worse}");
+    let took = worse["medianReportsToRollback"].as_u64().unwrap();
+    assert!((200..600).contains(&took), "{took}");
+    let coverage = equal["ci95Coverage"].as_f64().unwrap();
+    assert!(coverage >= 0.8, "{coverage}");
+    assert!(equal["sequenceCoverage"].as_f64().unwrap() >= coverage);
+    let table = std::fs::read_to_string(&md).unwrap();
+    assert!(table.contains("| 600 | 0.60 |"), "{table}");
+
+    let bad = feedloop(&["simulate", "--evaluate", "--canary-fraction", "1.5"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--canary-fraction"));
+}

@@ -28,6 +28,7 @@ pub mod onnx_runner;
 pub mod outbox;
 pub mod privacy_report;
 pub mod protocol;
+pub mod rollout;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

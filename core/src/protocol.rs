@@ -516,6 +516,120 @@ pub struct VersionStats {
     pub stars: Option<StarsStats>,
 }
 
+/// Where a staged rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum RolloutStatus {
+    /// Served to the canary fraction of devices; reports are being compared.
+    Canary,
+    /// The test found no regression; waiting for an admin to promote it (still a canary).
+    AwaitingApproval,
+    /// Served to everyone: the current version.
+    Promoted,
+    /// Withdrawn: its devices went back to the control version.
+    RolledBack,
+}
+
+impl RolloutStatus {
+    pub const ALL: [RolloutStatus; 4] = [
+        Self::Canary,
+        Self::AwaitingApproval,
+        Self::Promoted,
+        Self::RolledBack,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Canary => "canary",
+            Self::AwaitingApproval => "awaiting_approval",
+            Self::Promoted => "promoted",
+            Self::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Still served to the canary fraction.
+    pub fn running(self) -> bool {
+        matches!(self, Self::Canary | Self::AwaitingApproval)
+    }
+}
+
+impl std::str::FromStr for RolloutStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown rollout status `{s}`"))
+    }
+}
+
+/// What the sequential test says (`feedloop_core::rollout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub enum RolloutVerdict {
+    /// Not enough evidence either way yet.
+    Continue,
+    /// Worse than the control by more than the margin, at confidence 1 − α at every look.
+    Regression,
+    /// Not worse than the control by the margin, at confidence 1 − α.
+    NonInferior,
+    /// The planned number of canary reports arrived without a regression.
+    PlannedReached,
+}
+
+/// One arm of a rollout: its version's de-biased thumbs-up rate and always-valid interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct ArmEstimate {
+    pub version: String,
+    pub reports: u64,
+    pub reported_ones: u64,
+    pub thumbs_up_rate: Option<f64>,
+    /// Level 1 − α/2, valid at every number of reports at once (`null` without reports).
+    pub confidence_sequence: Option<[f64; 2]>,
+}
+
+/// The evidence behind a rollout decision: both arms and the interval of
+/// `p_canary − p_control` (level 1 − α at every look).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RolloutEvidence {
+    pub control: ArmEstimate,
+    pub canary: ArmEstimate,
+    pub difference: Option<[f64; 2]>,
+    pub margin: f64,
+    pub alpha: f64,
+    pub planned_reports: u64,
+    pub verdict: RolloutVerdict,
+}
+
+/// A staged rollout of one version (`GET /v1/stats`, the admin rollout endpoints).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct Rollout {
+    /// The canary version.
+    pub version: String,
+    /// The version everyone else keeps.
+    pub control_version: String,
+    /// The share of devices served the canary.
+    pub fraction: f64,
+    pub status: RolloutStatus,
+    pub started_at: UnixMillis,
+    pub decided_at: Option<UnixMillis>,
+    /// `"auto"` for the server's own decision, else the admin key's fingerprint.
+    pub decided_by: Option<String>,
+    /// Why it was decided, in words.
+    pub reason: Option<String>,
+    /// The test as of now (running) or at the decision.
+    pub evidence: Option<RolloutEvidence>,
+}
+
 /// One round in the statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -540,6 +654,8 @@ pub struct Stats {
     pub rr_epsilon: f64,
     pub versions: Vec<VersionStats>,
     pub rounds: Vec<RoundStats>,
+    /// Staged rollouts, oldest first.
+    pub rollouts: Vec<Rollout>,
 }
 
 /// `POST /v1/admin/rounds`: a new round on the current version.
@@ -619,9 +735,11 @@ pub struct AuditEntry {
     /// Random hex.
     pub id: String,
     pub at: UnixMillis,
-    /// The first 16 hex digits of the admin key's SHA-256.
+    /// The first 16 hex digits of the admin key's SHA-256, or `auto-rollout` for the server's
+    /// own rollout decisions.
     pub admin_fingerprint: String,
-    /// `round.open`, `round.update`, `round.close`, `model.rollback`.
+    /// `round.open`, `round.update`, `round.close`, `model.rollback`, `rollout.promote`,
+    /// `rollout.rollback`, `rollout.awaiting_approval`.
     pub action: String,
     /// What the action changed (its shape depends on `action`).
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]

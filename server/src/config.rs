@@ -34,17 +34,35 @@ impl std::str::FromStr for DeploymentKey {
     }
 }
 
-/// Drift alerting: a new version is flagged when its de-biased thumbs-up rate is below its
-/// parent's by more than `margin`, significantly (one-sided two-proportion z-test, `z > z_critical`).
+/// How a canary that passed the sequential test becomes current.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Promotion {
+    /// At once, by the server (the audit log records `auto-rollout`).
+    #[default]
+    Auto,
+    /// After an admin approves (`POST /v1/admin/rollout/promote`; the audit log records who).
+    Approve,
+}
+
+/// Monitoring new versions against their parent with the always-valid sequential test
+/// (`feedloop_core::rollout`), and staged rollout. A version the test finds worse than its
+/// parent by more than `margin` is flagged; a canary is also rolled back.
 #[derive(Debug, Clone)]
 pub struct DriftConfig {
     /// The tolerated drop in thumbs-up rate (absolute, e.g. 0.02).
     pub margin: f64,
-    /// One-sided critical value (1.645 for α = 0.05).
-    pub z_critical: f64,
-    /// Reports needed on both versions before testing.
+    /// The error rate at all looks together (0.05: an equal version is rolled back with
+    /// probability ≤ 2.5 %, however often it is tested).
+    pub alpha: f64,
+    /// Reports needed on both versions before a verdict.
     pub min_reports: u64,
-    /// Called with a JSON POST when a version is flagged.
+    /// Canary reports the test is tightest at; a canary with no verdict by then is promoted.
+    pub planned_reports: u64,
+    /// The share of devices a newly published version goes to first; 0 publishes to everyone
+    /// at once (no staged rollout).
+    pub canary_fraction: f64,
+    pub promotion: Promotion,
+    /// Called with a JSON POST when a version is flagged or a rollout decided.
     pub webhook_url: Option<String>,
 }
 
@@ -52,8 +70,11 @@ impl Default for DriftConfig {
     fn default() -> Self {
         Self {
             margin: 0.02,
-            z_critical: 1.645,
+            alpha: 0.05,
             min_reports: 100,
+            planned_reports: 2_000,
+            canary_fraction: 0.0,
+            promotion: Promotion::Auto,
             webhook_url: None,
         }
     }

@@ -43,8 +43,8 @@ use tower_http::trace::TraceLayer;
 /// The header-name type of `Config::client_ip_header` (re-exported so the CLI needs no axum).
 pub use axum::http::HeaderName;
 pub use config::{
-    Config, DeploymentKey, DriftConfig, HelperPeer, HelperPolicy, Role, SqliteSynchronous,
-    DEFAULT_DATABASE_URL,
+    Config, DeploymentKey, DriftConfig, HelperPeer, HelperPolicy, Promotion, Role,
+    SqliteSynchronous, DEFAULT_DATABASE_URL,
 };
 pub use error::{Error, Result};
 pub use fedavg::{aggregate, fedavg_lattice, mean_of_lattice_sum, ServerOptimizer};

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub star_reports: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
+    /// Staged rollouts the sequential test rolled back, and rollouts promoted (either way).
+    pub canaries_rolled_back: AtomicU64,
+    pub canaries_promoted: AtomicU64,
     /// Group commits of the ingest writer, and the registrations and updates they carried.
     pub ingest_batches: AtomicU64,
     pub ingest_writes: AtomicU64,
@@ -112,6 +115,18 @@ impl Metrics {
             "feedloop_rollbacks_total",
             "Admin rollbacks.",
             &self.rollbacks,
+        );
+        counter(
+            &mut out,
+            "feedloop_canaries_rolled_back_total",
+            "Canary versions rolled back by the sequential test.",
+            &self.canaries_rolled_back,
+        );
+        counter(
+            &mut out,
+            "feedloop_canaries_promoted_total",
+            "Canary versions promoted to everyone (automatically or by an admin).",
+            &self.canaries_promoted,
         );
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

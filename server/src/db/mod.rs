@@ -10,8 +10,11 @@
 
 mod helper;
 mod records;
+mod rollouts;
 mod rounds;
 mod versions;
+
+pub use rollouts::RolloutRow;
 
 use std::str::FromStr;
 

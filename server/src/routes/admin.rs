@@ -4,7 +4,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use feedloop_core::protocol::{
-    AuditLog, ClientRevocation, ErrorBody, ModelVersion, NewRound, Rollback, Round, RoundChange,
+    AuditLog, ClientRevocation, ErrorBody, ModelVersion, NewRound, Rollback, Rollout, Round,
+    RoundChange,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -20,6 +21,8 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(change_round))
         .routes(routes!(close_round))
         .routes(routes!(rollback))
+        .routes(routes!(promote_canary))
+        .routes(routes!(abort_canary))
         .routes(routes!(audit))
         .routes(routes!(revoke_client))
 }
@@ -120,6 +123,33 @@ async fn close_round(
         .close_round(id(&round_id, "round id")?, "admin", Some(&fp))
         .await?;
     Ok(Json(round.to_wire()))
+}
+
+/// Promotes the running canary to everyone (the approval step of `--canary-promotion approve`,
+/// or an override of the test); the audit log records who.
+#[utoipa::path(post, path = "/v1/admin/rollout/promote", tag = "admin",
+    security(("adminKey" = [])),
+    responses(
+        (status = 200, description = "The rollout, promoted", body = Rollout),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 409, description = "No rollout is running", body = ErrorBody),
+    ))]
+async fn promote_canary(State(app): State<App>, AdminAuth(fp): AdminAuth) -> Result<Json<Rollout>> {
+    Ok(Json(app.promote_canary(&fp).await?))
+}
+
+/// Withdraws the running canary: its devices return to the control version at their next sync.
+#[utoipa::path(post, path = "/v1/admin/rollout/abort", tag = "admin",
+    security(("adminKey" = [])),
+    responses(
+        (status = 200, description = "The rollout, rolled back", body = Rollout),
+        (status = 401, description = "Invalid admin key", body = ErrorBody),
+        (status = 403, description = "Admin API disabled", body = ErrorBody),
+        (status = 409, description = "No rollout is running", body = ErrorBody),
+    ))]
+async fn abort_canary(State(app): State<App>, AdminAuth(fp): AdminAuth) -> Result<Json<Rollout>> {
+    Ok(Json(app.abort_canary(&fp).await?))
 }
 
 /// Serves an earlier version again; aborts the open round and resets the optimizer.

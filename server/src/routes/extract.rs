@@ -36,6 +36,21 @@ impl FromRequestParts<App> for ClientAuth {
     }
 }
 
+/// The claims of a client token when the request carries one (`None` without `Authorization`;
+/// an invalid token is still refused).
+pub struct OptionalClientAuth(pub Option<Claims>);
+
+impl FromRequestParts<App> for OptionalClientAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            return Ok(Self(None));
+        }
+        Ok(Self(Some(app.authenticate(bearer(&parts.headers)?).await?)))
+    }
+}
+
 /// A client token from the header or, for `navigator.sendBeacon` (which cannot set headers), the
 /// `access_token` query parameter (RFC 6750 §2.3), with the model version the update was computed
 /// against (header `X-Feedloop-Model-Version` or query `modelVersion`). Headers win.

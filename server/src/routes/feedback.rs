@@ -62,7 +62,8 @@ async fn report_stars(
     Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
 }
 
-/// De-biased thumbs-up rates and star ratings per version and a summary of every round.
+/// De-biased thumbs-up rates and star ratings per version, a summary of every round, and the
+/// staged rollouts with their sequential tests.
 #[utoipa::path(get, path = "/v1/stats", tag = "feedback",
     responses((status = 200, description = "Statistics", body = Stats)))]
 async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
@@ -79,5 +80,6 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         rr_epsilon: app.config().rr_epsilon,
         versions,
         rounds: rounds.iter().map(|r| r.to_stats()).collect(),
+        rollouts: app.rollouts().await?,
     }))
 }

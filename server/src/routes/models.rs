@@ -8,7 +8,7 @@ use feedloop_core::protocol::{ErrorBody, ModelList, ModelVersion};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::id;
+use super::extract::{id, OptionalClientAuth};
 use crate::error::Result;
 use crate::service::App;
 
@@ -32,18 +32,26 @@ async fn list_models(State(app): State<App>) -> Result<Json<ModelList>> {
     }))
 }
 
-/// The current model with its head and an ETag: a client polling for a new version gets
-/// `304 Not Modified` (no body) until one is published or rolled back to.
+/// The version this client should run, with its head and an ETag: a client polling for a new
+/// version gets `304 Not Modified` (no body) until one is published or rolled back to. During a
+/// staged rollout a client in the canary's arm (by its token's client id) gets the canary.
 #[utoipa::path(get, path = "/v1/models/current", tag = "models",
+    security((), ("clientToken" = [])),
     params(("if-none-match" = Option<String>, Header, description = "The ETag of the version the client has")),
     responses(
-        (status = 200, description = "The current version, with its head", body = ModelVersion,
+        (status = 200, description = "The version to run, with its head", body = ModelVersion,
             headers(("etag" = String, description = "`\"model-<version>\"`"))),
         (status = 304, description = "Still the version named in If-None-Match"),
+        (status = 401, description = "An invalid client token", body = ErrorBody),
     ))]
-async fn current_model(State(app): State<App>, headers: HeaderMap) -> Result<Response> {
+async fn current_model(
+    State(app): State<App>,
+    OptionalClientAuth(claims): OptionalClientAuth,
+    headers: HeaderMap,
+) -> Result<Response> {
     let current = app.store().current_version().await?;
-    let etag = format!("\"model-{current}\"");
+    let served = app.served_version(claims.as_ref()).await?;
+    let etag = format!("\"model-{served}\"");
     let unchanged = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -51,11 +59,13 @@ async fn current_model(State(app): State<App>, headers: HeaderMap) -> Result<Res
     let cache = [
         (header::ETAG, etag),
         (header::CACHE_CONTROL, "no-cache".to_string()),
+        // The canary's arm depends on the token.
+        (header::VARY, "authorization".to_string()),
     ];
     if unchanged {
         return Ok((StatusCode::NOT_MODIFIED, cache).into_response());
     }
-    let body = app.version(current).await?.to_wire(current, true);
+    let body = app.version(served).await?.to_wire(current, true);
     Ok((cache, Json(body)).into_response())
 }
 

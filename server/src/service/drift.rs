@@ -1,5 +1,8 @@
-//! Randomized-response thumbs-up reports per version, their de-biased rates, and drift flags.
+//! Randomized-response thumbs-up reports per version, their de-biased rates, and drift flags
+//! (the sequential test of a version against its parent).
 
+use feedloop_core::protocol::{RolloutEvidence, RolloutVerdict};
+use feedloop_core::rollout::{ArmReports, SequentialTest};
 use feedloop_privacy::randomized_response::{ProportionEstimate, RandomizedResponse};
 use serde_json::json;
 
@@ -17,7 +20,7 @@ pub struct RateEstimate {
 }
 
 impl App {
-    fn rr(&self) -> Result<RandomizedResponse> {
+    pub(super) fn rr(&self) -> Result<RandomizedResponse> {
         RandomizedResponse::new(self.config().rr_epsilon)
             .map_err(|e| Error::internal(format!("rr epsilon: {e}")))
     }
@@ -55,6 +58,9 @@ impl App {
             ));
         }
         Metrics::inc(&self.metrics().rr_reports);
+        if self.evaluate_rollout(version).await? {
+            return Ok(());
+        }
         if v.flagged == 0 {
             if let Some(parent) = v.parent_version {
                 self.check_drift(version, parent).await?;
@@ -63,37 +69,36 @@ impl App {
         Ok(())
     }
 
-    /// One-sided two-proportion z-test on the de-biased rates: flag `version` when
-    /// `(p_parent − p_version − margin) / √(Var_parent + Var_version) > z_critical`.
+    /// The sequential test's parameters from the configuration.
+    pub(super) fn sequential_test(&self) -> Result<SequentialTest> {
+        let d = &self.config().drift;
+        SequentialTest::new(d.margin, d.alpha, d.planned_reports, d.min_reports)
+            .map_err(|e| Error::internal(format!("drift configuration: {e}")))
+    }
+
+    /// The sequential test of `version` against `control` on their reports so far.
+    pub(super) async fn evidence(&self, control: i64, version: i64) -> Result<RolloutEvidence> {
+        let arm = |(ones, total)| ArmReports { ones, total };
+        let control_reports = arm(self.store().rr_counts(control).await?);
+        let version_reports = arm(self.store().rr_counts(version).await?);
+        self.sequential_test()?
+            .evaluate(
+                &self.rr()?,
+                (&control.to_string(), control_reports),
+                (&version.to_string(), version_reports),
+            )
+            .map_err(|e| Error::internal(e.to_string()))
+    }
+
+    /// Flags `version` when the always-valid sequential test (`feedloop_core::rollout`) finds it
+    /// worse than `parent` by more than the margin. Valid however often it runs: after every
+    /// report.
     pub async fn check_drift(&self, version: i64, parent: i64) -> Result<Option<String>> {
-        let drift = &self.config().drift;
-        let (new, old) = (self.rate(version).await?, self.rate(parent).await?);
-        let (Some(n), Some(o)) = (new.estimate, old.estimate) else {
-            return Ok(None);
-        };
-        if new.total < drift.min_reports || old.total < drift.min_reports {
+        let e = self.evidence(parent, version).await?;
+        if e.verdict != RolloutVerdict::Regression {
             return Ok(None);
         }
-        let drop = o.proportion - n.proportion;
-        let se = (o.variance + n.variance).sqrt();
-        let significant = if se > 0.0 {
-            (drop - drift.margin) / se > drift.z_critical
-        } else {
-            drop > drift.margin
-        };
-        if !significant {
-            return Ok(None);
-        }
-        let z = if se > 0.0 {
-            (drop - drift.margin) / se
-        } else {
-            f64::INFINITY
-        };
-        let reason = format!(
-            "thumbs-up rate {:.4} is below version {parent}'s {:.4} by {:.4} > margin {} \
-             (z = {z:.2} > {}; {} and {} reports)",
-            n.proportion, o.proportion, drop, drift.margin, drift.z_critical, new.total, old.total
-        );
+        let reason = regression_reason(&e);
         if self
             .store()
             .flag_version(version, &reason, now_ms())
@@ -101,20 +106,44 @@ impl App {
         {
             Metrics::inc(&self.metrics().versions_flagged);
             tracing::warn!(version, parent, %reason, "drift: model version flagged");
-            if let Some(url) = drift.webhook_url.clone() {
-                let body = json!({ "event": "feedloop.version.flagged", "version": version.to_string(),
-                    "parentVersion": parent.to_string(), "reason": reason,
-                    "thumbsUpRate": n.proportion, "parentThumbsUpRate": o.proportion, "z": z });
-                let http = self.http().clone();
-                tokio::spawn(async move {
-                    match http.post(&url).json(&body).send().await {
-                        Ok(r) if r.status().is_success() => {}
-                        Ok(r) => tracing::error!(status = %r.status(), "drift webhook refused"),
-                        Err(e) => tracing::error!(error = %e, "drift webhook failed"),
-                    }
-                });
-            }
+            self.notify(
+                json!({ "event": "feedloop.version.flagged", "version": version.to_string(),
+                "parentVersion": parent.to_string(), "reason": reason, "evidence": e }),
+            );
         }
         Ok(Some(reason))
     }
+
+    /// POSTs `body` to the configured webhook, in the background.
+    pub(super) fn notify(&self, body: serde_json::Value) {
+        let Some(url) = self.config().drift.webhook_url.clone() else {
+            return;
+        };
+        let http = self.http().clone();
+        tokio::spawn(async move {
+            match http.post(&url).json(&body).send().await {
+                Ok(r) if r.status().is_success() => {}
+                Ok(r) => tracing::error!(status = %r.status(), "webhook refused"),
+                Err(e) => tracing::error!(error = %e, "webhook failed"),
+            }
+        });
+    }
+}
+
+/// A regression verdict in words.
+pub(super) fn regression_reason(e: &RolloutEvidence) -> String {
+    let rate = |a: &feedloop_core::protocol::ArmEstimate| a.thumbs_up_rate.unwrap_or(f64::NAN);
+    let [lo, hi] = e.difference.unwrap_or([f64::NAN; 2]);
+    format!(
+        "thumbs-up rate {:.4} is below version {}'s {:.4} by more than the margin {}: the \
+         difference lies in [{lo:.4}, {hi:.4}] (always-valid {:.0} % confidence sequence; {} and \
+         {} reports)",
+        rate(&e.canary),
+        e.control.version,
+        rate(&e.control),
+        e.margin,
+        100.0 * (1.0 - e.alpha),
+        e.canary.reports,
+        e.control.reports
+    )
 }

@@ -8,6 +8,7 @@ pub mod drift;
 pub mod helper;
 pub mod ingest;
 pub mod publish;
+pub mod rollout;
 pub mod rounds;
 pub mod secure;
 pub mod versions;
@@ -74,6 +75,20 @@ impl App {
     /// Connects, migrates, and bootstraps version 1 from the base model.
     pub async fn new(config: Config) -> Result<Self> {
         config.check_secrets().map_err(Error::internal)?;
+        let d = &config.drift;
+        feedloop_core::rollout::SequentialTest::new(
+            d.margin,
+            d.alpha,
+            d.planned_reports,
+            d.min_reports,
+        )
+        .map_err(|e| Error::internal(format!("drift configuration: {e}")))?;
+        if !(0.0..1.0).contains(&d.canary_fraction) {
+            return Err(Error::internal(format!(
+                "the canary fraction must be in [0, 1), got {}",
+                d.canary_fraction
+            )));
+        }
         let store = Store::connect(&config.database_url, config.sqlite_synchronous).await?;
         let base = RewardModel::from_bytes(&config.base_model)
             .map_err(|e| Error::internal(format!("base model: {e}")))?;

@@ -177,7 +177,14 @@ impl App {
             },
         )
         .await?;
-        Store::set_current_version(&mut tx, version).await?;
+        // With staged rollout the new version is a canary first; the current one stays.
+        let canary_fraction = self.config().drift.canary_fraction;
+        if canary_fraction > 0.0 {
+            Store::insert_rollout(&mut tx, version, round.model_version, canary_fraction, now)
+                .await?;
+        } else {
+            Store::set_current_version(&mut tx, version).await?;
+        }
         Store::save_optimizer_state(
             &mut tx,
             DEPLOYMENT_STATE_KEY,
@@ -195,6 +202,7 @@ impl App {
             cohort = n,
             epsilon = round.epsilon,
             optimizer = optimizer.name(),
+            canary_fraction,
             "published model version"
         );
         self.round(round_id).await

@@ -102,6 +102,19 @@ impl App {
                 format!("round {} is still open; close it first", open.round_id),
             ));
         }
+        // Updates during a canary would be computed against two versions; the next round opens
+        // when the rollout is decided.
+        if let Some(r) = self.store().running_rollout().await? {
+            return Err(Error::conflict(
+                "rollout_in_progress",
+                format!(
+                    "version {} is being rolled out to {:.0} % of devices; rounds resume when \
+                     it is promoted or rolled back",
+                    r.version,
+                    100.0 * r.fraction
+                ),
+            ));
+        }
         let model_version = self.store().current_version().await?;
         let mut tx = self.store().begin().await?;
         // A write first (see db.rs).

@@ -1,5 +1,6 @@
 //! Model versions: reading them, their ONNX files, and rolling back.
 
+use feedloop_core::protocol::RolloutStatus;
 use serde_json::json;
 
 use super::{now_ms, App};
@@ -70,11 +71,23 @@ impl App {
         }
         Store::set_current_version(&mut tx, version).await?;
         Store::clear_optimizer_state(&mut tx).await?;
+        // A running rollout ends with the admin's choice: promoted when they picked the canary.
+        let rollout = Store::running_rollout_in(&mut tx).await?;
+        if let Some(r) = &rollout {
+            let status = if r.version == version {
+                RolloutStatus::Promoted
+            } else {
+                RolloutStatus::RolledBack
+            };
+            let reason = format!("the admin rolled back to version {version}");
+            Store::decide_rollout(&mut tx, r.version, status, admin_fp, &reason, None, now).await?;
+        }
         Store::audit(
             &mut tx,
             admin_fp,
             "model.rollback",
-            &json!({ "from": current, "to": version, "abortedRounds": aborted }),
+            &json!({ "from": current, "to": version, "abortedRounds": aborted,
+                "endedRollout": rollout.map(|r| r.version) }),
             now,
         )
         .await?;

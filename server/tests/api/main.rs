@@ -12,5 +12,6 @@ mod hostile;
 mod models;
 mod openapi;
 mod ops;
+mod rollout;
 mod rounds;
 mod secure;

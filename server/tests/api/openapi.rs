@@ -187,6 +187,15 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["current"], true);
+    // Admin: the rollout endpoints (no rollout runs here: tests/api/rollout.rs has them running).
+    for path in ["/v1/admin/rollout/promote", "/v1/admin/rollout/abort"] {
+        let (s, v) = h.call(Method::POST, path, Some(ADMIN_KEY), None).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("no_rollout")),
+            "{path}"
+        );
+    }
     let (s, audit) = h
         .call(Method::GET, "/v1/admin/audit", Some(ADMIN_KEY), None)
         .await;
