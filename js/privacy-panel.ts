@@ -35,6 +35,7 @@ const KINDS: Record<string, string> = {
   "reward-head update": "a privatized model improvement",
   "thumbs-up rate of the top-ranked answer": "a randomized thumbs-up report",
   "star rating (CSAT)": "a randomized star rating",
+  "federated evaluation: did the model agree with the user's choice": "a randomized report of whether the model agreed with your choice",
 };
 
 function lines(report: PrivacyReport): LedgerLine[] {

@@ -134,6 +134,10 @@ fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<FeedbackOutcome>
     if let Some(stars) = outcome.stars_given {
         inner.privacy.observe_stars(&version, stars);
     }
+    // An "A or B" choice: whether the global head agreed (federated evaluation), likewise.
+    if let Some(agreed) = outcome.global_agreed {
+        inner.privacy.observe_agreement(&version, agreed);
+    }
     Ok(outcome)
 }
 

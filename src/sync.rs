@@ -332,8 +332,7 @@ async fn report_metrics(
 ) -> Result<Result<Vec<MetricSent>, String>, JsValue> {
     {
         let inner = inner.borrow();
-        let pending = &inner.privacy.state().pending_metrics;
-        if pending.thumbs.is_empty() && pending.stars.is_empty() {
+        if inner.privacy.state().pending_metrics.is_empty() {
             return Ok(Ok(Vec::new()));
         }
     }
@@ -347,9 +346,12 @@ async fn report_metrics(
         let (release, privacy) = {
             let mut inner = inner.borrow_mut();
             let mut rng = secure_rng()?;
-            // Thumbs reports first, then star ratings.
+            // Thumbs reports first, then star ratings, then federated evaluation.
             let released = match inner.privacy.release_thumbs(epsilon, now, &mut rng) {
-                Ok(None) => inner.privacy.release_stars(epsilon, now, &mut rng),
+                Ok(None) => match inner.privacy.release_stars(epsilon, now, &mut rng) {
+                    Ok(None) => inner.privacy.release_agreement(epsilon, now, &mut rng),
+                    other => other,
+                },
                 other => other,
             };
             match released {

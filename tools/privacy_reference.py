@@ -334,6 +334,13 @@ def compare(new, old, path="", rel=1e-12):
         for i, (a, b) in enumerate(zip(new, old)):
             yield from compare(a, b, f"{path}[{i}]", rel)
     elif isinstance(new, float) or isinstance(old, float):
+        # dp-accounting's PLD values come out of FFT convolutions over a discretized loss: a new
+        # numpy/scipy build moved them by up to 4.3e-6 relative (numpy 2.4.6 + scipy 1.17.1 against
+        # the builds the fixture was made with; both now pinned). The fixture stays what the Rust
+        # port is held to (3e-6); 1e-5 here still catches a change of dp-accounting's method.
+        # Everything else must match to 1e-12.
+        if path.startswith("/pld"):
+            rel = max(rel, 1e-5)
         a, b = float(new), float(old)
         if not (a == b or (math.isfinite(a) and abs(a - b) <= rel * max(abs(a), abs(b)))):
             yield f"{path}: {a!r} != {b!r}"

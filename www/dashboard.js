@@ -142,6 +142,8 @@ function renderVersions(models, stats) {
     cell(row, r?.thumbsUpRate == null ? `– (${r?.reports ?? 0} reports)` : `${fixed(r.thumbsUpRate, 3)} [${fixed(r.ci95[0], 2)}, ${fixed(r.ci95[1], 2)}] (${r.reports})`);
     // The de-biased mean rating (5-ary randomized response) and its interval.
     cell(row, r?.stars == null ? "– (0 ratings)" : `${fixed(r.stars.mean, 2)} [${fixed(r.stars.ci95[0], 2)}, ${fixed(r.stars.ci95[1], 2)}] (${r.stars.reports})`);
+    // Federated evaluation: how often this version's model already preferred its users' A-or-B choice.
+    cell(row, r?.agreement == null ? "– (0 reports)" : rateWithInterval(r.agreement.rate, r.agreement.ci95, r.agreement.reports));
     const published = cell(row, when(v.createdAt));
     if (v.flagged) published.textContent += ` · drift: ${v.flagReason}`;
     const action = cell(row, "");

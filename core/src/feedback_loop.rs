@@ -99,6 +99,10 @@ pub struct FeedbackOutcome {
     /// (`DevicePrivacy::observe_stars`). Stays on the device.
     #[serde(skip)]
     pub stars_given: Option<u8>,
+    /// An "A or B" choice: whether the global head ranked the chosen one higher (the federated
+    /// evaluation metric, `DevicePrivacy::observe_agreement`). Stays on the device.
+    #[serde(skip)]
+    pub global_agreed: Option<bool>,
 }
 
 /// One entry of the local activity log.
@@ -457,6 +461,12 @@ impl FeedbackLoop {
             None
         };
 
+        // Federated evaluation: whether the global head (not this device's personal one) already
+        // preferred what the user chose, judged before anything is learned from it.
+        let global_agreed = match &event.signal {
+            Signal::Pairwise { .. } => examples.first().map(|(x, _)| dot(&self.global, x) > 0.0),
+            _ => None,
+        };
         let mut learned = false;
         if reason.is_none() {
             for x in examples {
@@ -530,6 +540,7 @@ impl FeedbackLoop {
             score_after,
             thumbs_on_top,
             stars_given,
+            global_agreed,
         })
     }
 

@@ -10,6 +10,15 @@
 //! (`GET /v1/stats`); it announces the ε it de-biases for, and a device whose policy allows less
 //! per release refuses (the server cannot weaken a device's privacy).
 //!
+//! **Federated evaluation: did the model agree with the user.** When the user makes an "A or B"
+//! choice, the device checks, before learning from it, whether the global head of the version in
+//! use already ranked the chosen candidate higher ([`crate::FeedbackOutcome::global_agreed`]), notes
+//! the last such verdict per version ([`DevicePrivacy::observe_agreement`]) and reports it once per
+//! version as one ε-randomized bit ([`DevicePrivacy::release_agreement`], `POST
+//! /v1/feedback/agreement`), charged and recorded like a thumbs report. The server de-biases the
+//! agreement rate per version: a model version that agrees with its users more often ranks better
+//! for them, measured without any device's choices leaving it.
+//!
 //! The raw verdict never leaves the device; what leaves is `{modelVersion, bit}` with the bit
 //! flipped with probability 1 − p (p = e^ε/(1+e^ε) on the 2^53 grid).
 //!
@@ -37,6 +46,10 @@ pub const THUMBS_PURPOSE: &str = "thumbs-up rate of the top-ranked answer";
 /// Why a star-rating report leaves the device, as written in the ledger.
 pub const STARS_PURPOSE: &str = "star rating (CSAT)";
 
+/// Why a federated-evaluation report leaves the device, as written in the ledger.
+pub const AGREEMENT_PURPOSE: &str =
+    "federated evaluation: did the model agree with the user's choice";
+
 /// The ratings: 1 to 5 stars.
 const STAR_CATEGORIES: u32 = 5;
 
@@ -52,6 +65,9 @@ pub struct PendingMetrics {
     pub thumbs: BTreeMap<String, bool>,
     #[serde(default)]
     pub stars: BTreeMap<String, u8>,
+    /// Per version, whether the global head agreed with the user's last "A or B" choice.
+    #[serde(default)]
+    pub agreement: BTreeMap<String, bool>,
 }
 
 impl PendingMetrics {
@@ -61,7 +77,18 @@ impl PendingMetrics {
         thumbs.extend(mine.thumbs.iter().map(|(k, v)| (k.clone(), *v)));
         let mut stars = stored.stars.clone();
         stars.extend(mine.stars.iter().map(|(k, v)| (k.clone(), *v)));
-        Self { thumbs, stars }
+        let mut agreement = stored.agreement.clone();
+        agreement.extend(mine.agreement.iter().map(|(k, v)| (k.clone(), *v)));
+        Self {
+            thumbs,
+            stars,
+            agreement,
+        }
+    }
+
+    /// Nothing noted.
+    pub fn is_empty(&self) -> bool {
+        self.thumbs.is_empty() && self.stars.is_empty() && self.agreement.is_empty()
     }
 
     /// Drops the notes of versions `ledger` already has a report of.
@@ -70,6 +97,8 @@ impl PendingMetrics {
             .retain(|version, _| !thumbs_reported_in(ledger, version));
         self.stars
             .retain(|version, _| !stars_reported_in(ledger, version));
+        self.agreement
+            .retain(|version, _| !agreement_reported_in(ledger, version));
     }
 }
 
@@ -80,6 +109,8 @@ pub enum MetricReport {
     Thumbs(FeedbackReport),
     /// `POST /v1/feedback/stars`: the randomized rating.
     Stars(StarsReport),
+    /// `POST /v1/feedback/agreement`: the randomized "the model agreed" bit.
+    Agreement(FeedbackReport),
 }
 
 /// A randomized, charged and recorded metric report: persist the device's privacy state, then
@@ -96,18 +127,19 @@ impl MetricRelease {
         &self.report
     }
 
-    /// "thumbs" or "stars".
+    /// "thumbs", "stars" or "agreement".
     pub fn kind(&self) -> &'static str {
         match self.report {
             MetricReport::Thumbs(_) => "thumbs",
             MetricReport::Stars(_) => "stars",
+            MetricReport::Agreement(_) => "agreement",
         }
     }
 
     /// The model version the report is about.
     pub fn model_version(&self) -> &str {
         match &self.report {
-            MetricReport::Thumbs(r) => &r.model_version,
+            MetricReport::Thumbs(r) | MetricReport::Agreement(r) => &r.model_version,
             MetricReport::Stars(r) => &r.model_version,
         }
     }
@@ -117,13 +149,14 @@ impl MetricRelease {
         match self.report {
             MetricReport::Thumbs(_) => paths::FEEDBACK,
             MetricReport::Stars(_) => paths::FEEDBACK_STARS,
+            MetricReport::Agreement(_) => paths::FEEDBACK_AGREEMENT,
         }
     }
 
     /// The JSON body.
     pub fn body(&self) -> Vec<u8> {
         match &self.report {
-            MetricReport::Thumbs(r) => serde_json::to_vec(r),
+            MetricReport::Thumbs(r) | MetricReport::Agreement(r) => serde_json::to_vec(r),
             MetricReport::Stars(r) => serde_json::to_vec(r),
         }
         .expect("a report serializes")
@@ -151,7 +184,20 @@ fn privacy(e: feedloop_privacy::PrivacyError) -> Error {
 
 /// Whether a budget key is a metric report's (not a round's: those are numbers).
 fn is_metric_release(id: &str) -> bool {
-    id.starts_with("thumbs@") || id.starts_with("stars@")
+    id.starts_with("thumbs@") || id.starts_with("stars@") || id.starts_with("agreement@")
+}
+
+fn agreement_release_id(model_version: &str) -> String {
+    format!("agreement@{model_version}")
+}
+
+/// Whether `ledger` has the federated-evaluation report of `model_version`.
+pub(crate) fn agreement_reported_in(ledger: &Ledger, model_version: &str) -> bool {
+    let id = agreement_release_id(model_version);
+    ledger
+        .entries()
+        .iter()
+        .any(|e| e.purpose == AGREEMENT_PURPOSE && e.round_id == id)
 }
 
 fn stars_release_id(model_version: &str) -> String {
@@ -289,6 +335,57 @@ impl DevicePrivacy {
             .insert(model_version.to_string(), stars);
     }
 
+    /// Notes whether the global head of `model_version` agreed with the user's "A or B" choice;
+    /// the last verdict per version is reported at the next sync, once per version, as thumbs are.
+    /// Without the user's consent nothing is noted.
+    pub fn observe_agreement(&mut self, model_version: &str, agreed: bool) {
+        if !self.consented()
+            || model_version == BUNDLED_VERSION
+            || agreement_reported_in(&self.state().ledger, model_version)
+        {
+            return;
+        }
+        self.state_mut()
+            .pending_metrics
+            .agreement
+            .insert(model_version.to_string(), agreed);
+    }
+
+    /// Randomizes the agreement verdict of one noted version with ε-randomized response, charges
+    /// ρ = ε²/2, appends the ledger entry and forgets the note, as [`Self::release_thumbs`] does.
+    pub fn release_agreement<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
+        self.check_consent()?;
+        let Some((version, agreed)) = first_note(&self.state().pending_metrics.agreement) else {
+            return Ok(None);
+        };
+        let rr = RandomizedResponse::new(epsilon).map_err(privacy)?;
+        let id = agreement_release_id(&version);
+        let bit = rr.respond(agreed, rng);
+        let record = ReleaseRecord::for_randomized_response(
+            &rr,
+            bit,
+            now_ms,
+            AGREEMENT_PURPOSE,
+            &id,
+            &version,
+        );
+        let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
+            notes.agreement.remove(&version);
+        })?;
+        Ok(Some(MetricRelease {
+            report: MetricReport::Agreement(FeedbackReport {
+                model_version: version,
+                bit,
+            }),
+            ledger_entry,
+        }))
+    }
+
     /// Randomizes the rating of one noted version with 5-ary randomized response at `epsilon`
     /// (what the server de-biases for), charges ρ = ε²/2, appends the ledger entry (payload: the
     /// reported category, 0 for 1 star, as 4 little-endian bytes) and forgets the note. `None`
@@ -343,6 +440,42 @@ mod tests {
         let mut device = DevicePrivacy::new(policy, 3, "1").unwrap();
         device.set_consent(true, 1, "1").unwrap(); // the user agreed, long before
         device
+    }
+
+    #[test]
+    fn an_agreement_report_is_one_randomized_bit_per_version() {
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(7);
+        d.observe_agreement("3", false);
+        d.observe_agreement("3", true); // the last verdict counts
+        d.observe_agreement(BUNDLED_VERSION, true); // ignored
+        let release = d.release_agreement(1.0, NOW, &mut rng).unwrap().unwrap();
+        assert_eq!(
+            (release.kind(), release.path(), release.model_version()),
+            ("agreement", paths::FEEDBACK_AGREEMENT, "3")
+        );
+        let MetricReport::Agreement(report) = release.report().clone() else {
+            panic!("an agreement report");
+        };
+        let entry = release.ledger_entry();
+        assert_eq!(entry.purpose, AGREEMENT_PURPOSE);
+        assert_eq!(entry.round_id, "agreement@3");
+        assert_eq!(entry.payload_sha256, sha256_hex(&[u8::from(report.bit)]));
+        let body: serde_json::Value = serde_json::from_slice(&release.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"modelVersion": "3", "bit": report.bit})
+        );
+        // Charged like any metric report, and once per version.
+        let rr = RandomizedResponse::new(1.0).unwrap();
+        assert!((d.state().budget.lifetime_rho() - rr.rho()).abs() < 1e-15);
+        d.observe_agreement("3", false);
+        assert!(d.release_agreement(1.0, NOW, &mut rng).unwrap().is_none());
+        assert!(d.state().pending_metrics.is_empty());
+        // Without consent nothing is noted.
+        d.set_consent(false, NOW, "3").unwrap();
+        d.observe_agreement("4", true);
+        assert!(d.state().pending_metrics.agreement.is_empty());
     }
 
     #[test]

@@ -514,6 +514,23 @@ pub struct VersionStats {
     pub flag_reason: Option<String>,
     /// The star ratings reported on this version (`null` without reports).
     pub stars: Option<StarsStats>,
+    /// Federated evaluation: how often this version's global head agreed with its users' "A or
+    /// B" choices (`null` without reports).
+    pub agreement: Option<RateStats>,
+}
+
+/// A de-biased rate from randomized-response bits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RateStats {
+    pub reports: u64,
+    pub reported_ones: u64,
+    /// Unbiased; may fall outside [0, 1] by noise.
+    pub rate: f64,
+    pub std_error: f64,
+    /// Normal-approximation 95 % interval.
+    pub ci95: [f64; 2],
 }
 
 /// Where a staged rollout is.
@@ -809,6 +826,7 @@ pub mod paths {
     pub const CURRENT_MODEL: &str = "/v1/models/current";
     pub const FEEDBACK: &str = "/v1/feedback";
     pub const FEEDBACK_STARS: &str = "/v1/feedback/stars";
+    pub const FEEDBACK_AGREEMENT: &str = "/v1/feedback/agreement";
     pub const STATS: &str = "/v1/stats";
 
     /// Where the update for `round_id` is posted (a sealed report, in a secure round).

@@ -635,3 +635,46 @@ fn a_thumbs_on_the_top_answer_is_the_thumbs_up_rate_observation() {
         assert_eq!(thumbs(&mut fl, &ranked[0], true), None);
     }
 }
+
+/// Federated evaluation: an "A or B" choice says whether the *global* head already preferred the
+/// chosen answer, judged before learning (the personal head's learning does not change it).
+#[test]
+fn an_a_or_b_choice_says_whether_the_global_model_agreed() {
+    let samples = samples();
+    let mut fl = new_loop(3);
+    let ranked: Vec<String> = rank_sample(&mut fl, &samples[0])
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    let (first, last) = (ranked[0].clone(), ranked.last().unwrap().clone());
+    let choose = |fl: &mut FeedbackLoop, winner: &str, loser: &str| {
+        fl.record(
+            RawFeedback {
+                winner: Some(winner.to_string()),
+                loser: Some(loser.to_string()),
+                ..event("pairwise")
+            },
+            NOW,
+        )
+        .unwrap()
+        .global_agreed
+    };
+    // The global model ranked `first` above `last`: choosing it agrees, the reverse does not —
+    // also after the personal head learned the reverse many times.
+    assert_eq!(choose(&mut fl, &first, &last), Some(true));
+    for _ in 0..5 {
+        assert_eq!(choose(&mut fl, &last, &first), Some(false));
+    }
+    assert_eq!(choose(&mut fl, &first, &last), Some(true));
+    let thumbs = fl
+        .record(
+            RawFeedback {
+                candidate: Some(first.clone()),
+                up: Some(true),
+                ..event("thumbs")
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(thumbs.global_agreed, None, "only choices are evaluated");
+}

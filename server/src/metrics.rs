@@ -15,6 +15,7 @@ pub struct Metrics {
     pub rounds_insufficient: AtomicU64,
     pub rr_reports: AtomicU64,
     pub star_reports: AtomicU64,
+    pub agreement_reports: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
     /// Staged rollouts the sequential test rolled back, and rollouts promoted (either way).
@@ -103,6 +104,12 @@ impl Metrics {
             "feedloop_star_reports_total",
             "Star-rating (5-ary randomized-response) reports stored.",
             &self.star_reports,
+        );
+        counter(
+            &mut out,
+            "feedloop_agreement_reports_total",
+            "Federated-evaluation (did the model agree) randomized-response reports stored.",
+            &self.agreement_reports,
         );
         counter(
             &mut out,

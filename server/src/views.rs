@@ -106,6 +106,7 @@ impl VersionRow {
             epsilon_per_participant: self.epsilon,
             flagged: self.flagged != 0,
             stars: None,
+            agreement: None,
             flag_reason: self.flag_reason.clone(),
         }
     }

@@ -127,6 +127,47 @@ impl Store {
         Ok((ones as u64, total as u64))
     }
 
+    // ----- federated-evaluation (agreement) reports -----
+
+    /// (reported ones, reports) of a version's agreement bits.
+    pub async fn agreement_counts(&self, version: i64) -> Result<(u64, u64)> {
+        let total: i64 =
+            sqlx::query("SELECT COUNT(*) FROM agreement_reports WHERE model_version = $1")
+                .bind(version)
+                .fetch_one(&self.pool)
+                .await?
+                .get(0);
+        let ones: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM agreement_reports WHERE model_version = $1 AND bit = 1",
+        )
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0);
+        Ok((ones as u64, total as u64))
+    }
+
+    /// Stores one agreement bit; false when this client already reported on the version.
+    pub async fn insert_agreement(
+        &self,
+        version: i64,
+        client_id: &str,
+        bit: bool,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO agreement_reports (model_version, client_id, bit, received_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (model_version, client_id) DO NOTHING",
+        )
+        .bind(version)
+        .bind(client_id)
+        .bind(bit as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     // ----- star-rating reports -----
 
     /// Reports of each rating (1 to 5 stars, as reported) for a version.

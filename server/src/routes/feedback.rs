@@ -16,6 +16,7 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::new()
         .routes(routes!(report))
         .routes(routes!(report_stars))
+        .routes(routes!(report_agreement))
         .routes(routes!(stats))
 }
 
@@ -37,6 +38,28 @@ async fn report(
 ) -> Result<(StatusCode, Json<ReportAck>)> {
     let version = id(&r.model_version, "model version")?;
     app.report(&claims, version, r.bit).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
+}
+
+/// Federated evaluation: one randomized-response bit per client per version, "this version's
+/// global head ranked the user's A-or-B choice first" (randomized on the device, at `rrEpsilon`).
+#[utoipa::path(post, path = "/v1/feedback/agreement", tag = "feedback",
+    security(("clientToken" = [])),
+    request_body = FeedbackReport,
+    responses(
+        (status = 202, description = "Stored", body = ReportAck),
+        (status = 400, description = "Malformed body", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "Already reported on this version", body = ErrorBody),
+    ))]
+async fn report_agreement(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+    ApiJson(r): ApiJson<FeedbackReport>,
+) -> Result<(StatusCode, Json<ReportAck>)> {
+    let version = id(&r.model_version, "model version")?;
+    app.report_agreement(&claims, version, r.bit).await?;
     Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
 }
 
@@ -72,6 +95,7 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
     for v in app.store().versions().await? {
         let mut stats = v.to_stats(&app.rate(v.version).await?);
         stats.stars = app.stars(v.version).await?;
+        stats.agreement = app.agreement(v.version).await?;
         versions.push(stats);
     }
     let rounds = app.store().rounds(1000).await?;

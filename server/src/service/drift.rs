@@ -1,7 +1,7 @@
 //! Randomized-response thumbs-up reports per version, their de-biased rates, and drift flags
 //! (the sequential test of a version against its parent).
 
-use feedloop_core::protocol::{RolloutEvidence, RolloutVerdict};
+use feedloop_core::protocol::{RateStats, RolloutEvidence, RolloutVerdict};
 use feedloop_core::rollout::{ArmReports, SequentialTest};
 use feedloop_privacy::randomized_response::{ProportionEstimate, RandomizedResponse};
 use serde_json::json;
@@ -10,6 +10,9 @@ use super::{now_ms, App};
 use crate::auth::Claims;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
+
+/// z for a two-sided 95 % normal interval.
+const Z95: f64 = 1.959_963_984_540_054;
 
 /// A de-biased thumbs-up rate.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +70,45 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// Stores one federated-evaluation bit (one per client per version).
+    pub async fn report_agreement(&self, claims: &Claims, version: i64, bit: bool) -> Result<()> {
+        self.version(version).await?;
+        if !self
+            .store()
+            .insert_agreement(version, &claims.client_id, bit, now_ms())
+            .await?
+        {
+            return Err(Error::conflict(
+                "duplicate_report",
+                format!("this client already reported an agreement bit on model version {version}"),
+            ));
+        }
+        Metrics::inc(&self.metrics().agreement_reports);
+        Ok(())
+    }
+
+    /// The de-biased agreement rate of a version; `None` without reports.
+    pub async fn agreement(&self, version: i64) -> Result<Option<RateStats>> {
+        let (ones, total) = self.store().agreement_counts(version).await?;
+        if total == 0 {
+            return Ok(None);
+        }
+        let e = self
+            .rr()?
+            .estimate_proportion(ones, total)
+            .map_err(|e| Error::internal(e.to_string()))?;
+        Ok(Some(RateStats {
+            reports: total,
+            reported_ones: ones,
+            rate: e.proportion,
+            std_error: e.std_error,
+            ci95: [
+                e.proportion - Z95 * e.std_error,
+                e.proportion + Z95 * e.std_error,
+            ],
+        }))
     }
 
     /// The sequential test's parameters from the configuration.

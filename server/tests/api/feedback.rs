@@ -5,7 +5,67 @@ use crate::harness::*;
 on_both_backends!(
     rr_statistics_and_drift_flag,
     star_ratings_are_de_biased_per_version,
+    agreement_rates_are_de_biased_per_version,
 );
+
+/// Federated evaluation: "did the model agree" bits, one per client per version, de-biased.
+async fn agreement_rates_are_de_biased_per_version(backend: Backend) {
+    let Some(h) = Harness::new(backend, |c| c.rr_epsilon = 2.0).await else {
+        return;
+    };
+    publish_one_round(&h, "1", 0..2).await;
+    for i in 0..40 {
+        let token = h.register().await;
+        let (s, v) = h
+            .call(
+                Method::POST,
+                "/v1/feedback/agreement",
+                Some(&token),
+                Some(json!({"modelVersion": "2", "bit": i % 4 != 0})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        if i == 0 {
+            let (s, v) = h
+                .call(
+                    Method::POST,
+                    "/v1/feedback/agreement",
+                    Some(&token),
+                    Some(json!({"modelVersion": "2", "bit": true})),
+                )
+                .await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("duplicate_report"))
+            );
+        }
+    }
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/agreement",
+            Some(&h.register().await),
+            Some(json!({"modelVersion": "9", "bit": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let stats = h.get("/v1/stats").await;
+    let a = &stats["versions"][1]["agreement"];
+    let e = feedloop_privacy::randomized_response::RandomizedResponse::new(2.0)
+        .unwrap()
+        .estimate_proportion(30, 40)
+        .unwrap();
+    assert_eq!(
+        (a["reports"].as_u64(), a["reportedOnes"].as_u64()),
+        (Some(40), Some(30))
+    );
+    assert_eq!(a["rate"].as_f64().unwrap(), e.proportion);
+    let ci = a["ci95"].as_array().unwrap();
+    assert!(ci[0].as_f64().unwrap() < e.proportion && e.proportion < ci[1].as_f64().unwrap());
+    assert_eq!(stats["versions"][0]["agreement"], Value::Null);
+    // Thumbs rates are a separate metric.
+    assert_eq!(stats["versions"][1]["reports"], 0);
+}
 
 async fn rr_statistics_and_drift_flag(backend: Backend) {
     let Some(h) = Harness::new(backend, |c| {

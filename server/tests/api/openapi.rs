@@ -152,9 +152,19 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/agreement",
+            Some(&token),
+            Some(json!({ "modelVersion": "2", "bit": true })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
     let stats = h.get("/v1/stats").await;
     assert_eq!(stats["versions"][1]["reports"], 1);
     assert_eq!(stats["versions"][1]["stars"]["reports"], 1);
+    assert_eq!(stats["versions"][1]["agreement"]["reports"], 1);
 
     // Admin: revoking a client (its token is refused from then on).
     let revoked = h.register().await;
