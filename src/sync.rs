@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use feedloop_core::metric_reports::MetricRelease;
 use feedloop_core::outbox::{QueuedUpload, SendOutcome, Settled};
 use feedloop_core::protocol::UnixMillis;
 use feedloop_privacy::accounting::zcdp_to_approx_dp;
@@ -320,27 +321,29 @@ async fn run_sync(
     finish(inner, report)
 }
 
-/// Releases and sends every noted metric report: each is randomized, charged and written to the
-/// ledger in IndexedDB before it is handed to the network layer, like an update. Stops at the
-/// first report the policy or the budget refuses (the note stays for a later sync) and returns
-/// why as the error.
+/// Sends the metric reports released earlier whose delivery failed, then releases and sends every
+/// noted one: each is randomized, charged and written to the ledger in IndexedDB before it is
+/// handed to the network layer, like an update, and stays listed there until the server confirms
+/// it. Stops at the first report the policy or the budget refuses (the note stays for a later
+/// sync) and returns why as the error.
 async fn report_metrics(
     inner: &Rc<RefCell<Inner>>,
     name: &str,
     server: &ServerConfig,
     token: &ClientToken,
 ) -> Result<Result<Vec<MetricSent>, String>, JsValue> {
-    {
-        let inner = inner.borrow();
-        if inner.privacy.state().pending_metrics.is_empty() {
-            return Ok(Ok(Vec::new()));
-        }
+    let mut sent = Vec::new();
+    let retries = inner.borrow().privacy.undelivered_metrics();
+    for release in retries {
+        sent.push(send_and_settle(inner, name, server, token, &release).await?);
+    }
+    if inner.borrow().privacy.state().pending_metrics.is_empty() {
+        return Ok(Ok(sent));
     }
     let epsilon = match network::rr_epsilon(server).await {
         Ok(e) => e,
         Err(e) => return Ok(Err(format!("metric reports wait: {e}"))),
     };
-    let mut sent = Vec::new();
     loop {
         let now = now_ms();
         let (release, privacy) = {
@@ -360,26 +363,58 @@ async fn report_metrics(
                 Err(e) => return Ok(Err(format!("a metric report was refused: {e}"))),
             }
         };
-        let (written, outbox) = indexeddb::save_privacy(name, &privacy, None, now)
-            .await
-            .map_err(Error::Storage)?;
-        {
-            let mut inner = inner.borrow_mut();
-            inner.privacy = written;
-            inner.outbox = outbox;
-        }
-        let result = network::send_metric(server, token, &release).await;
-        sent.push(MetricSent {
-            kind: release.kind(),
-            model_version: release.model_version().to_string(),
-            sha256: release.ledger_entry().payload_sha256.clone(),
-            // ρ = ε²/2 for randomized response.
-            epsilon: (2.0 * release.ledger_entry().rho).sqrt(),
-            delivered: result.is_ok(),
-            error: result.err().map(|e| e.to_string()),
-        });
+        save_privacy_state(inner, name, &privacy, now).await?;
+        sent.push(send_and_settle(inner, name, server, token, &release).await?);
     }
     Ok(Ok(sent))
+}
+
+async fn save_privacy_state(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
+    privacy: &feedloop_core::contribution::DevicePrivacy,
+    now: u64,
+) -> Result<(), JsValue> {
+    let (written, outbox) = indexeddb::save_privacy(name, privacy, None, now)
+        .await
+        .map_err(Error::Storage)?;
+    let mut inner = inner.borrow_mut();
+    inner.privacy = written;
+    inner.outbox = outbox;
+    Ok(())
+}
+
+/// Sends one released report. Delivered (or already held by the server), or refused for good (a
+/// 4xx other than a retryable one): it is no longer resent. Unreachable: it stays listed.
+async fn send_and_settle(
+    inner: &Rc<RefCell<Inner>>,
+    name: &str,
+    server: &ServerConfig,
+    token: &ClientToken,
+    release: &MetricRelease,
+) -> Result<MetricSent, JsValue> {
+    let result = network::send_metric(server, token, release).await;
+    let settled = match &result {
+        Ok(()) => true,
+        Err(e) => !e.retry(),
+    };
+    if settled {
+        let privacy = {
+            let mut inner = inner.borrow_mut();
+            inner.privacy.metric_delivered(release);
+            inner.privacy.clone()
+        };
+        save_privacy_state(inner, name, &privacy, now_ms()).await?;
+    }
+    Ok(MetricSent {
+        kind: release.kind(),
+        model_version: release.model_version().to_string(),
+        sha256: release.ledger_entry().payload_sha256.clone(),
+        // ρ = ε²/2 for randomized response.
+        epsilon: (2.0 * release.ledger_entry().rho).sqrt(),
+        delivered: result.is_ok(),
+        error: result.err().map(|e| e.to_string()),
+    })
 }
 
 fn stop(

@@ -66,6 +66,10 @@ pub struct DevicePrivacyState {
     /// Metric verdicts noted but not reported yet ([`crate::metric_reports`]).
     #[serde(default)]
     pub pending_metrics: crate::metric_reports::PendingMetrics,
+    /// Metric reports released (randomized, charged, in the ledger) whose delivery is not
+    /// confirmed yet: resent at the next sync ([`crate::metric_reports::UndeliveredMetric`]).
+    #[serde(default)]
+    pub undelivered_metrics: Vec<crate::metric_reports::UndeliveredMetric>,
 }
 
 impl DevicePrivacyState {
@@ -130,8 +134,14 @@ impl DevicePrivacyState {
             &mine.pending_metrics,
         );
         pending_metrics.retain_unreported(&ledger);
+        let mut undelivered_metrics = crate::metric_reports::UndeliveredMetric::merge(
+            &stored.undelivered_metrics,
+            &mine.undelivered_metrics,
+            &ledger,
+        );
         if !consented(&ledger) {
             pending_metrics = Default::default(); // notes wait for nothing once consent is gone
+            undelivered_metrics.clear();
         }
         Ok(Self {
             policy: mine.policy.clone(),
@@ -140,6 +150,7 @@ impl DevicePrivacyState {
             contributed_delta: newer.contributed_delta.clone(),
             contributed_base: newer.contributed_base.clone(),
             pending_metrics,
+            undelivered_metrics,
         })
     }
 }
@@ -335,6 +346,7 @@ impl DevicePrivacy {
                 contributed_delta: vec![0.0; parameter_count],
                 contributed_base: base_version.to_string(),
                 pending_metrics: Default::default(),
+                undelivered_metrics: Vec::new(),
             },
         })
     }
@@ -399,7 +411,8 @@ impl DevicePrivacy {
     }
 
     /// Records the user's consent (`true`) or its withdrawal (`false`) in the ledger, if it
-    /// changes; returns whether it did. A withdrawal drops the metric notes not yet reported;
+    /// changes; returns whether it did. A withdrawal drops the metric notes not yet reported and
+    /// the metric reports not yet delivered;
     /// queued uploads from before it are dropped when the queue is read
     /// ([`crate::outbox::Outbox::from_json`]). Spent budget stays spent.
     pub fn set_consent(&mut self, granted: bool, now_ms: u64, model_version: &str) -> Result<bool> {
@@ -412,6 +425,7 @@ impl DevicePrivacy {
         self.state.ledger.append(record).map_err(privacy)?;
         if !granted {
             self.state.pending_metrics = Default::default();
+            self.state.undelivered_metrics.clear();
         }
         Ok(true)
     }

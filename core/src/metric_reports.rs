@@ -168,6 +168,108 @@ impl MetricRelease {
     }
 }
 
+/// At most this many released metric reports wait for delivery; the oldest goes first.
+pub const UNDELIVERED_CAPACITY: usize = 32;
+
+/// A released metric report whose delivery is not confirmed: what was sent (a bit, or a rating),
+/// not a raw verdict. Resent as a [`MetricRelease`] rebuilt by
+/// [`DevicePrivacy::undelivered_metrics`], only when its bytes are exactly the payload its ledger
+/// entry records, so an edited store cannot send anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UndeliveredMetric {
+    /// "thumbs", "stars" or "agreement".
+    kind: String,
+    model_version: String,
+    /// The randomized bit (0 or 1) or rating (1 to 5) as released.
+    value: u32,
+    payload_sha256: String,
+}
+
+impl UndeliveredMetric {
+    fn of(release: &MetricRelease) -> Self {
+        let value = match release.report() {
+            MetricReport::Thumbs(r) | MetricReport::Agreement(r) => u32::from(r.bit),
+            MetricReport::Stars(r) => u32::from(r.stars),
+        };
+        Self {
+            kind: release.kind().to_string(),
+            model_version: release.model_version().to_string(),
+            value,
+            payload_sha256: release.ledger_entry().payload_sha256.clone(),
+        }
+    }
+
+    /// The release again, if `ledger` records exactly this payload for it.
+    fn rebuild(&self, ledger: &Ledger) -> Option<MetricRelease> {
+        let (purpose, id, payload, report) = match self.kind.as_str() {
+            "thumbs" | "agreement" if self.value <= 1 => {
+                let bit = self.value == 1;
+                let report = FeedbackReport {
+                    model_version: self.model_version.clone(),
+                    bit,
+                };
+                if self.kind == "thumbs" {
+                    (
+                        THUMBS_PURPOSE,
+                        release_id(&self.model_version),
+                        vec![u8::from(bit)],
+                        MetricReport::Thumbs(report),
+                    )
+                } else {
+                    (
+                        AGREEMENT_PURPOSE,
+                        agreement_release_id(&self.model_version),
+                        vec![u8::from(bit)],
+                        MetricReport::Agreement(report),
+                    )
+                }
+            }
+            "stars" if (1..=5).contains(&self.value) => (
+                STARS_PURPOSE,
+                stars_release_id(&self.model_version),
+                (self.value - 1).to_le_bytes().to_vec(),
+                MetricReport::Stars(StarsReport {
+                    model_version: self.model_version.clone(),
+                    stars: self.value as u8,
+                }),
+            ),
+            _ => return None,
+        };
+        let sha = feedloop_privacy::ledger::sha256_hex(&payload);
+        if sha != self.payload_sha256 {
+            return None;
+        }
+        let entry = ledger
+            .entries()
+            .iter()
+            .find(|e| e.purpose == purpose && e.round_id == id && e.payload_sha256 == sha)?;
+        Some(MetricRelease {
+            report,
+            ledger_entry: entry.clone(),
+        })
+    }
+
+    /// Both tabs' undelivered reports (once each), less any the merged ledger does not record.
+    /// (A report one tab confirmed and the other still lists is sent once more: the server
+    /// answers "duplicate", which counts as delivered.)
+    pub(crate) fn merge(stored: &[Self], mine: &[Self], ledger: &Ledger) -> Vec<Self> {
+        let mut out: Vec<Self> = stored.to_vec();
+        for m in mine {
+            if !out
+                .iter()
+                .any(|o| o.kind == m.kind && o.model_version == m.model_version)
+            {
+                out.push(m.clone());
+            }
+        }
+        out.retain(|u| u.rebuild(ledger).is_some());
+        let excess = out.len().saturating_sub(UNDELIVERED_CAPACITY);
+        out.drain(..excess);
+        out
+    }
+}
+
 /// The budget key (and ledger round id) of a version's thumbs report: one per version.
 fn release_id(model_version: &str) -> String {
     format!("thumbs@{model_version}")
@@ -266,13 +368,44 @@ impl DevicePrivacy {
         let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
             notes.thumbs.remove(&version);
         })?;
-        Ok(Some(MetricRelease {
+        Ok(Some(self.awaiting_delivery(MetricRelease {
             report: MetricReport::Thumbs(FeedbackReport {
                 model_version: version,
                 bit,
             }),
             ledger_entry,
-        }))
+        })))
+    }
+
+    /// Keeps a just-released report until its delivery is confirmed ([`Self::metric_delivered`]):
+    /// saved with the charge and the ledger entry, so a failed send or a closed page loses no
+    /// report that was paid for.
+    fn awaiting_delivery(&mut self, release: MetricRelease) -> MetricRelease {
+        let list = &mut self.state_mut().undelivered_metrics;
+        list.push(UndeliveredMetric::of(&release));
+        let excess = list.len().saturating_sub(UNDELIVERED_CAPACITY);
+        list.drain(..excess);
+        release
+    }
+
+    /// The released reports not confirmed delivered, to send again (each rebuilt from the ledger
+    /// entry that records it; anything else in the store is ignored).
+    pub fn undelivered_metrics(&self) -> Vec<MetricRelease> {
+        let ledger = &self.state().ledger;
+        self.state()
+            .undelivered_metrics
+            .iter()
+            .filter_map(|u| u.rebuild(ledger))
+            .collect()
+    }
+
+    /// The server has `release` (or refused it for good): stop resending it. (One report per
+    /// kind and version exists; payload hashes alone repeat: every 1-bit hashes alike.)
+    pub fn metric_delivered(&mut self, release: &MetricRelease) {
+        let (kind, version) = (release.kind(), release.model_version());
+        self.state_mut()
+            .undelivered_metrics
+            .retain(|u| !(u.kind == kind && u.model_version == version));
     }
 
     /// Charges `rho` under budget id `id`, appends `record` to the ledger and drops the note
@@ -377,13 +510,13 @@ impl DevicePrivacy {
         let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
             notes.agreement.remove(&version);
         })?;
-        Ok(Some(MetricRelease {
+        Ok(Some(self.awaiting_delivery(MetricRelease {
             report: MetricReport::Agreement(FeedbackReport {
                 model_version: version,
                 bit,
             }),
             ledger_entry,
-        }))
+        })))
     }
 
     /// Randomizes the rating of one noted version with 5-ary randomized response at `epsilon`
@@ -416,13 +549,13 @@ impl DevicePrivacy {
         let ledger_entry = self.record_metric(&id, mechanism.rho(), now_ms, record, |notes| {
             notes.stars.remove(&version);
         })?;
-        Ok(Some(MetricRelease {
+        Ok(Some(self.awaiting_delivery(MetricRelease {
             report: MetricReport::Stars(StarsReport {
                 model_version: version,
                 stars: reported as u8 + 1,
             }),
             ledger_entry,
-        }))
+        })))
     }
 }
 
@@ -440,6 +573,42 @@ mod tests {
         let mut device = DevicePrivacy::new(policy, 3, "1").unwrap();
         device.set_consent(true, 1, "1").unwrap(); // the user agreed, long before
         device
+    }
+
+    #[test]
+    fn a_released_report_waits_until_delivered_and_only_as_released() {
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(11);
+        d.observe_thumbs("2", true);
+        d.observe_stars("2", 4);
+        let thumbs = d.release_thumbs(1.0, NOW, &mut rng).unwrap().unwrap();
+        let stars = d.release_stars(1.0, NOW, &mut rng).unwrap().unwrap();
+        // Both wait (saved with the charge); rebuilt, they are exactly what was released.
+        let waiting = d.undelivered_metrics();
+        assert_eq!(waiting.len(), 2);
+        assert_eq!(waiting[0].report(), thumbs.report());
+        assert_eq!(waiting[0].ledger_entry(), thumbs.ledger_entry());
+        assert_eq!(waiting[1].body(), stars.body());
+        // They survive a save and a restore (another tab reads the same).
+        let restored = DevicePrivacy::from_json(&d.to_json()).unwrap();
+        assert_eq!(restored.undelivered_metrics().len(), 2);
+        // An edited store cannot send anything else: a value the ledger does not record is dropped.
+        let mut json: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+        let flipped = 1 - json["undelivered_metrics"][0]["value"].as_u64().unwrap();
+        json["undelivered_metrics"][0]["value"] = flipped.into();
+        json["undelivered_metrics"][1]["value"] = 9.into();
+        let edited = DevicePrivacy::from_json(&json.to_string()).unwrap();
+        assert!(edited.undelivered_metrics().is_empty());
+        // Delivered: no longer resent; the other still waits.
+        d.metric_delivered(&thumbs);
+        assert_eq!(d.undelivered_metrics().len(), 1);
+        assert_eq!(d.undelivered_metrics()[0].kind(), "stars");
+        // Two tabs: the union, once each; withdrawing consent drops them.
+        let other = d.clone();
+        let merged = d.reconcile(Some(&other.to_json())).unwrap();
+        assert_eq!(merged.undelivered_metrics().len(), 1);
+        d.set_consent(false, NOW + 1, "2").unwrap();
+        assert!(d.undelivered_metrics().is_empty());
     }
 
     #[test]

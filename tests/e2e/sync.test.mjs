@@ -7,8 +7,9 @@
 // recorded in the sending device's ledger, with no candidate text and no feedback event in them.
 // Then the upload queue: a failed upload waits in IndexedDB and leaves by sendBeacon when the page is
 // hidden, and a thumbs on the top answer is reported once per version as one randomized bit, in the
-// ledger first. Withdrawing consent deletes a queued upload and stops all sending. Last, the
-// dashboard shows the rounds and versions and rolls back with the admin key.
+// ledger first. Withdrawing consent deletes a queued upload and stops all sending. Then the
+// dashboard shows the rounds and versions and rolls back with the admin key. Last, an A-or-B
+// choice is evaluated against the global model, and its report, when the send fails, is sent again.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
@@ -317,6 +318,35 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     const audit = await fetch(`${server.base}/v1/admin/audit`, { headers: { authorization: `Bearer ${ADMIN_KEY}` } });
     assert.ok((await audit.json()).entries.some((e) => e.action === "model.rollback"), "the rollback is in the audit log");
     await context.close();
+    assert.deepEqual(problems, []);
+  });
+
+  test("an A-or-B choice is evaluated for its version; a report whose send failed is sent again, once", { timeout: TIMEOUT }, async () => {
+    const { page, context } = devices[0];
+    assert.equal((await sync(page)).modelVersion, "1", "the device follows the rollback");
+    // Federated evaluation: did v1's global model already prefer what the user chose?
+    await page.evaluate(() => {
+      const ranked = window.feedloopDemo.lastRanking;
+      window.feedloopDemo.ranker.choose(ranked.at(-1).id, ranked[0].id);
+    });
+    await context.route("**/v1/feedback/agreement", (route) => route.abort("connectionrefused"));
+    const failed = (await sync(page)).metrics.find((m) => m.kind === "agreement");
+    assert.ok(failed, "an agreement report was released");
+    assert.deepEqual([failed.modelVersion, failed.delivered], ["1", false], JSON.stringify(failed));
+    await context.unroute("**/v1/feedback/agreement");
+    // After a reload (the undelivered report waits in IndexedDB), the next sync sends it again.
+    await page.reload();
+    await page.evaluate(() => window.feedloopDemo.ready);
+    const retried = (await sync(page)).metrics.find((m) => m.kind === "agreement");
+    assert.deepEqual([retried?.modelVersion, retried?.delivered, retried?.sha256], ["1", true, failed.sha256]);
+    assert.deepEqual((await sync(page)).metrics, [], "delivered once, not again");
+    const entries = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger())).entries;
+    assert.equal(entries.filter((e) => e.round_id === "agreement@1").length, 1, "released and charged once");
+    const sent = bodies.filter((b) => b.url.endsWith("/v1/feedback/agreement"));
+    assert.equal(sent.length, 2, "the failed attempt and the resend");
+    for (const b of sent) assert.deepEqual(Object.keys(JSON.parse(b.body.toString("utf8"))).sort(), ["bit", "modelVersion"]);
+    const stats = await json(server.base, "/v1/stats");
+    assert.equal(stats.versions.find((v) => v.version === "1").agreement.reports, 1);
     assert.deepEqual(problems, []);
   });
 });
