@@ -184,6 +184,10 @@ pub struct UndeliveredMetric {
     /// The randomized bit (0 or 1) or rating (1 to 5) as released.
     value: u32,
     payload_sha256: String,
+    /// Confirmed: kept (as a tombstone) so that merging with another tab's older copy of the
+    /// state does not bring it back.
+    #[serde(default)]
+    delivered: bool,
 }
 
 impl UndeliveredMetric {
@@ -197,6 +201,7 @@ impl UndeliveredMetric {
             model_version: release.model_version().to_string(),
             value,
             payload_sha256: release.ledger_entry().payload_sha256.clone(),
+            delivered: false,
         }
     }
 
@@ -250,23 +255,32 @@ impl UndeliveredMetric {
         })
     }
 
-    /// Both tabs' undelivered reports (once each), less any the merged ledger does not record.
-    /// (A report one tab confirmed and the other still lists is sent once more: the server
-    /// answers "duplicate", which counts as delivered.)
+    /// Both tabs' reports (once each; delivered if either tab saw it delivered), less any the
+    /// merged ledger does not record. (Should a tombstone have been dropped for capacity, an old
+    /// copy is sent once more: the server answers "duplicate", which counts as delivered.)
     pub(crate) fn merge(stored: &[Self], mine: &[Self], ledger: &Ledger) -> Vec<Self> {
         let mut out: Vec<Self> = stored.to_vec();
         for m in mine {
-            if !out
-                .iter()
-                .any(|o| o.kind == m.kind && o.model_version == m.model_version)
+            match out
+                .iter_mut()
+                .find(|o| o.kind == m.kind && o.model_version == m.model_version)
             {
-                out.push(m.clone());
+                Some(o) => o.delivered |= m.delivered,
+                None => out.push(m.clone()),
             }
         }
         out.retain(|u| u.rebuild(ledger).is_some());
-        let excess = out.len().saturating_sub(UNDELIVERED_CAPACITY);
-        out.drain(..excess);
+        cap(&mut out);
         out
+    }
+}
+
+/// Keeps at most [`UNDELIVERED_CAPACITY`] entries: delivered ones (the oldest first) go before
+/// any waiting one does.
+fn cap(list: &mut Vec<UndeliveredMetric>) {
+    while list.len() > UNDELIVERED_CAPACITY {
+        let i = list.iter().position(|u| u.delivered).unwrap_or(0);
+        list.remove(i);
     }
 }
 
@@ -383,8 +397,7 @@ impl DevicePrivacy {
     fn awaiting_delivery(&mut self, release: MetricRelease) -> MetricRelease {
         let list = &mut self.state_mut().undelivered_metrics;
         list.push(UndeliveredMetric::of(&release));
-        let excess = list.len().saturating_sub(UNDELIVERED_CAPACITY);
-        list.drain(..excess);
+        cap(list);
         release
     }
 
@@ -395,6 +408,7 @@ impl DevicePrivacy {
         self.state()
             .undelivered_metrics
             .iter()
+            .filter(|u| !u.delivered)
             .filter_map(|u| u.rebuild(ledger))
             .collect()
     }
@@ -403,9 +417,11 @@ impl DevicePrivacy {
     /// kind and version exists; payload hashes alone repeat: every 1-bit hashes alike.)
     pub fn metric_delivered(&mut self, release: &MetricRelease) {
         let (kind, version) = (release.kind(), release.model_version());
-        self.state_mut()
-            .undelivered_metrics
-            .retain(|u| !(u.kind == kind && u.model_version == version));
+        for u in &mut self.state_mut().undelivered_metrics {
+            if u.kind == kind && u.model_version == version {
+                u.delivered = true;
+            }
+        }
     }
 
     /// Charges `rho` under budget id `id`, appends `record` to the ledger and drops the note
@@ -603,10 +619,20 @@ mod tests {
         d.metric_delivered(&thumbs);
         assert_eq!(d.undelivered_metrics().len(), 1);
         assert_eq!(d.undelivered_metrics()[0].kind(), "stars");
-        // Two tabs: the union, once each; withdrawing consent drops them.
+        // Two tabs: the union, once each; a copy stored before the delivery (this tab's own last
+        // save, or another tab's) does not bring the delivered one back.
         let other = d.clone();
         let merged = d.reconcile(Some(&other.to_json())).unwrap();
         assert_eq!(merged.undelivered_metrics().len(), 1);
+        let merged = d.reconcile(Some(&restored.to_json())).unwrap();
+        assert_eq!(
+            merged.undelivered_metrics().len(),
+            1,
+            "thumbs stays delivered"
+        );
+        assert_eq!(merged.undelivered_metrics()[0].kind(), "stars");
+        let merged = restored.reconcile(Some(&d.to_json())).unwrap();
+        assert_eq!(merged.undelivered_metrics().len(), 1, "either way round");
         d.set_consent(false, NOW + 1, "2").unwrap();
         assert!(d.undelivered_metrics().is_empty());
     }
