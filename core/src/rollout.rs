@@ -22,8 +22,9 @@
 //! - **regression** when the whole interval of the difference lies below −margin: the canary is
 //!   worse by more than the margin, at confidence 1 − α under continuous monitoring → roll back;
 //! - **non-inferior** when it lies above −margin → promote;
-//! - **planned reached** when the canary has its planned number of reports with neither → promote
-//!   (no significant difference: the planned sample bounds how long a canary waits);
+//! - **planned reached** when the canary has its planned number of reports, and both arms their
+//!   minimum, with neither → promote (no significant difference: the planned sample bounds how
+//!   long a canary waits);
 //! - otherwise continue.
 //!
 //! An equal version is rolled back with probability ≤ α/2 at any time (only the upper side can
@@ -174,7 +175,9 @@ impl SequentialTest {
         let verdict = match difference {
             Some([_, upper]) if enough && upper < -self.margin => RolloutVerdict::Regression,
             Some([lower, _]) if enough && lower > -self.margin => RolloutVerdict::NonInferior,
-            _ if canary.1.total >= self.planned_reports => RolloutVerdict::PlannedReached,
+            // Only with the control's minimum too: a canary whose control has few reports was
+            // not compared at all (an e2e run once promoted one that way, 20 against 7).
+            _ if enough && canary.1.total >= self.planned_reports => RolloutVerdict::PlannedReached,
             _ => RolloutVerdict::Continue,
         };
         Ok(RolloutEvidence {
@@ -320,6 +323,22 @@ mod tests {
             )
             .unwrap();
         assert_eq!(few.verdict, RolloutVerdict::Continue);
+        // The canary past its plan, the control short of its minimum: not compared, no verdict.
+        let unbalanced = SequentialTest::new(0.02, 0.05, 40, 50)
+            .unwrap()
+            .evaluate(
+                &rr,
+                ("1", ArmReports { ones: 7, total: 7 }),
+                (
+                    "2",
+                    ArmReports {
+                        ones: 40,
+                        total: 400,
+                    },
+                ),
+            )
+            .unwrap();
+        assert_eq!(unbalanced.verdict, RolloutVerdict::Continue);
         let enough = t
             .evaluate(
                 &rr,
