@@ -50,6 +50,50 @@ pub const STARS_PURPOSE: &str = "star rating (CSAT)";
 pub const AGREEMENT_PURPOSE: &str =
     "federated evaluation: did the model agree with the user's choice";
 
+/// The two metrics reported as one randomized bit per version.
+#[derive(Debug, Clone, Copy)]
+enum BitMetric {
+    Thumbs,
+    Agreement,
+}
+
+impl BitMetric {
+    fn purpose(self) -> &'static str {
+        match self {
+            Self::Thumbs => THUMBS_PURPOSE,
+            Self::Agreement => AGREEMENT_PURPOSE,
+        }
+    }
+
+    fn release_id(self, model_version: &str) -> String {
+        match self {
+            Self::Thumbs => release_id(model_version),
+            Self::Agreement => agreement_release_id(model_version),
+        }
+    }
+
+    fn notes(self, pending: &PendingMetrics) -> &BTreeMap<String, bool> {
+        match self {
+            Self::Thumbs => &pending.thumbs,
+            Self::Agreement => &pending.agreement,
+        }
+    }
+
+    fn notes_mut(self, pending: &mut PendingMetrics) -> &mut BTreeMap<String, bool> {
+        match self {
+            Self::Thumbs => &mut pending.thumbs,
+            Self::Agreement => &mut pending.agreement,
+        }
+    }
+
+    fn report(self, report: FeedbackReport) -> MetricReport {
+        match self {
+            Self::Thumbs => MetricReport::Thumbs(report),
+            Self::Agreement => MetricReport::Agreement(report),
+        }
+    }
+}
+
 /// The ratings: 1 to 5 stars.
 const STAR_CATEGORIES: u32 = 5;
 
@@ -209,26 +253,20 @@ impl UndeliveredMetric {
     fn rebuild(&self, ledger: &Ledger) -> Option<MetricRelease> {
         let (purpose, id, payload, report) = match self.kind.as_str() {
             "thumbs" | "agreement" if self.value <= 1 => {
-                let bit = self.value == 1;
-                let report = FeedbackReport {
-                    model_version: self.model_version.clone(),
-                    bit,
+                let metric = match self.kind.as_str() {
+                    "thumbs" => BitMetric::Thumbs,
+                    _ => BitMetric::Agreement,
                 };
-                if self.kind == "thumbs" {
-                    (
-                        THUMBS_PURPOSE,
-                        release_id(&self.model_version),
-                        vec![u8::from(bit)],
-                        MetricReport::Thumbs(report),
-                    )
-                } else {
-                    (
-                        AGREEMENT_PURPOSE,
-                        agreement_release_id(&self.model_version),
-                        vec![u8::from(bit)],
-                        MetricReport::Agreement(report),
-                    )
-                }
+                let bit = self.value == 1;
+                (
+                    metric.purpose(),
+                    metric.release_id(&self.model_version),
+                    vec![u8::from(bit)],
+                    metric.report(FeedbackReport {
+                        model_version: self.model_version.clone(),
+                        bit,
+                    }),
+                )
             }
             "stars" if (1..=5).contains(&self.value) => (
                 STARS_PURPOSE,
@@ -309,33 +347,33 @@ fn agreement_release_id(model_version: &str) -> String {
 
 /// Whether `ledger` has the federated-evaluation report of `model_version`.
 pub(crate) fn agreement_reported_in(ledger: &Ledger, model_version: &str) -> bool {
-    let id = agreement_release_id(model_version);
-    ledger
-        .entries()
-        .iter()
-        .any(|e| e.purpose == AGREEMENT_PURPOSE && e.round_id == id)
+    reported_in(
+        ledger,
+        AGREEMENT_PURPOSE,
+        &agreement_release_id(model_version),
+    )
 }
 
 fn stars_release_id(model_version: &str) -> String {
     format!("stars@{model_version}")
 }
 
-/// Whether `ledger` has the star-rating report of `model_version`.
-pub(crate) fn stars_reported_in(ledger: &Ledger, model_version: &str) -> bool {
-    let id = stars_release_id(model_version);
+/// Whether `ledger` has a report with this purpose and release id.
+fn reported_in(ledger: &Ledger, purpose: &str, id: &str) -> bool {
     ledger
         .entries()
         .iter()
-        .any(|e| e.purpose == STARS_PURPOSE && e.round_id == id)
+        .any(|e| e.purpose == purpose && e.round_id == id)
+}
+
+/// Whether `ledger` has the star-rating report of `model_version`.
+pub(crate) fn stars_reported_in(ledger: &Ledger, model_version: &str) -> bool {
+    reported_in(ledger, STARS_PURPOSE, &stars_release_id(model_version))
 }
 
 /// Whether `ledger` has the thumbs report of `model_version`.
 pub(crate) fn thumbs_reported_in(ledger: &Ledger, model_version: &str) -> bool {
-    let id = release_id(model_version);
-    ledger
-        .entries()
-        .iter()
-        .any(|e| e.purpose == THUMBS_PURPOSE && e.round_id == id)
+    reported_in(ledger, THUMBS_PURPOSE, &release_id(model_version))
 }
 
 impl DevicePrivacy {
@@ -370,23 +408,43 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
+        self.release_bit(BitMetric::Thumbs, epsilon, now_ms, rng)
+    }
+
+    /// What [`Self::release_thumbs`] and [`Self::release_agreement`] share: the first noted
+    /// version's verdict, ε-randomized, charged and recorded, its note forgotten.
+    fn release_bit<R: CryptoRng + ?Sized>(
+        &mut self,
+        metric: BitMetric,
+        epsilon: f64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
         self.check_consent()?;
-        let Some((version, up)) = first_note(&self.state().pending_metrics.thumbs) else {
+        let Some((version, verdict)) = first_note(metric.notes(&self.state().pending_metrics))
+        else {
             return Ok(None);
         };
         let rr = RandomizedResponse::new(epsilon).map_err(privacy)?;
-        let id = release_id(&version);
-        let bit = rr.respond(up, rng);
-        let record =
-            ReleaseRecord::for_randomized_response(&rr, bit, now_ms, THUMBS_PURPOSE, &id, &version);
+        let id = metric.release_id(&version);
+        let bit = rr.respond(verdict, rng);
+        let record = ReleaseRecord::for_randomized_response(
+            &rr,
+            bit,
+            now_ms,
+            metric.purpose(),
+            &id,
+            &version,
+        );
         let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
-            notes.thumbs.remove(&version);
+            metric.notes_mut(notes).remove(&version);
         })?;
+        let report = FeedbackReport {
+            model_version: version,
+            bit,
+        };
         Ok(Some(self.awaiting_delivery(MetricRelease {
-            report: MetricReport::Thumbs(FeedbackReport {
-                model_version: version,
-                bit,
-            }),
+            report: metric.report(report),
             ledger_entry,
         })))
     }
@@ -508,31 +566,7 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
-        self.check_consent()?;
-        let Some((version, agreed)) = first_note(&self.state().pending_metrics.agreement) else {
-            return Ok(None);
-        };
-        let rr = RandomizedResponse::new(epsilon).map_err(privacy)?;
-        let id = agreement_release_id(&version);
-        let bit = rr.respond(agreed, rng);
-        let record = ReleaseRecord::for_randomized_response(
-            &rr,
-            bit,
-            now_ms,
-            AGREEMENT_PURPOSE,
-            &id,
-            &version,
-        );
-        let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
-            notes.agreement.remove(&version);
-        })?;
-        Ok(Some(self.awaiting_delivery(MetricRelease {
-            report: MetricReport::Agreement(FeedbackReport {
-                model_version: version,
-                bit,
-            }),
-            ledger_entry,
-        })))
+        self.release_bit(BitMetric::Agreement, epsilon, now_ms, rng)
     }
 
     /// Randomizes the rating of one noted version with 5-ary randomized response at `epsilon`

@@ -14,6 +14,7 @@ mod rollouts;
 mod rounds;
 mod versions;
 
+pub use records::BitReports;
 pub use rollouts::RolloutRow;
 
 use std::str::FromStr;

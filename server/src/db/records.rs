@@ -5,6 +5,25 @@ use sqlx::{AnyConnection, Row};
 use super::{placeholders, AuditRow, ClientStanding, Store};
 use crate::error::{Error, Result};
 
+/// The tables of one-bit randomized-response reports (one bit per client per version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitReports {
+    /// The thumbs-up rate of the answer a version ranked first (`/v1/feedback`).
+    Thumbs,
+    /// Federated evaluation: did the version's model agree (`/v1/feedback/agreement`).
+    Agreement,
+}
+
+impl BitReports {
+    /// A fixed table name (never user input: it is spliced into the SQL).
+    fn table(self) -> &'static str {
+        match self {
+            Self::Thumbs => "rr_reports",
+            Self::Agreement => "agreement_reports",
+        }
+    }
+}
+
 impl Store {
     // ----- settings -----
 
@@ -109,63 +128,26 @@ impl Store {
             .is_some())
     }
 
-    // ----- RR reports -----
+    // ----- one-bit randomized-response reports -----
 
-    /// (ones, total) for a version.
-    pub async fn rr_counts(&self, version: i64) -> Result<(u64, u64)> {
-        let row = sqlx::query("SELECT COUNT(*) FROM rr_reports WHERE model_version = $1")
-            .bind(version)
-            .fetch_one(&self.pool)
-            .await?;
-        let total: i64 = row.get(0);
-        let ones: i64 =
-            sqlx::query("SELECT COUNT(*) FROM rr_reports WHERE model_version = $1 AND bit = 1")
-                .bind(version)
-                .fetch_one(&self.pool)
-                .await?
-                .get(0);
-        Ok((ones as u64, total as u64))
-    }
-
-    // ----- federated-evaluation (agreement) reports -----
-
-    /// (reported ones, reports) of a version's agreement bits.
-    pub async fn agreement_counts(&self, version: i64) -> Result<(u64, u64)> {
-        let total: i64 =
-            sqlx::query("SELECT COUNT(*) FROM agreement_reports WHERE model_version = $1")
-                .bind(version)
-                .fetch_one(&self.pool)
-                .await?
-                .get(0);
-        let ones: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM agreement_reports WHERE model_version = $1 AND bit = 1",
-        )
+    /// (reported ones, reports) of a version's bits in `table`.
+    pub async fn bit_counts(&self, table: BitReports, version: i64) -> Result<(u64, u64)> {
+        let t = table.table();
+        let total: i64 = sqlx::query(&format!(
+            "SELECT COUNT(*) FROM {t} WHERE model_version = $1"
+        ))
+        .bind(version)
+        .fetch_one(&self.pool)
+        .await?
+        .get(0);
+        let ones: i64 = sqlx::query(&format!(
+            "SELECT COUNT(*) FROM {t} WHERE model_version = $1 AND bit = 1"
+        ))
         .bind(version)
         .fetch_one(&self.pool)
         .await?
         .get(0);
         Ok((ones as u64, total as u64))
-    }
-
-    /// Stores one agreement bit; false when this client already reported on the version.
-    pub async fn insert_agreement(
-        &self,
-        version: i64,
-        client_id: &str,
-        bit: bool,
-        now: i64,
-    ) -> Result<bool> {
-        let r = sqlx::query(
-            "INSERT INTO agreement_reports (model_version, client_id, bit, received_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (model_version, client_id) DO NOTHING",
-        )
-        .bind(version)
-        .bind(client_id)
-        .bind(bit as i64)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     // ----- star-rating reports -----
@@ -213,17 +195,20 @@ impl Store {
     }
 
     /// Inserts a report; false if this client already reported on this version.
-    pub async fn insert_rr(
+    /// Stores one bit in `table`; false when this client already reported on the version.
+    pub async fn insert_bit(
         &self,
+        table: BitReports,
         version: i64,
         client_id: &str,
         bit: bool,
         now: i64,
     ) -> Result<bool> {
-        let r = sqlx::query(
-            "INSERT INTO rr_reports (model_version, client_id, bit, received_at) VALUES ($1, $2, $3, $4) \
+        let r = sqlx::query(&format!(
+            "INSERT INTO {} (model_version, client_id, bit, received_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (model_version, client_id) DO NOTHING",
-        )
+            table.table()
+        ))
         .bind(version)
         .bind(client_id)
         .bind(bit as i64)

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::{now_ms, App};
 use crate::auth::Claims;
+use crate::db::BitReports;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
@@ -30,7 +31,7 @@ impl App {
 
     /// The de-biased thumbs-up rate of a version.
     pub async fn rate(&self, version: i64) -> Result<RateEstimate> {
-        let (ones, total) = self.store().rr_counts(version).await?;
+        let (ones, total) = self.store().bit_counts(BitReports::Thumbs, version).await?;
         let estimate = if total == 0 {
             None
         } else {
@@ -52,7 +53,13 @@ impl App {
         let v = self.version(version).await?;
         if !self
             .store()
-            .insert_rr(version, &claims.client_id, bit, now_ms())
+            .insert_bit(
+                BitReports::Thumbs,
+                version,
+                &claims.client_id,
+                bit,
+                now_ms(),
+            )
             .await?
         {
             return Err(Error::conflict(
@@ -77,7 +84,13 @@ impl App {
         self.version(version).await?;
         if !self
             .store()
-            .insert_agreement(version, &claims.client_id, bit, now_ms())
+            .insert_bit(
+                BitReports::Agreement,
+                version,
+                &claims.client_id,
+                bit,
+                now_ms(),
+            )
             .await?
         {
             return Err(Error::conflict(
@@ -91,7 +104,10 @@ impl App {
 
     /// The de-biased agreement rate of a version; `None` without reports.
     pub async fn agreement(&self, version: i64) -> Result<Option<RateStats>> {
-        let (ones, total) = self.store().agreement_counts(version).await?;
+        let (ones, total) = self
+            .store()
+            .bit_counts(BitReports::Agreement, version)
+            .await?;
         if total == 0 {
             return Ok(None);
         }
@@ -121,8 +137,8 @@ impl App {
     /// The sequential test of `version` against `control` on their reports so far.
     pub(super) async fn evidence(&self, control: i64, version: i64) -> Result<RolloutEvidence> {
         let arm = |(ones, total)| ArmReports { ones, total };
-        let control_reports = arm(self.store().rr_counts(control).await?);
-        let version_reports = arm(self.store().rr_counts(version).await?);
+        let control_reports = arm(self.store().bit_counts(BitReports::Thumbs, control).await?);
+        let version_reports = arm(self.store().bit_counts(BitReports::Thumbs, version).await?);
         self.sequential_test()?
             .evaluate(
                 &self.rr()?,
