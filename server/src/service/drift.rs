@@ -48,18 +48,18 @@ impl App {
         })
     }
 
-    /// Stores one randomized-response bit (one per client per version), then runs the drift test.
-    pub async fn report(&self, claims: &Claims, version: i64, bit: bool) -> Result<()> {
+    /// Stores one bit of `table` from this client on `version` (one per client per version).
+    async fn store_bit(
+        &self,
+        table: BitReports,
+        claims: &Claims,
+        version: i64,
+        bit: bool,
+    ) -> Result<crate::db::VersionRow> {
         let v = self.version(version).await?;
         if !self
             .store()
-            .insert_bit(
-                BitReports::Thumbs,
-                version,
-                &claims.client_id,
-                bit,
-                now_ms(),
-            )
+            .insert_bit(table, version, &claims.client_id, bit, now_ms())
             .await?
         {
             return Err(Error::conflict(
@@ -67,6 +67,14 @@ impl App {
                 format!("this client already reported on model version {version}"),
             ));
         }
+        Ok(v)
+    }
+
+    /// Stores one randomized-response bit (one per client per version), then runs the drift test.
+    pub async fn report(&self, claims: &Claims, version: i64, bit: bool) -> Result<()> {
+        let v = self
+            .store_bit(BitReports::Thumbs, claims, version, bit)
+            .await?;
         Metrics::inc(&self.metrics().rr_reports);
         if self.evaluate_rollout(version).await? {
             return Ok(());
@@ -81,23 +89,8 @@ impl App {
 
     /// Stores one federated-evaluation bit (one per client per version).
     pub async fn report_agreement(&self, claims: &Claims, version: i64, bit: bool) -> Result<()> {
-        self.version(version).await?;
-        if !self
-            .store()
-            .insert_bit(
-                BitReports::Agreement,
-                version,
-                &claims.client_id,
-                bit,
-                now_ms(),
-            )
-            .await?
-        {
-            return Err(Error::conflict(
-                "duplicate_report",
-                format!("this client already reported an agreement bit on model version {version}"),
-            ));
-        }
+        self.store_bit(BitReports::Agreement, claims, version, bit)
+            .await?;
         Metrics::inc(&self.metrics().agreement_reports);
         Ok(())
     }
