@@ -193,17 +193,20 @@ impl Store {
         let pool = pool_of(if backend == Backend::Sqlite { 4 } else { 10 })
             .connect_with(options.clone())
             .await?;
+        // sqlx locks migrations on PostgreSQL (an advisory lock) but not on SQLite: replicas
+        // started together on one SQLite file take a file lock next to it instead. The switch to
+        // WAL is under the same lock: it needs an exclusive lock that SQLite does not wait for
+        // (no busy handler), so a replica switching while the other migrates failed with
+        // "database is locked".
+        let _migrating = match &sqlite_file {
+            Some(path) => Some(lock_migrations(path).await?),
+            None => None,
+        };
         if backend == Backend::Sqlite {
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await?;
         }
-        // sqlx locks migrations on PostgreSQL (an advisory lock) but not on SQLite: replicas
-        // started together on one SQLite file take a file lock next to it instead.
-        let _migrating = match &sqlite_file {
-            Some(path) => Some(lock_migrations(path).await?),
-            None => None,
-        };
         MIGRATOR.run(&pool).await?;
         // No ping before each use: the writer uses its connection all the time, and a broken
         // one fails its batch, which is retried on a fresh connection.
