@@ -36,6 +36,7 @@ const KINDS: Record<string, string> = {
   "thumbs-up rate of the top-ranked answer": "a randomized thumbs-up report",
   "star rating (CSAT)": "a randomized star rating",
   "federated evaluation: did the model agree with the user's choice": "a randomized report of whether the model agreed with your choice",
+  "feedback volume: did the user give one sampled kind of feedback": "a randomized report of whether you gave one kind of feedback, picked at random",
 };
 
 function lines(report: PrivacyReport): LedgerLine[] {

@@ -138,6 +138,8 @@ fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<FeedbackOutcome>
     if let Some(agreed) = outcome.global_agreed {
         inner.privacy.observe_agreement(&version, agreed);
     }
+    // Every event: its kind, for the feedback-volume metric.
+    inner.privacy.observe_kind(&version, outcome.kind);
     Ok(outcome)
 }
 

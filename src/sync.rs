@@ -349,15 +349,7 @@ async fn report_metrics(
         let (release, privacy) = {
             let mut inner = inner.borrow_mut();
             let mut rng = secure_rng()?;
-            // Thumbs reports first, then star ratings, then federated evaluation.
-            let released = match inner.privacy.release_thumbs(epsilon, now, &mut rng) {
-                Ok(None) => match inner.privacy.release_stars(epsilon, now, &mut rng) {
-                    Ok(None) => inner.privacy.release_agreement(epsilon, now, &mut rng),
-                    other => other,
-                },
-                other => other,
-            };
-            match released {
+            match inner.privacy.release_next_metric(epsilon, now, &mut rng) {
                 Ok(Some(release)) => (release, inner.privacy.clone()),
                 Ok(None) => break,
                 Err(e) => return Ok(Err(format!("a metric report was refused: {e}"))),

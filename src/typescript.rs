@@ -186,8 +186,10 @@ export interface MetricReport {
   /** "thumbs": did the answer this version ranked first get a thumbs up (a randomized bit);
    *  "stars": the last star rating given under it (5-ary randomized response);
    *  "agreement": did this version's global model already prefer the user's last "A or B"
-   *  choice (federated evaluation; a randomized bit). */
-  kind: "thumbs" | "stars" | "agreement"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean;
+   *  choice (federated evaluation; a randomized bit);
+   *  "kinds": feedback volume — whether the user gave one kind of feedback, drawn at random,
+   *  under it (a randomized bit). */
+  kind: "thumbs" | "stars" | "agreement" | "kinds"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean;
   error: string | null;
 }
 

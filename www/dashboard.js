@@ -3,9 +3,10 @@
 // rollback for an admin (POST /v1/admin/rollback), and staged rollouts with their sequential tests
 // (promote or withdraw a canary: POST /v1/admin/rollout/promote, /abort). Served by `feedloop serve --static-dir www/dist`.
 
+import { cohortChart, epsilonChart, fixed, rateChart, rolloutDifferenceChart, rolloutRatesChart, starsChart, volumeChart } from "./dashboard-charts.js";
+
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
-const SVG = "http://www.w3.org/2000/svg";
 
 /** What the end-to-end test reads. */
 const dashboard = { loads: 0 };
@@ -25,58 +26,12 @@ function when(ms) {
   return ms == null ? "–" : new Date(ms).toLocaleString();
 }
 
-function fixed(x, digits = 2) {
-  return x == null || Number.isNaN(x) ? "–" : Number(x).toFixed(digits);
-}
 
 function cell(row, text) {
   const td = document.createElement("td");
   td.textContent = text;
   row.append(td);
   return td;
-}
-
-/** A small SVG chart: points (x index, y) with optional error bars and a dashed reference line. */
-function chart(svg, points, { yMax, reference, label }) {
-  const width = 420;
-  const height = 160;
-  const pad = { left: 40, right: 10, top: 10, bottom: 24 };
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.replaceChildren();
-  const add = (name, attrs, text) => {
-    const el = document.createElementNS(SVG, name);
-    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
-    if (text !== undefined) el.textContent = text;
-    svg.append(el);
-    return el;
-  };
-  if (points.length === 0) {
-    add("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "chart-empty" }, "no data yet");
-    return;
-  }
-  const top = Math.max(yMax ?? 0, ...points.map((p) => p.hi ?? p.y), reference ?? 0) || 1;
-  const x = (i) => pad.left + (points.length === 1 ? 0.5 : i / (points.length - 1)) * (width - pad.left - pad.right);
-  const y = (v) => height - pad.bottom - (v / top) * (height - pad.top - pad.bottom);
-  add("line", { x1: pad.left, y1: y(0), x2: width - pad.right, y2: y(0), class: "chart-axis" });
-  add("text", { x: pad.left - 4, y: y(top) + 4, "text-anchor": "end", class: "chart-tick" }, fixed(top, top < 10 ? 2 : 0));
-  add("text", { x: pad.left - 4, y: y(0) + 4, "text-anchor": "end", class: "chart-tick" }, "0");
-  if (reference != null) {
-    add("line", { x1: pad.left, y1: y(reference), x2: width - pad.right, y2: y(reference), class: "chart-reference" });
-  }
-  const path = points.map((p, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(p.y).toFixed(1)}`).join(" ");
-  add("path", { d: path, class: "chart-line" });
-  points.forEach((p, i) => {
-    if (p.lo != null && p.hi != null) {
-      add("line", { x1: x(i), y1: y(Math.max(0, p.lo)), x2: x(i), y2: y(p.hi), class: "chart-error" });
-    }
-    const dot = add("circle", { cx: x(i), cy: y(p.y), r: 3.5, class: p.flagged ? "chart-dot flagged" : "chart-dot" });
-    const title = document.createElementNS(SVG, "title");
-    title.textContent = `${label} ${p.x}: ${fixed(p.y, 3)}`;
-    dot.append(title);
-    if (points.length <= 12 || i % Math.ceil(points.length / 12) === 0) {
-      add("text", { x: x(i), y: height - 6, "text-anchor": "middle", class: "chart-tick" }, p.x);
-    }
-  });
 }
 
 /** A rate and its interval, e.g. "0.612 [0.55, 0.67] (812)". */
@@ -188,19 +143,24 @@ function renderRounds(rounds) {
 
 function renderCharts(rounds, stats) {
   const chronological = [...rounds].reverse();
-  const closed = chronological.filter((r) => r.status !== "open");
-  chart($("chart-cohort"), chronological.map((r) => ({ x: r.roundId, y: r.cohortSize ?? r.received })), {
-    reference: chronological.at(-1)?.minCohort,
-    label: "round",
-  });
-  chart($("chart-epsilon"), chronological.map((r) => ({ x: r.roundId, y: r.privacy.epsilonPerParticipant })), { label: "round" });
-  const rated = stats.versions.filter((v) => v.thumbsUpRate != null);
-  chart(
-    $("chart-rate"),
-    rated.map((v) => ({ x: `v${v.version}`, y: v.thumbsUpRate, lo: v.ci95[0], hi: v.ci95[1], flagged: v.flagged })),
-    { yMax: 1, label: "version" },
+  cohortChart("chart-cohort", chronological);
+  epsilonChart("chart-epsilon", chronological);
+  rateChart(
+    "chart-rate",
+    stats.versions.map((v) => ({ version: v.version, rate: v.thumbsUpRate, ci95: v.ci95, reports: v.reports, flagged: v.flagged })),
+    "Thumbs-up rate per version",
   );
-  return closed.length;
+  rateChart(
+    "chart-agreement",
+    stats.versions.filter((v) => v.agreement).map((v) => ({ version: v.version, rate: v.agreement.rate, ci95: v.agreement.ci95, reports: v.agreement.reports, flagged: v.flagged })),
+    "Model agreement per version",
+  );
+  starsChart("chart-stars", stats.versions);
+  volumeChart("chart-volume", stats.feedbackVolume);
+  const latest = stats.rollouts.at(-1);
+  rolloutRatesChart("chart-rollout-rates", latest);
+  rolloutDifferenceChart("chart-rollout-difference", latest);
+  return chronological.filter((r) => r.status !== "open").length;
 }
 
 /** An admin action without a body (promote or withdraw a canary), after a confirmation. */

@@ -19,6 +19,7 @@ mod dequantize;
 pub mod error;
 pub mod feedback;
 pub mod feedback_loop;
+pub mod feedback_volume;
 pub mod head;
 pub mod learning;
 pub mod lexical;

@@ -27,6 +27,14 @@
 //! randomized response at the same ε ([`DevicePrivacy::release_stars`]): `{modelVersion, stars}`
 //! where the rating is kept with probability e^ε/(e^ε + 4) and otherwise replaced by one of the
 //! four others. The server de-biases the histogram and the mean rating per version.
+//!
+//! **Feedback volume: which kinds of feedback the user gives.** Every recorded event notes its kind
+//! under the version in use ([`DevicePrivacy::observe_kind`]: a set of kinds per version). Once
+//! per version the device draws one of the ten kinds uniformly at random — independently of what
+//! the user did — and reports whether the set holds it, as one ε-randomized bit
+//! ([`DevicePrivacy::release_kinds`], `POST /v1/feedback/kinds`: `{modelVersion, kind, bit}`).
+//! The draw tells nothing, so the report is ε-DP like a thumbs bit; the server de-biases, per kind,
+//! the share of devices that gave it (each kind is asked of a tenth of the devices).
 
 use std::collections::BTreeMap;
 
@@ -38,7 +46,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::contribution::DevicePrivacy;
 use crate::error::{Error, Result};
-use crate::protocol::{paths, FeedbackReport, StarsReport};
+use crate::feedback::KINDS;
+use crate::protocol::{paths, FeedbackReport, KindsReport, StarsReport};
 
 /// Why a thumbs report leaves the device, as written in the ledger.
 pub const THUMBS_PURPOSE: &str = "thumbs-up rate of the top-ranked answer";
@@ -49,6 +58,9 @@ pub const STARS_PURPOSE: &str = "star rating (CSAT)";
 /// Why a federated-evaluation report leaves the device, as written in the ledger.
 pub const AGREEMENT_PURPOSE: &str =
     "federated evaluation: did the model agree with the user's choice";
+
+/// Why a feedback-kinds report leaves the device, as written in the ledger.
+pub const KINDS_PURPOSE: &str = "feedback volume: did the user give one sampled kind of feedback";
 
 /// The two metrics reported as one randomized bit per version.
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +124,9 @@ pub struct PendingMetrics {
     /// Per version, whether the global head agreed with the user's last "A or B" choice.
     #[serde(default)]
     pub agreement: BTreeMap<String, bool>,
+    /// Per version, the kinds of feedback given under it: bit i for `KINDS[i]`.
+    #[serde(default)]
+    pub kinds: BTreeMap<String, u16>,
 }
 
 impl PendingMetrics {
@@ -123,16 +138,25 @@ impl PendingMetrics {
         stars.extend(mine.stars.iter().map(|(k, v)| (k.clone(), *v)));
         let mut agreement = stored.agreement.clone();
         agreement.extend(mine.agreement.iter().map(|(k, v)| (k.clone(), *v)));
+        // Kinds given in either tab were given.
+        let mut kinds = stored.kinds.clone();
+        for (version, mask) in &mine.kinds {
+            *kinds.entry(version.clone()).or_default() |= mask;
+        }
         Self {
             thumbs,
             stars,
             agreement,
+            kinds,
         }
     }
 
     /// Nothing noted.
     pub fn is_empty(&self) -> bool {
-        self.thumbs.is_empty() && self.stars.is_empty() && self.agreement.is_empty()
+        self.thumbs.is_empty()
+            && self.stars.is_empty()
+            && self.agreement.is_empty()
+            && self.kinds.is_empty()
     }
 
     /// Drops the notes of versions `ledger` already has a report of.
@@ -143,6 +167,8 @@ impl PendingMetrics {
             .retain(|version, _| !stars_reported_in(ledger, version));
         self.agreement
             .retain(|version, _| !agreement_reported_in(ledger, version));
+        self.kinds
+            .retain(|version, _| !kinds_reported_in(ledger, version));
     }
 }
 
@@ -155,6 +181,8 @@ pub enum MetricReport {
     Stars(StarsReport),
     /// `POST /v1/feedback/agreement`: the randomized "the model agreed" bit.
     Agreement(FeedbackReport),
+    /// `POST /v1/feedback/kinds`: the sampled kind and its randomized "given" bit.
+    Kinds(KindsReport),
 }
 
 /// A randomized, charged and recorded metric report: persist the device's privacy state, then
@@ -171,12 +199,13 @@ impl MetricRelease {
         &self.report
     }
 
-    /// "thumbs", "stars" or "agreement".
+    /// "thumbs", "stars", "agreement" or "kinds".
     pub fn kind(&self) -> &'static str {
         match self.report {
             MetricReport::Thumbs(_) => "thumbs",
             MetricReport::Stars(_) => "stars",
             MetricReport::Agreement(_) => "agreement",
+            MetricReport::Kinds(_) => "kinds",
         }
     }
 
@@ -185,6 +214,7 @@ impl MetricRelease {
         match &self.report {
             MetricReport::Thumbs(r) | MetricReport::Agreement(r) => &r.model_version,
             MetricReport::Stars(r) => &r.model_version,
+            MetricReport::Kinds(r) => &r.model_version,
         }
     }
 
@@ -194,6 +224,7 @@ impl MetricRelease {
             MetricReport::Thumbs(_) => paths::FEEDBACK,
             MetricReport::Stars(_) => paths::FEEDBACK_STARS,
             MetricReport::Agreement(_) => paths::FEEDBACK_AGREEMENT,
+            MetricReport::Kinds(_) => paths::FEEDBACK_KINDS,
         }
     }
 
@@ -202,6 +233,7 @@ impl MetricRelease {
         match &self.report {
             MetricReport::Thumbs(r) | MetricReport::Agreement(r) => serde_json::to_vec(r),
             MetricReport::Stars(r) => serde_json::to_vec(r),
+            MetricReport::Kinds(r) => serde_json::to_vec(r),
         }
         .expect("a report serializes")
     }
@@ -222,10 +254,11 @@ pub const UNDELIVERED_CAPACITY: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UndeliveredMetric {
-    /// "thumbs", "stars" or "agreement".
+    /// "thumbs", "stars", "agreement" or "kinds".
     kind: String,
     model_version: String,
-    /// The randomized bit (0 or 1) or rating (1 to 5) as released.
+    /// The randomized bit (0 or 1) or rating (1 to 5) as released; for "kinds", 2 × the sampled
+    /// kind's index + the bit.
     value: u32,
     payload_sha256: String,
     /// Confirmed: kept (as a tombstone) so that merging with another tab's older copy of the
@@ -239,6 +272,9 @@ impl UndeliveredMetric {
         let value = match release.report() {
             MetricReport::Thumbs(r) | MetricReport::Agreement(r) => u32::from(r.bit),
             MetricReport::Stars(r) => u32::from(r.stars),
+            MetricReport::Kinds(r) => {
+                2 * kind_index(&r.kind).unwrap_or(0) as u32 + u32::from(r.bit)
+            }
         };
         Self {
             kind: release.kind().to_string(),
@@ -277,6 +313,19 @@ impl UndeliveredMetric {
                     stars: self.value as u8,
                 }),
             ),
+            "kinds" if self.value < 2 * KINDS.len() as u32 => {
+                let (index, bit) = ((self.value / 2) as u8, self.value % 2 == 1);
+                (
+                    KINDS_PURPOSE,
+                    kinds_release_id(&self.model_version),
+                    vec![index, u8::from(bit)],
+                    MetricReport::Kinds(KindsReport {
+                        model_version: self.model_version.clone(),
+                        kind: KINDS[index as usize].to_string(),
+                        bit,
+                    }),
+                )
+            }
             _ => return None,
         };
         let sha = feedloop_privacy::ledger::sha256_hex(&payload);
@@ -338,7 +387,23 @@ fn privacy(e: feedloop_privacy::PrivacyError) -> Error {
 
 /// Whether a budget key is a metric report's (not a round's: those are numbers).
 fn is_metric_release(id: &str) -> bool {
-    id.starts_with("thumbs@") || id.starts_with("stars@") || id.starts_with("agreement@")
+    ["thumbs@", "stars@", "agreement@", "kinds@"]
+        .iter()
+        .any(|prefix| id.starts_with(prefix))
+}
+
+fn kinds_release_id(model_version: &str) -> String {
+    format!("kinds@{model_version}")
+}
+
+/// The position of a feedback kind in `KINDS`.
+fn kind_index(kind: &str) -> Option<usize> {
+    KINDS.iter().position(|k| *k == kind)
+}
+
+/// Whether `ledger` has the feedback-kinds report of `model_version`.
+pub(crate) fn kinds_reported_in(ledger: &Ledger, model_version: &str) -> bool {
+    reported_in(ledger, KINDS_PURPOSE, &kinds_release_id(model_version))
 }
 
 fn agreement_release_id(model_version: &str) -> String {
@@ -569,6 +634,87 @@ impl DevicePrivacy {
         self.release_bit(BitMetric::Agreement, epsilon, now_ms, rng)
     }
 
+    /// Notes that the user gave feedback of `kind` (a [`Signal::kind`]) under `model_version`, for
+    /// the feedback-volume metric. Without the user's consent nothing is noted.
+    pub fn observe_kind(&mut self, model_version: &str, kind: &str) {
+        let Some(index) = kind_index(kind) else {
+            return;
+        };
+        if !self.consented()
+            || model_version == BUNDLED_VERSION
+            || kinds_reported_in(&self.state().ledger, model_version)
+        {
+            return;
+        }
+        *self
+            .state_mut()
+            .pending_metrics
+            .kinds
+            .entry(model_version.to_string())
+            .or_default() |= 1 << index;
+    }
+
+    /// The feedback-volume report of one noted version: draws one kind uniformly (from `rng`,
+    /// whatever the user did), sets the bit "the user gave that kind under the version",
+    /// randomizes it with ε-randomized response, charges ρ = ε²/2, appends the ledger entry
+    /// (payload: the kind's index, then the bit sent) and forgets the note — as
+    /// [`Self::release_thumbs`] does.
+    pub fn release_kinds<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
+        self.check_consent()?;
+        let Some((version, given)) = first_note(&self.state().pending_metrics.kinds) else {
+            return Ok(None);
+        };
+        let rr = RandomizedResponse::new(epsilon).map_err(privacy)?;
+        let id = kinds_release_id(&version);
+        let index = feedloop_privacy::sampler::uniform_below(rng, KINDS.len() as u64) as u8;
+        let bit = rr.respond((given >> index) & 1 == 1, rng);
+        let record = ReleaseRecord::for_sampled_randomized_response(
+            &rr,
+            index,
+            bit,
+            now_ms,
+            KINDS_PURPOSE,
+            &id,
+            &version,
+        );
+        let ledger_entry = self.record_metric(&id, rr.rho(), now_ms, record, |notes| {
+            notes.kinds.remove(&version);
+        })?;
+        Ok(Some(self.awaiting_delivery(MetricRelease {
+            report: MetricReport::Kinds(KindsReport {
+                model_version: version,
+                kind: KINDS[index as usize].to_string(),
+                bit,
+            }),
+            ledger_entry,
+        })))
+    }
+
+    /// The next metric report due, if any: thumbs reports first, then star ratings, federated
+    /// evaluation and feedback volume (each of those methods says what it charges and records).
+    pub fn release_next_metric<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
+        if let Some(r) = self.release_thumbs(epsilon, now_ms, rng)? {
+            return Ok(Some(r));
+        }
+        if let Some(r) = self.release_stars(epsilon, now_ms, rng)? {
+            return Ok(Some(r));
+        }
+        if let Some(r) = self.release_agreement(epsilon, now_ms, rng)? {
+            return Ok(Some(r));
+        }
+        self.release_kinds(epsilon, now_ms, rng)
+    }
+
     /// Randomizes the rating of one noted version with 5-ary randomized response at `epsilon`
     /// (what the server de-biases for), charges ρ = ε²/2, appends the ledger entry (payload: the
     /// reported category, 0 for 1 star, as 4 little-endian bytes) and forgets the note. `None`
@@ -705,6 +851,107 @@ mod tests {
         d.set_consent(false, NOW, "3").unwrap();
         d.observe_agreement("4", true);
         assert!(d.state().pending_metrics.agreement.is_empty());
+    }
+
+    #[test]
+    fn a_kinds_report_is_one_sampled_kind_and_a_randomized_bit() {
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(5);
+        d.observe_kind("3", "thumbs");
+        d.observe_kind("3", "click");
+        d.observe_kind("3", "no such kind"); // ignored
+        d.observe_kind(BUNDLED_VERSION, "copy"); // ignored
+        assert_eq!(
+            d.state().pending_metrics.kinds,
+            BTreeMap::from([("3".to_string(), 0b10_0001)])
+        );
+        let release = d.release_kinds(1.0, NOW, &mut rng).unwrap().unwrap();
+        assert_eq!(
+            (release.kind(), release.path(), release.model_version()),
+            ("kinds", paths::FEEDBACK_KINDS, "3")
+        );
+        let MetricReport::Kinds(report) = release.report().clone() else {
+            panic!("a kinds report");
+        };
+        let index = kind_index(&report.kind).expect("a known kind") as u8;
+        let entry = release.ledger_entry();
+        assert_eq!(
+            (entry.purpose.as_str(), entry.round_id.as_str()),
+            (KINDS_PURPOSE, "kinds@3")
+        );
+        // The ledger hashes exactly what leaves: the kind's index and the bit.
+        assert_eq!(
+            entry.payload_sha256,
+            sha256_hex(&[index, u8::from(report.bit)])
+        );
+        let body: serde_json::Value = serde_json::from_slice(&release.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"modelVersion": "3", "kind": report.kind, "bit": report.bit})
+        );
+        // Charged like any metric report, once per version; later kinds of v3 are not noted.
+        let rr = RandomizedResponse::new(1.0).unwrap();
+        assert!((d.state().budget.lifetime_rho() - rr.rho()).abs() < 1e-15);
+        assert!(d.release_kinds(1.0, NOW, &mut rng).unwrap().is_none());
+        d.observe_kind("3", "flag");
+        assert!(d.state().pending_metrics.kinds.is_empty());
+        // It waits for delivery and is rebuilt from the ledger exactly.
+        assert_eq!(d.undelivered_metrics()[0].body(), release.body());
+        // Without consent nothing is noted.
+        d.set_consent(false, NOW, "3").unwrap();
+        d.observe_kind("4", "thumbs");
+        assert!(d.state().pending_metrics.kinds.is_empty());
+    }
+
+    #[test]
+    fn the_kind_is_drawn_uniformly_whatever_was_given_and_only_the_bit_depends_on_it() {
+        // 5,000 devices that gave thumbs only. The drawn kind must not depend on that (about
+        // 500 each), and the bit is 1 with probability p = e/(1+e) for "thumbs", 1 − p otherwise.
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(21);
+        let (mut drawn, mut ones) = ([0u32; 10], [0u32; 10]);
+        let n = 5_000;
+        for _ in 0..n {
+            let mut d = device(0.5);
+            d.observe_kind("2", "thumbs");
+            let release = d.release_kinds(1.0, NOW, &mut rng).unwrap().unwrap();
+            let MetricReport::Kinds(r) = release.report() else {
+                panic!("a kinds report");
+            };
+            let i = kind_index(&r.kind).unwrap();
+            drawn[i] += 1;
+            ones[i] += u32::from(r.bit);
+        }
+        let p = std::f64::consts::E / (1.0 + std::f64::consts::E);
+        for i in 0..10 {
+            // Binomial(5000, 0.1): sd 21; 5 sd.
+            assert!((drawn[i] as f64 - 500.0).abs() < 106.0, "{drawn:?}");
+            let expected = if i == 0 { p } else { 1.0 - p };
+            let rate = f64::from(ones[i]) / f64::from(drawn[i]);
+            let sd = (expected * (1.0 - expected) / f64::from(drawn[i])).sqrt();
+            assert!(
+                (rate - expected).abs() < 5.0 * sd,
+                "kind {i}: {rate} vs {expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_next_metric_goes_in_a_fixed_order_and_kinds_merge_across_tabs() {
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(3);
+        d.observe_kind("2", "stars");
+        d.observe_stars("2", 5);
+        d.observe_thumbs("2", true);
+        // ε = 0.5 each (ρ = 0.125), so the three fit the metric share of the budget.
+        let kinds: Vec<_> =
+            std::iter::from_fn(|| d.release_next_metric(0.5, NOW, &mut rng).unwrap())
+                .map(|r| r.kind())
+                .collect();
+        assert_eq!(kinds, ["thumbs", "stars", "kinds"]);
+        let (mut a, mut b) = (PendingMetrics::default(), PendingMetrics::default());
+        a.kinds.insert("5".into(), 0b01);
+        b.kinds.insert("5".into(), 0b10);
+        assert_eq!(PendingMetrics::merge(&a, &b).kinds["5"], 0b11);
     }
 
     #[test]

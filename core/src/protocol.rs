@@ -458,6 +458,58 @@ pub struct StarsReport {
     pub stars: u8,
 }
 
+/// `POST /v1/feedback/kinds`: feedback volume. The device draws one kind of feedback uniformly at
+/// random (independently of what the user did) and sends whether the user gave that kind under
+/// the version, as an ε-randomized-response bit at [`Stats::rr_epsilon`]: one report per client per
+/// version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct KindsReport {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
+    pub model_version: String,
+    /// One of `KINDS`.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = "^(thumbs|stars|pairwise|correction|flag|click|dwell|copy|regenerate|skip)$"
+        )
+    )]
+    pub kind: String,
+    pub bit: bool,
+}
+
+/// The de-biased share of a version's reporting devices that gave one kind of feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct KindShare {
+    pub kind: String,
+    /// Reports that drew this kind, and how many of their (randomized) bits were 1.
+    pub reports: u64,
+    pub reported_ones: u64,
+    /// Unbiased; may fall outside [0, 1] by noise.
+    pub share: f64,
+    /// Normal-approximation 95 % interval.
+    pub ci95: [f64; 2],
+}
+
+/// Feedback volume on one day (UTC, by when the reports arrived): the estimated number of
+/// devices that gave one kind of feedback — `share × devices reporting that day`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct KindVolume {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    pub kind: String,
+    /// Kinds reports received that day that drew this kind.
+    pub reports: u64,
+    /// Unbiased (may be negative by noise), with its normal-approximation 95 % interval.
+    pub devices: f64,
+    pub ci95: [f64; 2],
+}
+
 /// A whole number from 0 to 255: JSON Schema's `integer` (what the OpenAPI document says) also
 /// admits `5.0`, so that is read as 5; `4.5` or `300` is refused.
 fn whole_u8<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
@@ -517,6 +569,9 @@ pub struct VersionStats {
     /// Federated evaluation: how often this version's global head agreed with its users' "A or
     /// B" choices (`null` without reports).
     pub agreement: Option<RateStats>,
+    /// Feedback volume: the share of this version's reporting devices that gave each kind
+    /// (kinds with reports only).
+    pub kinds: Vec<KindShare>,
 }
 
 /// A de-biased rate from randomized-response bits.
@@ -645,6 +700,24 @@ pub struct Rollout {
     pub reason: Option<String>,
     /// The test as of now (running) or at the decision.
     pub evidence: Option<RolloutEvidence>,
+    /// The test replayed over time, from the start to now or to the decision (at most 48
+    /// evenly spaced points): what the dashboard's canary-vs-control chart draws.
+    pub history: Vec<RolloutPoint>,
+}
+
+/// The sequential test at one moment of a rollout, on the reports received by then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct RolloutPoint {
+    pub at: UnixMillis,
+    pub canary_reports: u64,
+    pub control_reports: u64,
+    pub canary_rate: Option<f64>,
+    pub control_rate: Option<f64>,
+    /// The interval of `p_canary − p_control` valid at every look (`null` until both arms
+    /// have reports); the canary is rolled back once its upper end is below −margin.
+    pub difference: Option<[f64; 2]>,
 }
 
 /// One round in the statistics.
@@ -673,6 +746,8 @@ pub struct Stats {
     pub rounds: Vec<RoundStats>,
     /// Staged rollouts, oldest first.
     pub rollouts: Vec<Rollout>,
+    /// Feedback volume per day by kind, for the last 60 days with reports, oldest first.
+    pub feedback_volume: Vec<KindVolume>,
 }
 
 /// `POST /v1/admin/rounds`: a new round on the current version.
@@ -827,6 +902,7 @@ pub mod paths {
     pub const FEEDBACK: &str = "/v1/feedback";
     pub const FEEDBACK_STARS: &str = "/v1/feedback/stars";
     pub const FEEDBACK_AGREEMENT: &str = "/v1/feedback/agreement";
+    pub const FEEDBACK_KINDS: &str = "/v1/feedback/kinds";
     pub const STATS: &str = "/v1/stats";
 
     /// Where the update for `round_id` is posted (a sealed report, in a secure round).

@@ -226,6 +226,33 @@ impl ReleaseRecord {
 }
 
 impl ReleaseRecord {
+    /// A record for one randomized-response bit about one of several questions drawn uniformly
+    /// at random, independently of the data (payload: the question's index, then the bit). The
+    /// draw leaks nothing, so the release is ε-DP with the ε of the bit: its params are the bit's.
+    pub fn for_sampled_randomized_response(
+        rr: &RandomizedResponse,
+        question: u8,
+        reported_bit: bool,
+        time_ms: u64,
+        purpose: &str,
+        round_id: &str,
+        model_version: &str,
+    ) -> Self {
+        Self {
+            payload_sha256: sha256_hex(&[question, u8::from(reported_bit)]),
+            ..Self::for_randomized_response(
+                rr,
+                reported_bit,
+                time_ms,
+                purpose,
+                round_id,
+                model_version,
+            )
+        }
+    }
+}
+
+impl ReleaseRecord {
     /// A record for one k-ary randomized-response value (payload: the reported category as 4
     /// little-endian bytes).
     pub fn for_categorical_response(

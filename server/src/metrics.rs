@@ -16,6 +16,7 @@ pub struct Metrics {
     pub rr_reports: AtomicU64,
     pub star_reports: AtomicU64,
     pub agreement_reports: AtomicU64,
+    pub kinds_reports: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
     /// Staged rollouts the sequential test rolled back, and rollouts promoted (either way).
@@ -110,6 +111,12 @@ impl Metrics {
             "feedloop_agreement_reports_total",
             "Federated-evaluation (did the model agree) randomized-response reports stored.",
             &self.agreement_reports,
+        );
+        counter(
+            &mut out,
+            "feedloop_kinds_reports_total",
+            "Feedback-volume (one sampled kind, randomized-response bit) reports stored.",
+            &self.kinds_reports,
         );
         counter(
             &mut out,

@@ -107,6 +107,7 @@ impl VersionRow {
             flagged: self.flagged != 0,
             stars: None,
             agreement: None,
+            kinds: Vec::new(),
             flag_reason: self.flag_reason.clone(),
         }
     }

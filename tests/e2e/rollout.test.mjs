@@ -158,6 +158,16 @@ describe("staged rollout: a worse canary is rolled back by the server, Chromium 
     assert.match(row, /auto-rollout/);
     const reports = rollout.evidence.canary.reports;
     assert.ok(row.includes(`(${reports})`), `${row} shows the canary's ${reports} reports`);
+    // The charts of the latest rollout draw its history from /v1/stats: the interval at the
+    // decision, below the dashed rollback boundary at −margin.
+    const decided = (await json(server.base, "/v1/stats")).rollouts.at(-1);
+    const last = decided.history.at(-1);
+    const titles = await page.$$eval("#chart-rollout-difference title", (ts) => ts.map((t) => t.textContent));
+    assert.ok(titles.includes(`[${last.difference[0].toFixed(3)}, ${last.difference[1].toFixed(3)}] after ${last.canaryReports} canary reports`), JSON.stringify(titles));
+    assert.ok(titles.includes(`rollback boundary −${decided.evidence.margin}`), JSON.stringify(titles));
+    assert.ok(last.difference[1] < -decided.evidence.margin, JSON.stringify(last));
+    const arms = await page.$$eval("#chart-rollout-rates title", (ts) => ts.map((t) => t.textContent));
+    assert.ok(arms.includes(`canary v2: ${last.canaryRate.toFixed(3)} (${last.canaryReports} reports)`), JSON.stringify(arms));
     await context.close();
     assert.deepEqual(problems, []);
   });

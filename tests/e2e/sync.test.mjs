@@ -215,8 +215,21 @@ describe("federated sync: two devices, the real server, Chromium", () => {
 
     // The thumbs-down on the answer v2 ranked first was noted (and saved with the privacy state
     // before the reload); this sync reported it: one randomized bit for v2, in the ledger first.
-    assert.equal(confirm.metrics.length, 1, JSON.stringify(confirm));
-    const [metric] = confirm.metrics;
+    // And feedback volume: one kind drawn at random, and whether the user gave it under v2.
+    assert.deepEqual(confirm.metrics.map((m) => [m.kind, m.modelVersion, m.delivered]), [["thumbs", "2", true], ["kinds", "2", true]], JSON.stringify(confirm));
+    const [metric, kindsMetric] = confirm.metrics;
+    const kindsBodies = bodies.filter((b) => b.url.endsWith("/v1/feedback/kinds"));
+    assert.equal(kindsBodies.length, 1);
+    const kindsSent = JSON.parse(kindsBodies[0].body.toString("utf8"));
+    assert.deepEqual(Object.keys(kindsSent).sort(), ["bit", "kind", "modelVersion"], "nothing but the version, the drawn kind and the bit");
+    const KINDS = ["thumbs", "stars", "pairwise", "correction", "flag", "click", "dwell", "copy", "regenerate", "skip"];
+    assert.ok(KINDS.includes(kindsSent.kind), kindsSent.kind);
+    const kindsEntry = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger()))
+      .entries.find((e) => e.round_id === "kinds@2");
+    const { createHash: hash } = await import("node:crypto");
+    const kindsSha = hash("sha256").update(Buffer.from([KINDS.indexOf(kindsSent.kind), kindsSent.bit ? 1 : 0])).digest("hex");
+    assert.equal(kindsEntry?.payload_sha256, kindsSha, "the ledger records the exact kind and bit sent");
+    assert.equal(kindsMetric.sha256, kindsSha);
     assert.equal(metric.kind, "thumbs");
     assert.equal(metric.modelVersion, "2");
     assert.equal(metric.delivered, true, JSON.stringify(metric));
@@ -309,7 +322,23 @@ describe("federated sync: two devices, the real server, Chromium", () => {
     // v2's thumbs-up rate and its mean rating, each from one report.
     assert.match(await page.textContent('#versions tr[data-version="2"]'), /\(1\).*\(1\)/);
     assert.match(await page.textContent('#rounds tr[data-round="1"]'), /published/);
-    assert.ok((await page.$$("#chart-cohort circle")).length >= 1);
+    // The charts draw the API's numbers: each round's bar and v2's rate, as their titles say.
+    const rounds = (await json(server.base, "/v1/rounds")).rounds;
+    const bars = await page.$$eval("#chart-cohort title", (ts) => ts.map((t) => t.textContent));
+    for (const r of rounds.filter((r) => r.status !== "open")) {
+      assert.ok(bars.includes(`round ${r.roundId}: ${r.cohortSize} devices`), `${JSON.stringify(bars)} has round ${r.roundId}`);
+    }
+    const v2 = (await json(server.base, "/v1/stats")).versions.find((v) => v.version === "2");
+    const rates = await page.$$eval("#chart-rate title", (ts) => ts.map((t) => t.textContent));
+    assert.ok(rates.some((t) => t.startsWith(`v2: ${v2.thumbsUpRate.toFixed(3)} `) && t.endsWith(`(${v2.reports} reports)`)), JSON.stringify(rates));
+    // Feedback volume per day by kind: the kinds reports of today, as /v1/stats estimates them.
+    const volume = (await json(server.base, "/v1/stats")).feedbackVolume;
+    assert.ok(volume.length >= 1, "the kinds reports are in today's volume");
+    const volumeTitles = await page.$$eval("#chart-volume title", (ts) => ts.map((t) => t.textContent));
+    for (const v of volume) {
+      const title = `${v.day} ${v.kind}: ≈ ${v.devices.toFixed(0)} devices [${v.ci95[0].toFixed(0)}, ${v.ci95[1].toFixed(0)}] (${v.reports} reports)`;
+      assert.ok(volumeTitles.includes(title), `${JSON.stringify(volumeTitles)} has ${title}`);
+    }
     await page.fill("#admin-key", ADMIN_KEY);
     page.once("dialog", (d) => d.accept());
     await page.click('#versions tr[data-version="1"] button');

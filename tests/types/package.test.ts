@@ -228,7 +228,7 @@ expectTypeOf<SyncReport>().toHaveProperty("settled").toEqualTypeOf<SettledUpload
 expectTypeOf<SyncReport>().toHaveProperty("queued").toEqualTypeOf<number>();
 expectTypeOf<SyncReport>().toHaveProperty("metrics").toEqualTypeOf<MetricReport[]>();
 expectTypeOf<MetricReport>().toEqualTypeOf<{
-  kind: "thumbs" | "stars" | "agreement"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean; error: string | null;
+  kind: "thumbs" | "stars" | "agreement" | "kinds"; modelVersion: string; sha256: string; epsilon: number; delivered: boolean; error: string | null;
 }>();
 expectTypeOf<keyof SyncReport>().toEqualTypeOf<
   "offline" | "error" | "clientId" | "modelVersion" | "modelUpdated" | "round" | "contribution" | "skipped" | "settled"

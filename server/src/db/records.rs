@@ -1,5 +1,6 @@
 //! Settings, clients, randomized-response reports and the admin audit log.
 
+use feedloop_core::feedback_volume::KindCounts;
 use sqlx::{AnyConnection, Row};
 
 use super::{placeholders, AuditRow, ClientStanding, Store};
@@ -150,6 +151,96 @@ impl Store {
         Ok((ones as u64, total as u64))
     }
 
+    /// A version's bits in `table` by time bucket: `(bucket, ones, reports)` where bucket `b ≥ 0`
+    /// holds the reports received in `[start + b·width, start + (b+1)·width)` and bucket `-1`
+    /// those before `start`; reports after `end` are left out. Empty buckets are absent.
+    pub async fn bit_counts_over_time(
+        &self,
+        table: BitReports,
+        version: i64,
+        (start, end, width): (i64, i64, i64),
+    ) -> Result<Vec<(i64, u64, u64)>> {
+        let t = table.table();
+        // Both backends divide BIGINTs as integers; SUM is cast back from PostgreSQL's NUMERIC.
+        let rows = sqlx::query(&format!(
+            "SELECT b, CAST(SUM(bit) AS BIGINT), COUNT(*) FROM (SELECT bit, CASE WHEN \
+             received_at < $2 THEN -1 ELSE (received_at - $2) / $3 END AS b FROM {t} \
+             WHERE model_version = $1 AND received_at <= $4) AS bucketed GROUP BY b ORDER BY b"
+        ))
+        .bind(version)
+        .bind(start)
+        .bind(width.max(1))
+        .bind(end)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let (b, ones, total): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+                (b, ones as u64, total as u64)
+            })
+            .collect())
+    }
+
+    // ----- feedback-kinds reports -----
+
+    /// Stores one kinds report; false when this client already reported on the version.
+    pub async fn insert_kinds_report(
+        &self,
+        version: i64,
+        client_id: &str,
+        kind: &str,
+        bit: bool,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO kinds_reports (model_version, client_id, kind, bit, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model_version, client_id) DO NOTHING",
+        )
+        .bind(version)
+        .bind(client_id)
+        .bind(kind)
+        .bind(bit as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// A version's kinds reports per kind.
+    pub async fn kind_counts(&self, version: i64) -> Result<Vec<KindCounts>> {
+        let rows = sqlx::query(
+            "SELECT kind, CAST(SUM(bit) AS BIGINT), COUNT(*) FROM kinds_reports \
+             WHERE model_version = $1 GROUP BY kind",
+        )
+        .bind(version)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|row| kind_counts(&row, 0)).collect())
+    }
+
+    /// The kinds reports received from day `since` on (days since the epoch, UTC), per day and
+    /// kind, oldest day first.
+    pub async fn kind_counts_by_day(&self, since: i64) -> Result<Vec<(i64, Vec<KindCounts>)>> {
+        let rows = sqlx::query(
+            "SELECT received_at / 86400000 AS day, kind, CAST(SUM(bit) AS BIGINT), COUNT(*) \
+             FROM kinds_reports WHERE received_at >= $1 GROUP BY day, kind ORDER BY day, kind",
+        )
+        .bind(since * 86_400_000)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(i64, Vec<KindCounts>)> = Vec::new();
+        for row in rows {
+            let day: i64 = row.get(0);
+            let counts = kind_counts(&row, 1);
+            match out.last_mut() {
+                Some((d, list)) if *d == day => list.push(counts),
+                _ => out.push((day, vec![counts])),
+            }
+        }
+        Ok(out)
+    }
+
     // ----- star-rating reports -----
 
     /// Reports of each rating (1 to 5 stars, as reported) for a version.
@@ -248,5 +339,15 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?)
+    }
+}
+
+/// `(kind, ones, reports)` from columns `at`, `at + 1`, `at + 2`.
+fn kind_counts(row: &sqlx::any::AnyRow, at: usize) -> KindCounts {
+    let (ones, reports): (i64, i64) = (row.get(at + 1), row.get(at + 2));
+    KindCounts {
+        kind: row.get(at),
+        ones: ones as u64,
+        reports: reports as u64,
     }
 }

@@ -1,10 +1,13 @@
-//! `/v1/feedback`, `/v1/feedback/stars` and `/v1/stats`: randomized-response thumbs-up and
-//! star-rating reports, and the de-biased rates and ratings per version the dashboard charts.
+//! `/v1/feedback`, `/v1/feedback/stars`, `/agreement`, `/kinds` and `/v1/stats`:
+//! randomized-response thumbs-up, star-rating, federated-evaluation and feedback-volume reports,
+//! and the de-biased rates, ratings and volumes per version the dashboard charts.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use feedloop_core::protocol::{ErrorBody, FeedbackReport, ReportAck, StarsReport, Stats};
+use feedloop_core::protocol::{
+    ErrorBody, FeedbackReport, KindsReport, ReportAck, StarsReport, Stats,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -17,6 +20,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(report))
         .routes(routes!(report_stars))
         .routes(routes!(report_agreement))
+        .routes(routes!(report_kinds))
         .routes(routes!(stats))
 }
 
@@ -63,6 +67,28 @@ async fn report_agreement(
     Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
 }
 
+/// Feedback volume: one report per client per version, a kind of feedback the device drew
+/// uniformly at random and whether its user gave it (an ε-randomized bit at `rrEpsilon`).
+#[utoipa::path(post, path = "/v1/feedback/kinds", tag = "feedback",
+    security(("clientToken" = [])),
+    request_body = KindsReport,
+    responses(
+        (status = 202, description = "Stored", body = ReportAck),
+        (status = 400, description = "Malformed body, or an unknown kind", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "Already reported on this version", body = ErrorBody),
+    ))]
+async fn report_kinds(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+    ApiJson(r): ApiJson<KindsReport>,
+) -> Result<(StatusCode, Json<ReportAck>)> {
+    let version = id(&r.model_version, "model version")?;
+    app.report_kind(&claims, version, &r.kind, r.bit).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
+}
+
 /// One randomized star rating (1 to 5) per client per version (5-ary randomized response on the
 /// device, at `rrEpsilon`).
 #[utoipa::path(post, path = "/v1/feedback/stars", tag = "feedback",
@@ -96,6 +122,7 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         let mut stats = v.to_stats(&app.rate(v.version).await?);
         stats.stars = app.stars(v.version).await?;
         stats.agreement = app.agreement(v.version).await?;
+        stats.kinds = app.kinds(v.version).await?;
         versions.push(stats);
     }
     let rounds = app.store().rounds(1000).await?;
@@ -105,5 +132,6 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         versions,
         rounds: rounds.iter().map(|r| r.to_stats()).collect(),
         rollouts: app.rollouts().await?,
+        feedback_volume: app.feedback_volume().await?,
     }))
 }

@@ -12,6 +12,7 @@ pub mod rollout;
 pub mod rounds;
 pub mod secure;
 pub mod versions;
+pub mod volume;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -5,21 +5,24 @@
 //! goes to the audit log with its evidence, the logs, `/metrics` and the webhook.
 
 use feedloop_core::protocol::{
-    Rollout, RolloutEvidence, RolloutStatus, RolloutVerdict, UnixMillis,
+    Rollout, RolloutEvidence, RolloutPoint, RolloutStatus, RolloutVerdict, UnixMillis,
 };
-use feedloop_core::rollout::in_canary;
+use feedloop_core::rollout::{in_canary, ArmReports};
 use serde_json::json;
 
 use super::drift::regression_reason;
 use super::{now_ms, App};
 use crate::auth::Claims;
 use crate::config::Promotion;
-use crate::db::{RolloutRow, Store};
+use crate::db::{BitReports, RolloutRow, Store};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 
 /// Who the audit log names for the server's own decisions.
 pub const AUTO: &str = "auto-rollout";
+
+/// How many points a rollout's history has at most.
+const HISTORY_POINTS: i64 = 48;
 
 impl App {
     /// The version a client is served: the running canary's when the client is in its arm,
@@ -272,6 +275,7 @@ impl App {
                     ),
                 }
             };
+            let history = self.history(&row, status).await?;
             out.push(Rollout {
                 version: row.version.to_string(),
                 control_version: row.control_version.to_string(),
@@ -280,11 +284,80 @@ impl App {
                 started_at: UnixMillis::new(row.started_at),
                 decided_at: row.decided_at.map(UnixMillis::new),
                 decided_by: row.decided_by,
+                history,
                 reason: row.reason,
                 evidence,
             });
         }
         Ok(out)
+    }
+
+    /// The sequential test replayed on the reports received by evenly spaced moments from the
+    /// rollout's start to its decision (or now): the same test the server decided with, so the
+    /// last point of a running rollout is its current evidence.
+    async fn history(&self, row: &RolloutRow, status: RolloutStatus) -> Result<Vec<RolloutPoint>> {
+        let start = row.started_at;
+        // A canary awaiting approval has a decided_at (the test's) but is still running.
+        let end = match row.decided_at {
+            Some(at) if !status.running() => at,
+            _ => now_ms(),
+        }
+        .max(start + 1);
+        let width = (end - start + HISTORY_POINTS - 1) / HISTORY_POINTS;
+        let buckets = (end - start + width - 1) / width;
+        let window = (start, end, width);
+        let increments = |counts: Vec<(i64, u64, u64)>| {
+            let mut by_bucket = vec![ArmReports::default(); buckets as usize + 1];
+            for (b, ones, total) in counts {
+                // Bucket -1 (before the start) goes to slot 0; a report at `end` exactly lands
+                // one past the last bucket and is counted in it.
+                let slot = ((b + 1).min(buckets)) as usize;
+                by_bucket[slot].ones += ones;
+                by_bucket[slot].total += total;
+            }
+            by_bucket
+        };
+        let store = self.store();
+        let control = increments(
+            store
+                .bit_counts_over_time(BitReports::Thumbs, row.control_version, window)
+                .await?,
+        );
+        let canary = increments(
+            store
+                .bit_counts_over_time(BitReports::Thumbs, row.version, window)
+                .await?,
+        );
+        let (test, rr) = (self.sequential_test()?, self.rr()?);
+        let (control_name, canary_name) =
+            (row.control_version.to_string(), row.version.to_string());
+        let (mut so_far_control, mut so_far_canary) = (control[0], canary[0]);
+        let mut points = Vec::with_capacity(buckets as usize);
+        for b in 1..=buckets as usize {
+            for (sum, add) in [
+                (&mut so_far_control, control[b]),
+                (&mut so_far_canary, canary[b]),
+            ] {
+                sum.ones += add.ones;
+                sum.total += add.total;
+            }
+            let e = test
+                .evaluate(
+                    &rr,
+                    (&control_name, so_far_control),
+                    (&canary_name, so_far_canary),
+                )
+                .map_err(|e| Error::internal(e.to_string()))?;
+            points.push(RolloutPoint {
+                at: UnixMillis::new((start + b as i64 * width).min(end)),
+                canary_reports: e.canary.reports,
+                control_reports: e.control.reports,
+                canary_rate: e.canary.thumbs_up_rate,
+                control_rate: e.control.thumbs_up_rate,
+                difference: e.difference,
+            });
+        }
+        Ok(points)
     }
 }
 

@@ -6,7 +6,95 @@ on_both_backends!(
     rr_statistics_and_drift_flag,
     star_ratings_are_de_biased_per_version,
     agreement_rates_are_de_biased_per_version,
+    feedback_volume_is_de_biased_per_kind_version_and_day,
 );
+
+/// Feedback volume: one sampled kind and its randomized bit per client per version, de-biased
+/// per kind (per version and per day), with bad input refused and nothing stored.
+async fn feedback_volume_is_de_biased_per_kind_version_and_day(backend: Backend) {
+    let Some(h) = Harness::new(backend, |c| c.rr_epsilon = 2.0).await else {
+        return;
+    };
+    publish_one_round(&h, "1", 0..2).await;
+    let post = |token: String, body: Value| {
+        let h = &h;
+        async move {
+            h.call(Method::POST, "/v1/feedback/kinds", Some(&token), Some(body))
+                .await
+        }
+    };
+    // 30 devices drew "thumbs" (24 bits are 1), 10 drew "copy" (2 are 1).
+    for i in 0..40 {
+        let token = h.register().await;
+        let (kind, bit) = if i < 30 {
+            ("thumbs", i % 5 != 0)
+        } else {
+            ("copy", i % 5 == 0)
+        };
+        let (s, v) = post(
+            token.clone(),
+            json!({"modelVersion": "2", "kind": kind, "bit": bit}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        if i == 0 {
+            let (s, v) = post(
+                token,
+                json!({"modelVersion": "2", "kind": "copy", "bit": true}),
+            )
+            .await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("duplicate_report"))
+            );
+        }
+    }
+    let token = h.register().await;
+    let (s, v) = post(
+        token.clone(),
+        json!({"modelVersion": "2", "kind": "telepathy", "bit": true}),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_kind")),
+        "{v}"
+    );
+    let (s, _) = post(
+        token.clone(),
+        json!({"modelVersion": "9", "kind": "copy", "bit": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = post(token, json!({"modelVersion": "2", "kind": "copy"})).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let stats = h.get("/v1/stats").await;
+    let rr = feedloop_privacy::randomized_response::RandomizedResponse::new(2.0).unwrap();
+    let kinds = stats["versions"][1]["kinds"].as_array().unwrap();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+    for (k, (kind, ones, reports)) in kinds.iter().zip([("thumbs", 24, 30), ("copy", 2, 10)]) {
+        let e = rr.estimate_proportion(ones, reports).unwrap();
+        assert_eq!(k["kind"], kind);
+        assert_eq!(
+            (k["reports"].as_u64(), k["reportedOnes"].as_u64()),
+            (Some(reports), Some(ones))
+        );
+        assert_eq!(k["share"].as_f64().unwrap(), e.proportion);
+    }
+    assert_eq!(stats["versions"][0]["kinds"], json!([]));
+    // Today's volume: the share times the 40 devices that reported today.
+    let volume = stats["feedbackVolume"].as_array().unwrap();
+    assert_eq!(volume.len(), 2, "{volume:?}");
+    let thumbs = rr.estimate_proportion(24, 30).unwrap().proportion * 40.0;
+    assert_eq!(volume[0]["kind"], "thumbs");
+    assert!(
+        (volume[0]["devices"].as_f64().unwrap() - thumbs).abs() < 1e-9,
+        "{volume:?}"
+    );
+    let day = volume[0]["day"].as_str().unwrap();
+    assert_eq!(day.len(), 10, "YYYY-MM-DD: {day}");
+}
 
 /// Federated evaluation: "did the model agree" bits, one per client per version, de-biased.
 async fn agreement_rates_are_de_biased_per_version(backend: Backend) {

@@ -161,10 +161,20 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/kinds",
+            Some(&token),
+            Some(json!({ "modelVersion": "2", "kind": "thumbs", "bit": true })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
     let stats = h.get("/v1/stats").await;
     assert_eq!(stats["versions"][1]["reports"], 1);
     assert_eq!(stats["versions"][1]["stars"]["reports"], 1);
     assert_eq!(stats["versions"][1]["agreement"]["reports"], 1);
+    assert_eq!(stats["versions"][1]["kinds"][0]["reports"], 1);
 
     // Admin: revoking a client (its token is refused from then on).
     let revoked = h.register().await;

@@ -32,6 +32,7 @@ async fn service_endpoints_and_admin_auth(backend: Backend) {
         ("/v1/models/{version}", "get"),
         ("/v1/models/{version}/model.onnx", "get"),
         ("/v1/feedback", "post"),
+        ("/v1/feedback/kinds", "post"),
         ("/v1/stats", "get"),
         ("/v1/admin/rounds", "post"),
         ("/v1/admin/rounds/{roundId}", "patch"),

@@ -92,6 +92,18 @@ async fn a_worse_canary_is_rolled_back_by_the_server(backend: Backend) {
     assert!(lo < hi && hi < -0.05, "{rollout}");
     assert!(rollout["reason"].as_str().unwrap().contains("margin"));
     assert_eq!(stats["versions"][1]["flagged"], true);
+    // The test over time ends where it decided: reports only grow, and at the last point the
+    // interval lies below −margin (later reports of the same millisecond may be in it too).
+    let history = rollout["history"].as_array().unwrap();
+    assert!(!history.is_empty() && history.len() <= 48, "{rollout}");
+    for pair in history.windows(2) {
+        for arm in ["canaryReports", "controlReports"] {
+            assert!(pair[0][arm].as_u64() <= pair[1][arm].as_u64(), "{rollout}");
+        }
+    }
+    let last = history.last().unwrap();
+    assert!(last["canaryReports"].as_u64() >= rollout["evidence"]["canary"]["reports"].as_u64());
+    assert!(last["difference"][1].as_f64().unwrap() < -0.05, "{last}");
     // Every device runs version 1 again; the audit log has the decision with its evidence.
     for (token, _) in &devices {
         assert_eq!(served(&h, token).await, "1");
@@ -157,6 +169,17 @@ async fn a_passing_canary_waits_for_approval(backend: Backend) {
     assert_eq!(rollout["status"], "awaiting_approval", "{stats}");
     assert_eq!(rollout["evidence"]["verdict"], "planned_reached");
     assert_eq!(stats["currentVersion"], "1");
+    // Still running: the history ends now, on the same reports and interval as the evidence.
+    let last = rollout["history"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let e = &rollout["evidence"];
+    assert_eq!(last["canaryReports"], e["canary"]["reports"], "{rollout}");
+    assert_eq!(last["controlReports"], e["control"]["reports"], "{rollout}");
+    assert_eq!(last["difference"], e["difference"], "{rollout}");
     assert_eq!(stats["versions"][1]["flagged"], false);
 
     let (s, v) = h
