@@ -67,6 +67,14 @@ export interface RankerOptions {
    */
   consent?: boolean;
   /**
+   * The user's segment, one of those the server declares with `feedloop serve --segment` (e.g.
+   * their locale), so the dashboard can show the thumbs-up rate per segment and flag a
+   * disparity. It never leaves the device as a label: once per model version the pair (segment,
+   * thumbs verdict) is randomized together (k-ary randomized response, charged and in the
+   * ledger). A segment the server does not declare is never reported.
+   */
+  segment?: string;
+  /**
    * A feedloop server to sync with (needs `storage`): the device adopts newer global models and,
    * once the user consents (`consent`), contributes privatized updates to open rounds. Nothing
    * else leaves the device.
@@ -181,7 +189,7 @@ export class Ranker extends EventTarget {
     if (options === null || typeof options !== "object") {
       throw new TypeError(`feedloop: Ranker.create(options) takes an object, got ${describe(options)}`);
     }
-    const known = ["model", "wasm", "storage", "weights", "learning", "privacy", "consent", "server", "sync", "gpu"];
+    const known = ["model", "wasm", "storage", "weights", "learning", "privacy", "consent", "segment", "server", "sync", "gpu"];
     for (const key of Object.keys(options)) {
       if (!known.includes(key)) {
         throw new TypeError(`feedloop: unknown option \`${key}\`; expected one of ${known.join(", ")}`);
@@ -192,6 +200,12 @@ export class Ranker extends EventTarget {
     if (options.weights !== undefined) learning.weights = options.weights;
     if (options.learning !== undefined) learning.learning = options.learning;
     if (options.privacy !== undefined) learning.privacy = options.privacy;
+    if (options.segment !== undefined) {
+      if (typeof options.segment !== "string") {
+        throw new TypeError(`feedloop: options.segment must be a string, got ${describe(options.segment)}`);
+      }
+      learning.segment = options.segment;
+    }
     const inner = WasmRanker.withOptions(bytes, learning);
     const storage = storageName(options.storage);
     const sync = syncOptions(options.sync);

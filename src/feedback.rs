@@ -129,6 +129,10 @@ fn record(inner: &RefCell<Inner>, raw: RawFeedback) -> JsResult<FeedbackOutcome>
     let version = inner.global_version.clone();
     if let Some(up) = outcome.thumbs_on_top {
         inner.privacy.observe_thumbs(&version, up);
+        // With a declared segment, the thumbs-up rate per segment too.
+        if let Some(segment) = inner.segment.clone() {
+            inner.privacy.observe_segment_thumbs(&version, &segment, up);
+        }
     }
     // A star rating: the CSAT metric of the version in use, likewise.
     if let Some(stars) = outcome.stars_given {

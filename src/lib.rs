@@ -54,6 +54,9 @@ struct Inner {
     /// Sync: the global model's version (what the personal delta is added to) and ETag.
     global_version: String,
     model_etag: Option<String>,
+    /// The segment the page declared for this user (`options.segment`): noted with thumbs
+    /// verdicts, reported only randomized together with one.
+    segment: Option<String>,
 }
 
 /// `WasmRanker.withOptions`'s options.
@@ -66,6 +69,8 @@ struct LearningOptions {
     learning: LearningConfig,
     #[serde(default)]
     privacy: PolicyOptions,
+    #[serde(default)]
+    segment: Option<String>,
 }
 
 /// Ranks candidates for a context with an on-device reward model, and learns from feedback.
@@ -105,8 +110,15 @@ impl Ranker {
         let options: LearningOptions = if options.is_undefined() || options.is_null() {
             LearningOptions::default()
         } else {
-            object(options, &["weights", "learning", "privacy"], "options")?
+            object(
+                options,
+                &["weights", "learning", "privacy", "segment"],
+                "options",
+            )?
         };
+        if let Some(segment) = &options.segment {
+            feedloop_core::segments::validate_name(segment).map_err(error::page_input)?;
+        }
         let model = RewardModel::from_bytes(bytes)?;
         let instance = (js_sys::Math::random() * 2f64.powi(53)) as u64;
         let feedback = FeedbackLoop::new(model, options.weights, options.learning, instance)?;
@@ -127,6 +139,7 @@ impl Ranker {
                 client: None,
                 global_version: "bundled".into(),
                 model_etag: None,
+                segment: options.segment,
             })),
             observations: RefCell::new(Vec::new()),
             gpu: Rc::default(),

@@ -361,11 +361,12 @@ pub async fn open_round(server: &ServerConfig) -> Result<Option<OpenRound>, NetE
     Ok((round.status == RoundStatus::Open).then(|| round.into()))
 }
 
-/// The ε the server de-biases thumbs-up reports for (`GET /v1/stats`).
-pub async fn rr_epsilon(server: &ServerConfig) -> Result<f64, NetError> {
+/// The ε the server de-biases metric reports for and the segments it declares
+/// (`GET /v1/stats`).
+pub async fn metric_terms(server: &ServerConfig) -> Result<(f64, Vec<String>), NetError> {
     let resp = request("GET", &server.endpoint(paths::STATS), &[], None).await?;
     let stats: Stats = checked(resp).await?;
-    Ok(stats.rr_epsilon)
+    Ok((stats.rr_epsilon, stats.segments))
 }
 
 /// Sends one metric report. Only a [`MetricRelease`] can be sent: randomized, charged to the

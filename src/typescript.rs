@@ -123,6 +123,9 @@ export interface PrivacyPolicyOptions {
 
 export interface LearningOptions {
   weights?: FeedbackWeights; learning?: LearningConfig; privacy?: PrivacyPolicyOptions;
+  /** The user's segment among those the server declares (e.g. a locale): only ever sent
+   *  randomized together with a thumbs verdict. */
+  segment?: string;
 }
 
 /** A federated round as a server announces it. */

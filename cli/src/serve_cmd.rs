@@ -59,6 +59,14 @@ pub struct ServeArgs {
     /// ε of the clients' randomized-response reports (thumbs-up bits and star ratings).
     #[arg(long, env = "FEEDLOOP_RR_EPSILON", default_value_t = 1.0)]
     rr_epsilon: f64,
+    /// A segment devices may declare (e.g. a locale), repeated for each: 2 to 16 names. Devices
+    /// then also report their thumbs-up verdict per segment, the segment randomized with it.
+    #[arg(long = "segment", env = "FEEDLOOP_SEGMENTS", value_delimiter = ',')]
+    segments: Vec<String>,
+    /// Segments: the tolerated gap in thumbs-up rate between two segments before a disparity is
+    /// flagged.
+    #[arg(long, env = "FEEDLOOP_DISPARITY_MARGIN", default_value_t = 0.05)]
+    disparity_margin: f64,
     /// Drift: the tolerated drop in thumbs-up rate.
     #[arg(long, env = "FEEDLOOP_DRIFT_MARGIN", default_value_t = 0.02)]
     drift_margin: f64,
@@ -189,6 +197,15 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
         None => optimizer,
     };
     config.rr_epsilon = args.rr_epsilon;
+    feedloop_core::segments::validate(&args.segments).map_err(|e| format!("--segment: {e}"))?;
+    config.segments = args.segments.clone();
+    if !(0.0..1.0).contains(&args.disparity_margin) {
+        return Err(format!(
+            "--disparity-margin must be in [0, 1), got {}",
+            args.disparity_margin
+        ));
+    }
+    config.disparity_margin = args.disparity_margin;
     config.drift.margin = args.drift_margin;
     config.drift.alpha = args.drift_alpha;
     config.drift.planned_reports = args.canary_reports;

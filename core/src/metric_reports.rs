@@ -35,11 +35,17 @@
 //! ([`DevicePrivacy::release_kinds`], `POST /v1/feedback/kinds`: `{modelVersion, kind, bit}`).
 //! The draw tells nothing, so the report is ε-DP like a thumbs bit; the server de-biases, per kind,
 //! the share of devices that gave it (each kind is asked of a tenth of the devices).
+//!
+//! **The thumbs-up rate per segment**, when the site declares segments and the page says which
+//! one its user is in: the thumbs verdict is also noted with the segment
+//! ([`DevicePrivacy::observe_segment_thumbs`]) and reported once per version as one cell of
+//! `2·S`-ary randomized response over (segment, verdict) ([`DevicePrivacy::release_segments`],
+//! `POST /v1/feedback/segments`: `{modelVersion, segments, cell}`); see [`crate::segments`].
 
 use std::collections::BTreeMap;
 
 use feedloop_privacy::categorical_response::CategoricalResponse;
-use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseRecord};
+use feedloop_privacy::ledger::{Ledger, LedgerEntry, ReleaseParams, ReleaseRecord};
 use feedloop_privacy::randomized_response::RandomizedResponse;
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -47,7 +53,7 @@ use serde::{Deserialize, Serialize};
 use crate::contribution::DevicePrivacy;
 use crate::error::{Error, Result};
 use crate::feedback::KINDS;
-use crate::protocol::{paths, FeedbackReport, KindsReport, StarsReport};
+use crate::protocol::{paths, FeedbackReport, KindsReport, SegmentReport, StarsReport};
 
 /// Why a thumbs report leaves the device, as written in the ledger.
 pub const THUMBS_PURPOSE: &str = "thumbs-up rate of the top-ranked answer";
@@ -61,6 +67,10 @@ pub const AGREEMENT_PURPOSE: &str =
 
 /// Why a feedback-kinds report leaves the device, as written in the ledger.
 pub const KINDS_PURPOSE: &str = "feedback volume: did the user give one sampled kind of feedback";
+
+/// Why a segment report leaves the device, as written in the ledger.
+pub const SEGMENTS_PURPOSE: &str =
+    "thumbs-up rate per segment: (segment, thumbs) randomized together";
 
 /// The two metrics reported as one randomized bit per version.
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +137,9 @@ pub struct PendingMetrics {
     /// Per version, the kinds of feedback given under it: bit i for `KINDS[i]`.
     #[serde(default)]
     pub kinds: BTreeMap<String, u16>,
+    /// Per version, the user's segment and their last thumbs verdict on the top answer.
+    #[serde(default)]
+    pub segments: BTreeMap<String, (String, bool)>,
 }
 
 impl PendingMetrics {
@@ -143,11 +156,14 @@ impl PendingMetrics {
         for (version, mask) in &mine.kinds {
             *kinds.entry(version.clone()).or_default() |= mask;
         }
+        let mut segments = stored.segments.clone();
+        segments.extend(mine.segments.iter().map(|(k, v)| (k.clone(), v.clone())));
         Self {
             thumbs,
             stars,
             agreement,
             kinds,
+            segments,
         }
     }
 
@@ -157,6 +173,7 @@ impl PendingMetrics {
             && self.stars.is_empty()
             && self.agreement.is_empty()
             && self.kinds.is_empty()
+            && self.segments.is_empty()
     }
 
     /// Drops the notes of versions `ledger` already has a report of.
@@ -169,6 +186,8 @@ impl PendingMetrics {
             .retain(|version, _| !agreement_reported_in(ledger, version));
         self.kinds
             .retain(|version, _| !kinds_reported_in(ledger, version));
+        self.segments
+            .retain(|version, _| !segments_reported_in(ledger, version));
     }
 }
 
@@ -183,6 +202,8 @@ pub enum MetricReport {
     Agreement(FeedbackReport),
     /// `POST /v1/feedback/kinds`: the sampled kind and its randomized "given" bit.
     Kinds(KindsReport),
+    /// `POST /v1/feedback/segments`: the randomized (segment, thumbs) cell.
+    Segments(SegmentReport),
 }
 
 /// A randomized, charged and recorded metric report: persist the device's privacy state, then
@@ -199,13 +220,14 @@ impl MetricRelease {
         &self.report
     }
 
-    /// "thumbs", "stars", "agreement" or "kinds".
+    /// "thumbs", "stars", "agreement", "kinds" or "segments".
     pub fn kind(&self) -> &'static str {
         match self.report {
             MetricReport::Thumbs(_) => "thumbs",
             MetricReport::Stars(_) => "stars",
             MetricReport::Agreement(_) => "agreement",
             MetricReport::Kinds(_) => "kinds",
+            MetricReport::Segments(_) => "segments",
         }
     }
 
@@ -215,6 +237,7 @@ impl MetricRelease {
             MetricReport::Thumbs(r) | MetricReport::Agreement(r) => &r.model_version,
             MetricReport::Stars(r) => &r.model_version,
             MetricReport::Kinds(r) => &r.model_version,
+            MetricReport::Segments(r) => &r.model_version,
         }
     }
 
@@ -225,6 +248,7 @@ impl MetricRelease {
             MetricReport::Stars(_) => paths::FEEDBACK_STARS,
             MetricReport::Agreement(_) => paths::FEEDBACK_AGREEMENT,
             MetricReport::Kinds(_) => paths::FEEDBACK_KINDS,
+            MetricReport::Segments(_) => paths::FEEDBACK_SEGMENTS,
         }
     }
 
@@ -234,6 +258,7 @@ impl MetricRelease {
             MetricReport::Thumbs(r) | MetricReport::Agreement(r) => serde_json::to_vec(r),
             MetricReport::Stars(r) => serde_json::to_vec(r),
             MetricReport::Kinds(r) => serde_json::to_vec(r),
+            MetricReport::Segments(r) => serde_json::to_vec(r),
         }
         .expect("a report serializes")
     }
@@ -258,7 +283,7 @@ pub struct UndeliveredMetric {
     kind: String,
     model_version: String,
     /// The randomized bit (0 or 1) or rating (1 to 5) as released; for "kinds", 2 × the sampled
-    /// kind's index + the bit.
+    /// kind's index + the bit; for "segments", the cell.
     value: u32,
     payload_sha256: String,
     /// Confirmed: kept (as a tombstone) so that merging with another tab's older copy of the
@@ -275,6 +300,7 @@ impl UndeliveredMetric {
             MetricReport::Kinds(r) => {
                 2 * kind_index(&r.kind).unwrap_or(0) as u32 + u32::from(r.bit)
             }
+            MetricReport::Segments(r) => r.cell,
         };
         Self {
             kind: release.kind().to_string(),
@@ -287,6 +313,9 @@ impl UndeliveredMetric {
 
     /// The release again, if `ledger` records exactly this payload for it.
     fn rebuild(&self, ledger: &Ledger) -> Option<MetricRelease> {
+        if self.kind == "segments" {
+            return self.rebuild_segments(ledger);
+        }
         let (purpose, id, payload, report) = match self.kind.as_str() {
             "thumbs" | "agreement" if self.value <= 1 => {
                 let metric = match self.kind.as_str() {
@@ -342,6 +371,29 @@ impl UndeliveredMetric {
         })
     }
 
+    /// A segment report again: the cell count is the recorded mechanism's.
+    fn rebuild_segments(&self, ledger: &Ledger) -> Option<MetricRelease> {
+        let sha = feedloop_privacy::ledger::sha256_hex(&self.value.to_le_bytes());
+        let id = segments_release_id(&self.model_version);
+        let entry = ledger.entries().iter().find(|e| {
+            e.purpose == SEGMENTS_PURPOSE && e.round_id == id && e.payload_sha256 == sha
+        })?;
+        let ReleaseParams::CategoricalResponse { categories, .. } = entry.params else {
+            return None;
+        };
+        if sha != self.payload_sha256 || self.value >= categories || categories % 2 != 0 {
+            return None;
+        }
+        Some(MetricRelease {
+            report: MetricReport::Segments(SegmentReport {
+                model_version: self.model_version.clone(),
+                segments: categories / 2,
+                cell: self.value,
+            }),
+            ledger_entry: entry.clone(),
+        })
+    }
+
     /// Both tabs' reports (once each; delivered if either tab saw it delivered), less any the
     /// merged ledger does not record. (Should a tombstone have been dropped for capacity, an old
     /// copy is sent once more: the server answers "duplicate", which counts as delivered.)
@@ -387,9 +439,22 @@ fn privacy(e: feedloop_privacy::PrivacyError) -> Error {
 
 /// Whether a budget key is a metric report's (not a round's: those are numbers).
 fn is_metric_release(id: &str) -> bool {
-    ["thumbs@", "stars@", "agreement@", "kinds@"]
+    ["thumbs@", "stars@", "agreement@", "kinds@", "segments@"]
         .iter()
         .any(|prefix| id.starts_with(prefix))
+}
+
+fn segments_release_id(model_version: &str) -> String {
+    format!("segments@{model_version}")
+}
+
+/// Whether `ledger` has the segment report of `model_version`.
+pub(crate) fn segments_reported_in(ledger: &Ledger, model_version: &str) -> bool {
+    reported_in(
+        ledger,
+        SEGMENTS_PURPOSE,
+        &segments_release_id(model_version),
+    )
 }
 
 fn kinds_release_id(model_version: &str) -> String {
@@ -696,10 +761,12 @@ impl DevicePrivacy {
     }
 
     /// The next metric report due, if any: thumbs reports first, then star ratings, federated
-    /// evaluation and feedback volume (each of those methods says what it charges and records).
+    /// evaluation, feedback volume and the thumbs per segment (over the server's declared
+    /// `segments`; each of those methods says what it charges and records).
     pub fn release_next_metric<R: CryptoRng + ?Sized>(
         &mut self,
         epsilon: f64,
+        segments: &[String],
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
@@ -712,7 +779,84 @@ impl DevicePrivacy {
         if let Some(r) = self.release_agreement(epsilon, now_ms, rng)? {
             return Ok(Some(r));
         }
-        self.release_kinds(epsilon, now_ms, rng)
+        if let Some(r) = self.release_kinds(epsilon, now_ms, rng)? {
+            return Ok(Some(r));
+        }
+        self.release_segments(epsilon, segments, now_ms, rng)
+    }
+
+    /// Notes the user's `segment` (what the page declared for them) with a thumbs verdict on the
+    /// answer ranked first under `model_version`, for the thumbs-up rate per segment; the last
+    /// verdict per version is reported once, as thumbs are. Without consent nothing is noted.
+    pub fn observe_segment_thumbs(&mut self, model_version: &str, segment: &str, up: bool) {
+        if !self.consented()
+            || model_version == BUNDLED_VERSION
+            || segments_reported_in(&self.state().ledger, model_version)
+        {
+            return;
+        }
+        self.state_mut()
+            .pending_metrics
+            .segments
+            .insert(model_version.to_string(), (segment.to_string(), up));
+    }
+
+    /// The segment report of one noted version: the cell (segment's index in `declared`, the
+    /// verdict) randomized with `2·S`-ary randomized response at `epsilon`, charged ρ = ε²/2,
+    /// recorded (payload: the cell as 4 little-endian bytes) and its note forgotten — as
+    /// [`Self::release_stars`] does. Notes whose segment `declared` does not list (or all of
+    /// them, when the server declares none) are dropped unsent: no segment is ever guessed.
+    pub fn release_segments<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        declared: &[String],
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
+        self.check_consent()?;
+        if crate::segments::validate(declared).is_err() || declared.is_empty() {
+            self.state_mut().pending_metrics.segments.clear();
+            return Ok(None);
+        }
+        self.state_mut()
+            .pending_metrics
+            .segments
+            .retain(|_, (segment, _)| declared.contains(segment));
+        let Some((version, (segment, up))) = self
+            .state()
+            .pending_metrics
+            .segments
+            .iter()
+            .next()
+            .map(|(v, note)| (v.clone(), note.clone()))
+        else {
+            return Ok(None);
+        };
+        let index = declared.iter().position(|s| *s == segment).unwrap_or(0);
+        let mechanism = crate::segments::mechanism(epsilon, declared.len())?;
+        let id = segments_release_id(&version);
+        let cell = mechanism
+            .respond(crate::segments::cell(index, up), rng)
+            .map_err(privacy)?;
+        let record = ReleaseRecord::for_categorical_response(
+            &mechanism,
+            cell,
+            now_ms,
+            SEGMENTS_PURPOSE,
+            &id,
+            &version,
+        );
+        let ledger_entry = self.record_metric(&id, mechanism.rho(), now_ms, record, |notes| {
+            notes.segments.remove(&version);
+        })?;
+        Ok(Some(self.awaiting_delivery(MetricRelease {
+            report: MetricReport::Segments(SegmentReport {
+                model_version: version,
+                segments: declared.len() as u32,
+                cell,
+            }),
+            ledger_entry,
+        })))
     }
 
     /// Randomizes the rating of one noted version with 5-ary randomized response at `epsilon`
@@ -944,7 +1088,7 @@ mod tests {
         d.observe_thumbs("2", true);
         // ε = 0.5 each (ρ = 0.125), so the three fit the metric share of the budget.
         let kinds: Vec<_> =
-            std::iter::from_fn(|| d.release_next_metric(0.5, NOW, &mut rng).unwrap())
+            std::iter::from_fn(|| d.release_next_metric(0.5, &[], NOW, &mut rng).unwrap())
                 .map(|r| r.kind())
                 .collect();
         assert_eq!(kinds, ["thumbs", "stars", "kinds"]);
@@ -952,6 +1096,98 @@ mod tests {
         a.kinds.insert("5".into(), 0b01);
         b.kinds.insert("5".into(), 0b10);
         assert_eq!(PendingMetrics::merge(&a, &b).kinds["5"], 0b11);
+    }
+
+    #[test]
+    fn a_segment_report_randomizes_segment_and_verdict_together() {
+        let declared: Vec<String> = ["en", "de", "fr"].iter().map(|s| s.to_string()).collect();
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(21);
+        d.observe_segment_thumbs("2", "de", false);
+        d.observe_segment_thumbs("2", "de", true); // the last verdict counts
+        d.observe_segment_thumbs("3", "xx", true); // not declared: dropped unsent
+        let release = d
+            .release_segments(1.0, &declared, NOW, &mut rng)
+            .unwrap()
+            .unwrap();
+        let MetricReport::Segments(report) = release.report().clone() else {
+            panic!("a segment report");
+        };
+        assert_eq!((report.model_version.as_str(), report.segments), ("2", 3));
+        assert!(report.cell < 6);
+        // The body is the version, the cell count and the randomized cell: no segment name.
+        let body: serde_json::Value = serde_json::from_slice(&release.body()).unwrap();
+        let keys: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(keys, ["cell", "modelVersion", "segments"], "{body}");
+        let entry = release.ledger_entry();
+        assert_eq!(entry.purpose, SEGMENTS_PURPOSE);
+        assert!((entry.rho - 0.5).abs() < 1e-9, "ε = 1 costs ρ = 1/2");
+        assert!(matches!(
+            entry.params,
+            ReleaseParams::CategoricalResponse { categories: 6, .. }
+        ));
+        // Once per version; the undeclared note is gone; the release waits, rebuilt exactly.
+        assert!(d
+            .release_segments(1.0, &declared, NOW, &mut rng)
+            .unwrap()
+            .is_none());
+        d.observe_segment_thumbs("2", "en", true);
+        assert!(d.state().pending_metrics.segments.is_empty());
+        let waiting = d.undelivered_metrics();
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].body(), release.body());
+        // A server that declares no segments: notes are dropped, nothing is charged.
+        let mut e = device(0.5);
+        e.observe_segment_thumbs("2", "de", true);
+        assert!(e
+            .release_segments(1.0, &[], NOW, &mut rng)
+            .unwrap()
+            .is_none());
+        assert!(e.state().pending_metrics.is_empty());
+        assert!(e
+            .state()
+            .ledger
+            .entries()
+            .iter()
+            .all(|x| x.purpose != SEGMENTS_PURPOSE));
+    }
+
+    #[test]
+    fn segment_cells_follow_the_k_ary_table() {
+        // 2,000 devices in "fr" with a thumbs up (cell 5 of 6) at ε = 1: each report is cell 5
+        // with probability e/(e + 5) and each other cell with 1/(e + 5).
+        let declared: Vec<String> = ["en", "de", "fr"].iter().map(|s| s.to_string()).collect();
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(4);
+        let mut counts = [0u64; 6];
+        let n = 2_000;
+        for _ in 0..n {
+            let mut d = device(0.5);
+            d.observe_segment_thumbs("2", "fr", true);
+            let r = d
+                .release_segments(1.0, &declared, NOW, &mut rng)
+                .unwrap()
+                .unwrap();
+            let MetricReport::Segments(report) = r.report() else {
+                panic!("a segment report");
+            };
+            counts[report.cell as usize] += 1;
+        }
+        let e = 1f64.exp();
+        for (cell, &c) in counts.iter().enumerate() {
+            let p = if cell == 5 {
+                e / (e + 5.0)
+            } else {
+                1.0 / (e + 5.0)
+            };
+            let sd = (p * (1.0 - p) / n as f64).sqrt();
+            let f = c as f64 / n as f64;
+            assert!((f - p).abs() < 5.0 * sd, "cell {cell}: {f} vs {p}");
+        }
     }
 
     #[test]

@@ -479,6 +479,71 @@ pub struct KindsReport {
     pub bit: bool,
 }
 
+/// `POST /v1/feedback/segments`: the thumbs-up rate per segment. One report per client per
+/// version: the pair (segment, thumbs verdict) as one cell `2 · segment + up` of the
+/// `2 · segments` cells, randomized on the device with `2 · segments`-ary randomized response at
+/// [`Stats::rr_epsilon`]. The segment exists only inside that randomized cell: no report carries
+/// a clear-text segment label.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SegmentReport {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
+    pub model_version: String,
+    /// How many segments the device randomized over ([`Stats::segments`]' length, public).
+    #[cfg_attr(feature = "openapi", schema(minimum = 2, maximum = 16))]
+    pub segments: u32,
+    /// The randomized cell, `0 ≤ cell < 2 · segments`.
+    pub cell: u32,
+}
+
+/// One declared segment's de-biased numbers on one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SegmentRate {
+    pub segment: String,
+    /// The de-biased share of the reporting devices in this segment (unbiased; may fall outside
+    /// [0, 1] by noise).
+    pub share: f64,
+    /// The de-biased thumbs-up rate within the segment (delta method), with its standard error
+    /// and normal-approximation 95 % interval; `null` while the segment's share is not
+    /// distinguishable from 0 (a ratio over noise).
+    pub thumbs_up_rate: Option<f64>,
+    pub std_error: Option<f64>,
+    pub ci95: Option<[f64; 2]>,
+}
+
+/// The largest gap in thumbs-up rate between two segments, tested with Bonferroni-corrected
+/// intervals over every pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SegmentDisparity {
+    pub higher: String,
+    pub lower: String,
+    /// `rate(higher) − rate(lower)` and its simultaneous interval at `confidence`.
+    pub difference: f64,
+    pub interval: [f64; 2],
+    pub confidence: f64,
+    /// Gaps up to this much are tolerated.
+    pub margin: f64,
+    /// The interval lies wholly above `margin`: a disparity larger than tolerated.
+    pub flagged: bool,
+}
+
+/// A version's thumbs-up rate per segment (`null` on [`VersionStats`] without segment reports).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SegmentStats {
+    pub reports: u64,
+    /// In [`Stats::segments`] order.
+    pub segments: Vec<SegmentRate>,
+    /// `null` with fewer than two segments whose rate is known.
+    pub disparity: Option<SegmentDisparity>,
+}
+
 /// The de-biased share of a version's reporting devices that gave one kind of feedback.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -572,6 +637,8 @@ pub struct VersionStats {
     /// Feedback volume: the share of this version's reporting devices that gave each kind
     /// (kinds with reports only).
     pub kinds: Vec<KindShare>,
+    /// The thumbs-up rate per declared segment (`null` without segment reports).
+    pub segments: Option<SegmentStats>,
 }
 
 /// A de-biased rate from randomized-response bits.
@@ -748,6 +815,9 @@ pub struct Stats {
     pub rollouts: Vec<Rollout>,
     /// Feedback volume per day by kind, for the last 60 days with reports, oldest first.
     pub feedback_volume: Vec<KindVolume>,
+    /// The segments the site declared (e.g. locales), in cell order; empty when none are.
+    /// Devices randomize their segment over exactly this list ([`SegmentReport`]).
+    pub segments: Vec<String>,
 }
 
 /// `POST /v1/admin/rounds`: a new round on the current version.
@@ -903,6 +973,7 @@ pub mod paths {
     pub const FEEDBACK_STARS: &str = "/v1/feedback/stars";
     pub const FEEDBACK_AGREEMENT: &str = "/v1/feedback/agreement";
     pub const FEEDBACK_KINDS: &str = "/v1/feedback/kinds";
+    pub const FEEDBACK_SEGMENTS: &str = "/v1/feedback/segments";
     pub const STATS: &str = "/v1/stats";
 
     /// Where the update for `round_id` is posted (a sealed report, in a secure round).

@@ -162,6 +162,12 @@ pub struct Config {
     pub optimizer: ServerOptimizer,
     /// ε of the clients' randomized-response thumbs-up reports.
     pub rr_epsilon: f64,
+    /// Declared segments (e.g. locales; none, or 2 to 16 names): devices report their thumbs
+    /// verdict per segment, the segment randomized with it (`feedloop_core::segments`).
+    pub segments: Vec<String>,
+    /// Gaps in thumbs-up rate between segments up to this are tolerated; a larger one (at 95 %
+    /// over every pair, Bonferroni) is flagged on the dashboard.
+    pub disparity_margin: f64,
     pub drift: DriftConfig,
     /// Maximum request body.
     pub max_body_bytes: usize,
@@ -234,6 +240,8 @@ impl Config {
             delta: 1e-6,
             optimizer: ServerOptimizer::default(),
             rr_epsilon: 1.0,
+            segments: Vec::new(),
+            disparity_margin: 0.05,
             drift: DriftConfig::default(),
             max_body_bytes: 256 * 1024,
             request_timeout: Duration::from_secs(30),

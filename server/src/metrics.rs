@@ -17,6 +17,7 @@ pub struct Metrics {
     pub star_reports: AtomicU64,
     pub agreement_reports: AtomicU64,
     pub kinds_reports: AtomicU64,
+    pub segment_reports: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
     /// Staged rollouts the sequential test rolled back, and rollouts promoted (either way).
@@ -117,6 +118,12 @@ impl Metrics {
             "feedloop_kinds_reports_total",
             "Feedback-volume (one sampled kind, randomized-response bit) reports stored.",
             &self.kinds_reports,
+        );
+        counter(
+            &mut out,
+            "feedloop_segment_reports_total",
+            "Thumbs-per-segment ((segment, thumbs) randomized together) reports stored.",
+            &self.segment_reports,
         );
         counter(
             &mut out,

@@ -108,6 +108,7 @@ impl VersionRow {
             stars: None,
             agreement: None,
             kinds: Vec::new(),
+            segments: None,
             flag_reason: self.flag_reason.clone(),
         }
     }

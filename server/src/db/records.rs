@@ -241,6 +241,51 @@ impl Store {
         Ok(out)
     }
 
+    // ----- segment reports -----
+
+    /// Stores one segment report; false when this client already reported on the version.
+    pub async fn insert_segment_report(
+        &self,
+        version: i64,
+        client_id: &str,
+        segments: u32,
+        cell: u32,
+        now: i64,
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO segment_reports (model_version, client_id, segments, cell, received_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (model_version, client_id) DO NOTHING",
+        )
+        .bind(version)
+        .bind(client_id)
+        .bind(i64::from(segments))
+        .bind(i64::from(cell))
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Reports of each cell of a version's segment reports made over `segments` segments.
+    pub async fn segment_counts(&self, version: i64, segments: u32) -> Result<Vec<u64>> {
+        let rows = sqlx::query(
+            "SELECT cell, COUNT(*) FROM segment_reports WHERE model_version = $1 AND segments = $2 \
+             GROUP BY cell",
+        )
+        .bind(version)
+        .bind(i64::from(segments))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = vec![0u64; 2 * segments as usize];
+        for row in rows {
+            let (cell, count): (i64, i64) = (row.get(0), row.get(1));
+            if let Some(slot) = usize::try_from(cell).ok().and_then(|i| counts.get_mut(i)) {
+                *slot = count as u64;
+            }
+        }
+        Ok(counts)
+    }
+
     // ----- star-rating reports -----
 
     /// Reports of each rating (1 to 5 stars, as reported) for a version.

@@ -1,12 +1,13 @@
-//! `/v1/feedback`, `/v1/feedback/stars`, `/agreement`, `/kinds` and `/v1/stats`:
-//! randomized-response thumbs-up, star-rating, federated-evaluation and feedback-volume reports,
-//! and the de-biased rates, ratings and volumes per version the dashboard charts.
+//! `/v1/feedback`, `/v1/feedback/stars`, `/agreement`, `/kinds`, `/segments` and `/v1/stats`:
+//! randomized-response thumbs-up, star-rating, federated-evaluation, feedback-volume and
+//! per-segment reports, and the de-biased rates, ratings and volumes per version the dashboard
+//! charts.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use feedloop_core::protocol::{
-    ErrorBody, FeedbackReport, KindsReport, ReportAck, StarsReport, Stats,
+    ErrorBody, FeedbackReport, KindsReport, ReportAck, SegmentReport, StarsReport, Stats,
 };
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -21,6 +22,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(report_stars))
         .routes(routes!(report_agreement))
         .routes(routes!(report_kinds))
+        .routes(routes!(report_segment))
         .routes(routes!(stats))
 }
 
@@ -89,6 +91,30 @@ async fn report_kinds(
     Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
 }
 
+/// The thumbs-up rate per segment: one report per client per version, the (segment, thumbs)
+/// pair as one cell randomized with `2 · segments`-ary randomized response at `rrEpsilon` over
+/// the declared `segments` (`GET /v1/stats`).
+#[utoipa::path(post, path = "/v1/feedback/segments", tag = "feedback",
+    security(("clientToken" = [])),
+    request_body = SegmentReport,
+    responses(
+        (status = 202, description = "Stored", body = ReportAck),
+        (status = 400, description = "Malformed body, no segments declared, a report over another list, or a cell out of range", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such version", body = ErrorBody),
+        (status = 409, description = "Already reported on this version", body = ErrorBody),
+    ))]
+async fn report_segment(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+    ApiJson(r): ApiJson<SegmentReport>,
+) -> Result<(StatusCode, Json<ReportAck>)> {
+    let version = id(&r.model_version, "model version")?;
+    app.report_segment(&claims, version, r.segments, r.cell)
+        .await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
+}
+
 /// One randomized star rating (1 to 5) per client per version (5-ary randomized response on the
 /// device, at `rrEpsilon`).
 #[utoipa::path(post, path = "/v1/feedback/stars", tag = "feedback",
@@ -123,6 +149,7 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         stats.stars = app.stars(v.version).await?;
         stats.agreement = app.agreement(v.version).await?;
         stats.kinds = app.kinds(v.version).await?;
+        stats.segments = app.segments(v.version).await?;
         versions.push(stats);
     }
     let rounds = app.store().rounds(1000).await?;
@@ -133,5 +160,6 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         rounds: rounds.iter().map(|r| r.to_stats()).collect(),
         rollouts: app.rollouts().await?,
         feedback_volume: app.feedback_volume().await?,
+        segments: app.config().segments.clone(),
     }))
 }

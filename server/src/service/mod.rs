@@ -11,6 +11,7 @@ pub mod publish;
 pub mod rollout;
 pub mod rounds;
 pub mod secure;
+pub mod segments;
 pub mod versions;
 pub mod volume;
 

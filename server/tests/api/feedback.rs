@@ -7,7 +7,154 @@ on_both_backends!(
     star_ratings_are_de_biased_per_version,
     agreement_rates_are_de_biased_per_version,
     feedback_volume_is_de_biased_per_kind_version_and_day,
+    segments_are_de_biased_and_a_disparity_flagged,
 );
+
+/// Segments: one randomized (segment, thumbs) cell per client per version, over the declared
+/// list; de-biased per segment with a disparity flag; bad input refused with nothing stored.
+async fn segments_are_de_biased_and_a_disparity_flagged(backend: Backend) {
+    let Some(h) = Harness::new(backend, |c| {
+        c.rr_epsilon = 4.0;
+        c.segments = vec!["en".into(), "de".into()];
+    })
+    .await
+    else {
+        return;
+    };
+    publish_one_round(&h, "1", 0..2).await;
+    let post = |token: String, body: Value| {
+        let h = &h;
+        async move {
+            h.call(
+                Method::POST,
+                "/v1/feedback/segments",
+                Some(&token),
+                Some(body),
+            )
+            .await
+        }
+    };
+    // 300 reports as the devices sent them: "en" mostly up (cells 0/1), "de" mostly down (2/3).
+    let mut counts = vec![0u64; 4];
+    for i in 0..300u32 {
+        let cell = match i % 10 {
+            0..=4 => 1,     // en, up
+            5 => 0,         // en, down
+            6 | 7 => 2,     // de, down
+            _ => 3 - i % 2, // de, up or down
+        };
+        counts[cell as usize] += 1;
+        let token = h.register().await;
+        let (s, v) = post(
+            token.clone(),
+            json!({"modelVersion": "2", "segments": 2, "cell": cell}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        if i == 0 {
+            let (s, v) = post(
+                token,
+                json!({"modelVersion": "2", "segments": 2, "cell": 0}),
+            )
+            .await;
+            assert_eq!(
+                (s, v["error"]["code"].as_str()),
+                (StatusCode::CONFLICT, Some("duplicate_report"))
+            );
+        }
+    }
+    let token = h.register().await;
+    for (body, status, code) in [
+        (
+            json!({"modelVersion": "2", "segments": 3, "cell": 0}),
+            StatusCode::BAD_REQUEST,
+            "invalid_segments",
+        ),
+        (
+            json!({"modelVersion": "2", "segments": 2, "cell": 4}),
+            StatusCode::BAD_REQUEST,
+            "invalid_cell",
+        ),
+        (
+            json!({"modelVersion": "9", "segments": 2, "cell": 1}),
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            json!({"modelVersion": "2", "segment": "en", "bit": true}),
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+        ),
+    ] {
+        let (s, v) = post(token.clone(), body.clone()).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+        if code != "not_found" && code != "invalid_body" {
+            assert_eq!(v["error"]["code"], code, "{v}");
+        }
+    }
+    let stats = h.get("/v1/stats").await;
+    assert_eq!(stats["segments"], json!(["en", "de"]));
+    assert!(
+        stats["versions"][0]["segments"].is_null(),
+        "no reports on 1"
+    );
+    let seg = &stats["versions"][1]["segments"];
+    assert_eq!(
+        seg["reports"], 300,
+        "the refused ones were not stored: {seg}"
+    );
+    // Exactly the core estimator over the stored counts.
+    let m = feedloop_core::segments::mechanism(4.0, 2).unwrap();
+    let names = vec!["en".to_string(), "de".to_string()];
+    let expected = feedloop_core::segments::segment_stats(
+        &m,
+        &names,
+        &counts,
+        feedloop_core::segments::DisparityTest::default(),
+    )
+    .unwrap();
+    assert_eq!(seg, &serde_json::to_value(&expected).unwrap());
+    let en = seg["segments"][0]["thumbsUpRate"].as_f64().unwrap();
+    let de = seg["segments"][1]["thumbsUpRate"].as_f64().unwrap();
+    assert!(en > de + 0.3, "en {en}, de {de}");
+    let d = &seg["disparity"];
+    assert_eq!(
+        (d["higher"].as_str(), d["lower"].as_str()),
+        (Some("en"), Some("de"))
+    );
+    assert_eq!(d["flagged"], true, "{d}");
+    let (_, metrics) = h.raw(Method::GET, "/metrics", &[], vec![]).await;
+    assert!(String::from_utf8(metrics)
+        .unwrap()
+        .contains("feedloop_segment_reports_total 300"));
+}
+
+/// A server that declares no segments refuses segment reports (and its stats list none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_declared_segments_no_segment_reports() {
+    let Some(h) = Harness::new(Backend::Sqlite, |_| {}).await else {
+        return;
+    };
+    publish_one_round(&h, "1", 0..2).await;
+    let token = h.register().await;
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/segments",
+            Some(&token),
+            Some(json!({"modelVersion": "2", "segments": 2, "cell": 1})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("no_segments")),
+        "{v}"
+    );
+    let stats = h.get("/v1/stats").await;
+    assert_eq!(stats["segments"], json!([]));
+    assert!(stats["versions"][1]["segments"].is_null());
+}
 
 /// Feedback volume: one sampled kind and its randomized bit per client per version, de-biased
 /// per kind (per version and per day), with bad input refused and nothing stored.

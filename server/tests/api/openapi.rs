@@ -7,7 +7,8 @@ use crate::harness::*;
 on_both_backends!(every_documented_operation_answers_as_documented);
 
 async fn every_documented_operation_answers_as_documented(backend: Backend) {
-    let Some(h) = Harness::new(backend, |_| {}).await else {
+    let Some(h) = Harness::new(backend, |c| c.segments = vec!["en".into(), "de".into()]).await
+    else {
         return;
     };
     // The document served is the generated one.
@@ -170,7 +171,17 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
         )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED);
+    let (s, _) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/segments",
+            Some(&token),
+            Some(json!({ "modelVersion": "2", "segments": 2, "cell": 3 })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
     let stats = h.get("/v1/stats").await;
+    assert_eq!(stats["versions"][1]["segments"]["reports"], 1);
     assert_eq!(stats["versions"][1]["reports"], 1);
     assert_eq!(stats["versions"][1]["stars"]["reports"], 1);
     assert_eq!(stats["versions"][1]["agreement"]["reports"], 1);
