@@ -15,14 +15,14 @@ import type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   LearningOptions, PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
-  ServerOptions, SyncReport, PendingUpload, EmbeddedCatalog,
+  ServerOptions, SyncReport, PendingUpload, MetricPreview, EmbeddedCatalog,
 } from "./feedloop_wasm.js";
 
 export type {
   RankedCandidate, CandidateInput, ModelInfo, FeedbackEvent, FeedbackKind, FeedbackOutcome,
   FlagCategory, Explanation, Activity, LearningState, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, RoundConfig, InspectedUpload, PrivacyReport,
-  ServerOptions, OpenRound, SettledUpload, SyncReport, MetricReport, PendingUpload, EmbeddedCatalog,
+  ServerOptions, OpenRound, SettledUpload, SyncReport, MetricReport, PendingUpload, MetricPreview, EmbeddedCatalog,
 } from "./feedloop_wasm.js";
 export type { ModelSource, WasmSource } from "./load.js";
 
@@ -520,6 +520,15 @@ export class Ranker extends EventTarget {
   /** Uploads waiting to be delivered (already privatized and in the ledger). */
   pendingUploads(): PendingUpload[] {
     return this.#inner.pendingUploads();
+  }
+
+  /**
+   * The payload inspector for metric reports: each released report waiting for delivery (its
+   * exact JSON body and ledger entry), then each noted one (which fields will leave at the next
+   * sync and how they are randomized; the user's verdict itself never leaves and is not shown).
+   */
+  pendingMetricReports(): MetricPreview[] {
+    return this.#inner.pendingMetricReports();
   }
 
   /** The global model version the personal head builds on ("bundled" before the first sync). */

@@ -26,6 +26,14 @@ impl Ranker {
         to_js(&self.inner.borrow().privacy.report(now_ms()))
     }
 
+    /// The payload inspector's metric reports: released ones waiting for delivery (their exact
+    /// bodies and ledger entries), then noted ones (what will leave at the next sync, and how it
+    /// is randomized; the verdicts themselves are not shown: they never leave).
+    #[wasm_bindgen(js_name = pendingMetricReports, unchecked_return_type = "MetricPreview[]")]
+    pub fn pending_metric_reports(&self) -> JsResult<JsValue> {
+        to_js(&self.inner.borrow().privacy.metric_previews())
+    }
+
     /// Whether the user's consent to contributing stands (the ledger's last consent change).
     #[wasm_bindgen(getter)]
     pub fn consent(&self) -> bool {

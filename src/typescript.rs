@@ -202,6 +202,15 @@ export interface PendingUpload {
   nextAttemptAt: number; beaconed: boolean;
 }
 
+/** A metric report in the payload inspector: `noted` (randomized only when released, at the next
+ *  sync; the verdict is not shown, it never leaves) or `released` (randomized, charged, in the
+ *  ledger, waiting for delivery: `body` is exactly what is sent). */
+export interface MetricPreview {
+  kind: "thumbs" | "stars" | "agreement" | "kinds" | "segments"; modelVersion: string;
+  state: "noted" | "released"; path: string; fields: string[]; mechanism: string;
+  body?: string; ledgerIndex?: number; payloadSha256?: string;
+}
+
 /** The next upload, exactly as it would leave the device, before anything is sent. */
 export interface InspectedUpload {
   round: RoundConfig;

@@ -173,3 +173,60 @@ export function volumeChart(id, volume) {
     }),
   );
 }
+
+/**
+ * The thumbs-up rate per declared segment on the latest version with segment reports, with 95 %
+ * intervals; the pair the disparity test names is drawn in red when it is flagged. Segments whose
+ * rate is unknown (share indistinguishable from 0) are left out; the titles carry the numbers.
+ */
+export function segmentChart(id, versions) {
+  const latest = versions.filter((v) => v.segments != null).at(-1);
+  const flagged = latest?.segments.disparity?.flagged ? new Set([latest.segments.disparity.higher, latest.segments.disparity.lower]) : new Set();
+  const data = (latest?.segments.segments ?? [])
+    .filter((s) => s.thumbsUpRate != null)
+    .map((s) => ({ ...s, lo: s.ci95[0], hi: s.ci95[1], v: `v${latest.version}`, flagged: flagged.has(s.segment) }));
+  draw(id, data.length > 0, () =>
+    Plot.plot({
+      ...base(`Thumbs-up rate per segment, v${latest.version}`),
+      x: { label: `segment (v${latest.version})`, type: "point", padding: 0.6 },
+      y: { label: "thumbs-up rate", domain: [0, 1], grid: true },
+      marks: [
+        Plot.ruleX(data, { x: "segment", y1: (d) => Math.max(0, d.lo), y2: (d) => Math.min(1, d.hi), stroke: (d) => (d.flagged ? "#d03c3c" : "#4269d0") }),
+        Plot.dot(data, {
+          x: "segment",
+          y: (d) => Math.max(0, Math.min(1, d.thumbsUpRate)),
+          r: 4,
+          fill: (d) => (d.flagged ? "#d03c3c" : "#4269d0"),
+          title: (d) => `${d.v} ${d.segment}: ${fixed(d.thumbsUpRate, 3)} [${fixed(d.lo, 2)}, ${fixed(d.hi, 2)}] (share ${fixed(d.share, 2)})`,
+        }),
+      ],
+    }),
+  );
+}
+
+/**
+ * What each round costs a participant as a share of the package's default device budget (ρ of the
+ * round over the budget's total ρ: zCDP composes by adding ρ), and the running share over the
+ * budget's window for a device that took part in every round. A device refuses a round once its
+ * own budget would be exceeded, so the running line above 100 % means devices sat rounds out.
+ */
+export function budgetShareChart(id, rounds, budget) {
+  const windowMs = budget.windowDays * 86_400_000;
+  const data = rounds.map((r, i) => {
+    const since = r.createdAt - windowMs;
+    const running = rounds.slice(0, i + 1).filter((x) => x.createdAt > since).reduce((sum, x) => sum + x.privacy.rho, 0);
+    return { round: String(r.roundId), share: (100 * r.privacy.rho) / budget.totalRho, running: (100 * running) / budget.totalRho };
+  });
+  draw(id, data.length > 0, () =>
+    Plot.plot({
+      ...base("Share of the default device budget per round"),
+      x: { label: "round", type: "band", tickFormat: (d, i) => (data.length <= 16 || i % Math.ceil(data.length / 16) === 0 ? d : "") },
+      y: { label: "% of the device budget", grid: true, zero: true },
+      marks: [
+        Plot.barY(data, { x: "round", y: "share", fill: "#4269d0", title: (d) => `round ${d.round}: ${fixed(d.share, 1)} % of the budget (running ${fixed(d.running, 1)} % over ${budget.windowDays} days)` }),
+        Plot.lineY(data, { x: "round", y: "running", stroke: "#ef8a2b" }),
+        Plot.ruleY([100], { stroke: "#d03c3c", strokeDasharray: "4 3", title: () => `the whole budget: ε = ${budget.epsilon} at δ = ${budget.delta} per ${budget.windowDays} days` }),
+      ],
+    }),
+  );
+}

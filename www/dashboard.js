@@ -3,7 +3,7 @@
 // rollback for an admin (POST /v1/admin/rollback), and staged rollouts with their sequential tests
 // (promote or withdraw a canary: POST /v1/admin/rollout/promote, /abort). Served by `feedloop serve --static-dir www/dist`.
 
-import { cohortChart, epsilonChart, fixed, rateChart, rolloutDifferenceChart, rolloutRatesChart, starsChart, volumeChart } from "./dashboard-charts.js";
+import { budgetShareChart, cohortChart, epsilonChart, fixed, rateChart, rolloutDifferenceChart, rolloutRatesChart, segmentChart, starsChart, volumeChart } from "./dashboard-charts.js";
 
 const $ = (id) => document.getElementById(id);
 const REFRESH_MS = 5000;
@@ -120,6 +120,46 @@ function aggregation(r) {
   return `secure: helper ${fp}…, ≥ ${r.secure.minReports} reports, σ = ${r.noiseStddev} on the sum`;
 }
 
+/**
+ * What needs a person's attention, newest first: versions the drift test flagged, canaries the
+ * sequential test rolled back or that wait for approval, and disparities between segments.
+ */
+function renderAlerts(stats) {
+  const alerts = [];
+  for (const v of stats.versions) {
+    if (v.flagged) alerts.push({ kind: "drift", version: v.version, text: `v${v.version}: thumbs-up rate drifted — ${v.flagReason}` });
+    const d = v.segments?.disparity;
+    if (d?.flagged) {
+      alerts.push({
+        kind: "disparity",
+        version: v.version,
+        text:
+          `v${v.version}: thumbs-up rate of segment ${d.higher} exceeds ${d.lower} by ${fixed(d.difference, 3)} ` +
+          `[${fixed(d.interval[0], 3)}, ${fixed(d.interval[1], 3)}] at ${fixed(100 * d.confidence, 1)} %, beyond the ${d.margin} margin`,
+      });
+    }
+  }
+  for (const r of stats.rollouts) {
+    if (r.status === "rolled_back") alerts.push({ kind: "rollback", version: r.version, text: `canary v${r.version} rolled back (${r.decidedBy ?? "?"}): ${r.reason ?? ""}` });
+    if (r.status === "awaiting_approval") alerts.push({ kind: "approval", version: r.version, text: `canary v${r.version} awaits an admin's approval: ${r.reason ?? ""}` });
+  }
+  alerts.sort((a, b) => Number(b.version) - Number(a.version));
+  const list = $("alerts");
+  list.replaceChildren();
+  for (const a of alerts) {
+    const item = document.createElement("li");
+    item.dataset.kind = a.kind;
+    item.textContent = a.text;
+    list.append(item);
+  }
+  if (alerts.length === 0) {
+    const item = document.createElement("li");
+    item.className = "none";
+    item.textContent = "No alerts.";
+    list.append(item);
+  }
+}
+
 function renderRounds(rounds) {
   const body = $("rounds").tBodies[0];
   body.replaceChildren();
@@ -145,6 +185,7 @@ function renderCharts(rounds, stats) {
   const chronological = [...rounds].reverse();
   cohortChart("chart-cohort", chronological);
   epsilonChart("chart-epsilon", chronological);
+  budgetShareChart("chart-budget", chronological, stats.deviceBudget);
   rateChart(
     "chart-rate",
     stats.versions.map((v) => ({ version: v.version, rate: v.thumbsUpRate, ci95: v.ci95, reports: v.reports, flagged: v.flagged })),
@@ -156,6 +197,7 @@ function renderCharts(rounds, stats) {
     "Model agreement per version",
   );
   starsChart("chart-stars", stats.versions);
+  segmentChart("chart-segments", stats.versions);
   volumeChart("chart-volume", stats.feedbackVolume);
   const latest = stats.rollouts.at(-1);
   rolloutRatesChart("chart-rollout-rates", latest);
@@ -212,6 +254,7 @@ async function refresh() {
     const [rounds, models, stats] = await Promise.all([api("/v1/rounds?limit=200"), api("/v1/models"), api("/v1/stats")]);
     renderVersions(models, stats);
     renderRollouts(stats);
+    renderAlerts(stats);
     renderRounds(rounds.rounds);
     const closed = renderCharts(rounds.rounds, stats);
     $("status").textContent =

@@ -18,6 +18,8 @@ const activityList = $("activity");
 const resetButton = $("reset-learning");
 const storageStatus = $("storage-status");
 const inspectButton = $("inspect-upload");
+const inspectMetricsButton = $("inspect-metrics");
+const metricsBox = $("metric-reports");
 const uploadBox = $("upload");
 const budgetLine = $("privacy-budget");
 
@@ -345,6 +347,23 @@ function inspectUpload() {
   }
 }
 
+/** The payload inspector for metric reports: released bodies exactly as sent, noted ones as planned. */
+function inspectMetrics() {
+  const reports = ranker.pendingMetricReports();
+  metricsBox.textContent =
+    reports.length === 0
+      ? "No metric report is waiting: each one is noted when you give feedback (with sharing on) and sent at the next sync."
+      : reports
+          .map((r) =>
+            r.state === "released"
+              ? `${r.kind} · v${r.modelVersion} · released (ledger #${r.ledgerIndex}), waiting to be sent to ${r.path}: ${r.body}`
+              : `${r.kind} · v${r.modelVersion} · noted: at the next sync, {${r.fields.join(", ")}} to ${r.path}; ${r.mechanism}`,
+          )
+          .join("\n");
+  metricsBox.hidden = false;
+  metricsBox.dataset.count = String(reports.length);
+}
+
 // `make demo` serves this page from `feedloop serve`, started with this deployment key.
 const DEMO_DEPLOYMENT_KEY = new URLSearchParams(location.search).get("key") ?? "feedloop-demo-deployment-key";
 
@@ -356,6 +375,8 @@ const DEMO_SERVER = new URLSearchParams(location.search).get("server") ?? "";
 // privacy team's helper in its code; the demo takes it from the URL (`make demo` prints it).
 const DEMO_HELPERS = new URLSearchParams(location.search).getAll("helper");
 const DEMO_MIN_BATCH = Number(new URLSearchParams(location.search).get("minBatch") ?? "10");
+// ?segment=de: the user's segment (one the server declares with --segment), e.g. their locale.
+const DEMO_SEGMENT = new URLSearchParams(location.search).get("segment") ?? undefined;
 
 /** The feedloop server to sync with, if it answers. */
 async function detectServer() {
@@ -407,7 +428,8 @@ async function start() {
     // ?sync=manual: only the "Sync now" button syncs (the end-to-end test uses it).
     const intervalMs = new URLSearchParams(location.search).get("sync") === "manual" ? 0 : 5000;
     const privacy = DEMO_HELPERS.length ? { helpers: DEMO_HELPERS, minSecureReports: DEMO_MIN_BATCH } : {};
-    ranker = await Ranker.create(demo.server ? { server: demo.server, sync: { intervalMs }, privacy } : { privacy });
+    const segment = DEMO_SEGMENT === undefined ? {} : { segment: DEMO_SEGMENT };
+    ranker = await Ranker.create(demo.server ? { server: demo.server, sync: { intervalMs }, privacy, ...segment } : { privacy, ...segment });
   } catch (error) {
     resultsList.dataset.state = "error";
     resultsList.setAttribute("aria-busy", "false");
@@ -427,6 +449,7 @@ async function start() {
     showError(describeError(e.error));
   });
   inspectButton.addEventListener("click", inspectUpload);
+  inspectMetricsButton.addEventListener("click", inspectMetrics);
   if (demo.server) {
     $("sync-panel").hidden = false;
     // The end user's consent: the demo contributes only after "Sharing is on".

@@ -269,6 +269,109 @@ impl MetricRelease {
     }
 }
 
+/// One metric report as the payload inspector shows it (`ranker.pendingMetricReports()`): noted
+/// (not randomized yet: what will leave and how it will be randomized; the verdict itself stays
+/// on the device and is not shown here) or released (randomized, charged and in the ledger: the
+/// exact body that is sent, and its ledger entry).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricPreview {
+    /// "thumbs", "stars", "agreement", "kinds" or "segments".
+    pub kind: &'static str,
+    pub model_version: String,
+    /// "noted" or "released".
+    pub state: &'static str,
+    /// Where it is posted.
+    pub path: &'static str,
+    /// The fields of the body: nothing else leaves.
+    pub fields: &'static [&'static str],
+    /// How the value is randomized, in words.
+    pub mechanism: &'static str,
+    /// Released: the exact JSON body, its ledger entry's index and payload hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_index: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+}
+
+impl MetricPreview {
+    fn noted(kind: &'static str, model_version: &str) -> Self {
+        let (path, fields, mechanism) = match kind {
+            "thumbs" => (
+                paths::FEEDBACK,
+                &["modelVersion", "bit"][..],
+                "ε-randomized response: the thumbs-up bit is kept with probability e^ε/(1+e^ε), else flipped",
+            ),
+            "stars" => (
+                paths::FEEDBACK_STARS,
+                &["modelVersion", "stars"][..],
+                "5-ary randomized response: the rating is kept with probability e^ε/(e^ε+4), else one of the other four",
+            ),
+            "agreement" => (
+                paths::FEEDBACK_AGREEMENT,
+                &["modelVersion", "bit"][..],
+                "ε-randomized response: the \"model agreed\" bit is kept with probability e^ε/(1+e^ε), else flipped",
+            ),
+            "kinds" => (
+                paths::FEEDBACK_KINDS,
+                &["modelVersion", "kind", "bit"][..],
+                "one kind of feedback drawn at random (whatever the user did), and an ε-randomized bit: did the user give it",
+            ),
+            _ => (
+                paths::FEEDBACK_SEGMENTS,
+                &["modelVersion", "segments", "cell"][..],
+                "(segment, thumbs-up) randomized together with 2S-ary randomized response: no segment label leaves",
+            ),
+        };
+        Self {
+            kind,
+            model_version: model_version.to_string(),
+            state: "noted",
+            path,
+            fields,
+            mechanism,
+            body: None,
+            ledger_index: None,
+            payload_sha256: None,
+        }
+    }
+
+    fn released(release: &MetricRelease) -> Self {
+        let mut preview = Self::noted(release.kind(), release.model_version());
+        preview.state = "released";
+        preview.body = Some(String::from_utf8_lossy(&release.body()).into_owned());
+        preview.ledger_index = Some(release.ledger_entry().index);
+        preview.payload_sha256 = Some(release.ledger_entry().payload_sha256.clone());
+        preview
+    }
+}
+
+impl DevicePrivacy {
+    /// The payload inspector's metric reports: the released ones waiting for delivery (exact
+    /// bodies), then the noted ones in release order (what will leave at the next sync, once
+    /// randomized).
+    pub fn metric_previews(&self) -> Vec<MetricPreview> {
+        let mut out: Vec<MetricPreview> = self
+            .undelivered_metrics()
+            .iter()
+            .map(MetricPreview::released)
+            .collect();
+        let notes = &self.state().pending_metrics;
+        let noted = notes
+            .thumbs
+            .keys()
+            .map(|v| ("thumbs", v))
+            .chain(notes.stars.keys().map(|v| ("stars", v)))
+            .chain(notes.agreement.keys().map(|v| ("agreement", v)))
+            .chain(notes.kinds.keys().map(|v| ("kinds", v)))
+            .chain(notes.segments.keys().map(|v| ("segments", v)));
+        out.extend(noted.map(|(kind, v)| MetricPreview::noted(kind, v)));
+        out
+    }
+}
+
 /// At most this many released metric reports wait for delivery; the oldest goes first.
 pub const UNDELIVERED_CAPACITY: usize = 32;
 
@@ -1155,6 +1258,49 @@ mod tests {
             .entries()
             .iter()
             .all(|x| x.purpose != SEGMENTS_PURPOSE));
+    }
+
+    #[test]
+    fn the_inspector_lists_noted_and_released_reports_without_verdicts() {
+        let declared: Vec<String> = ["en", "de"].iter().map(|s| s.to_string()).collect();
+        let mut d = device(0.5);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(8);
+        d.observe_thumbs("2", true);
+        d.observe_kind("2", "thumbs");
+        d.observe_segment_thumbs("2", "de", true);
+        let noted = d.metric_previews();
+        let list: Vec<_> = noted.iter().map(|p| (p.kind, p.state)).collect();
+        assert_eq!(
+            list,
+            [
+                ("thumbs", "noted"),
+                ("kinds", "noted"),
+                ("segments", "noted")
+            ]
+        );
+        // A noted report shows what will leave and how, never the verdict or the segment.
+        let json = serde_json::to_string(&noted).unwrap();
+        assert!(!json.contains("\"de\"") && !json.contains("true"), "{json}");
+        let thumbs = d.release_thumbs(1.0, NOW, &mut rng).unwrap().unwrap();
+        let segments = d
+            .release_segments(1.0, &declared, NOW, &mut rng)
+            .unwrap()
+            .unwrap();
+        let after = d.metric_previews();
+        assert_eq!(after.len(), 3);
+        assert_eq!((after[0].kind, after[0].state), ("thumbs", "released"));
+        assert_eq!(
+            after[0].body.as_deref().map(str::as_bytes),
+            Some(&thumbs.body()[..])
+        );
+        assert_eq!(after[0].ledger_index, Some(thumbs.ledger_entry().index));
+        assert_eq!(
+            after[1].body.as_deref().map(str::as_bytes),
+            Some(&segments.body()[..])
+        );
+        assert_eq!((after[2].kind, after[2].state), ("kinds", "noted"));
+        d.metric_delivered(&thumbs);
+        assert_eq!(d.metric_previews().len(), 2, "delivered: no longer listed");
     }
 
     #[test]

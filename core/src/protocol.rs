@@ -818,6 +818,34 @@ pub struct Stats {
     /// The segments the site declared (e.g. locales), in cell order; empty when none are.
     /// Devices randomize their segment over exactly this list ([`SegmentReport`]).
     pub segments: Vec<String>,
+    /// The package's default device budget, to show what share of it each round costs a
+    /// participant (a site that sets its own policy shows its users theirs in the privacy panel).
+    pub device_budget: DeviceBudget,
+}
+
+/// A device's privacy budget: ε at δ over any window, and the total zCDP ρ that allows.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct DeviceBudget {
+    pub epsilon: f64,
+    pub delta: f64,
+    pub window_days: f64,
+    pub total_rho: f64,
+}
+
+impl DeviceBudget {
+    /// What a device accepts unless its site says otherwise
+    /// ([`feedloop_privacy::budget::PrivacyPolicy::default`]).
+    pub fn default_policy() -> Self {
+        let policy = feedloop_privacy::budget::PrivacyPolicy::default();
+        Self {
+            epsilon: policy.epsilon(),
+            delta: policy.delta(),
+            window_days: policy.window_ms() as f64 / 86_400_000.0,
+            total_rho: policy.total_rho(),
+        }
+    }
 }
 
 /// `POST /v1/admin/rounds`: a new round on the current version.

@@ -9,7 +9,7 @@ import type {
   RankerOptions, FeedbackEvent, FeedbackKind, FeedbackOutcome, SyncReport, MetricReport, OpenRound, SettledUpload,
   RankedCandidate, CandidateInput, ModelSource, WasmSource, GpuMode, ServerOptions, FeedbackWeights, LearningConfig,
   PrivacyPolicyOptions, Explanation, Activity, LearningState, ModelInfo, PrivacyReport, InspectedUpload,
-  RoundConfig, PendingUpload, EmbeddedCatalog, StorageStatus, RankerErrorEvent, FlagCategory,
+  RoundConfig, PendingUpload, MetricPreview, EmbeddedCatalog, StorageStatus, RankerErrorEvent, FlagCategory,
 } from "feedloop";
 import { mountFeedback, mountComparison, mountPrivacyPanel, WIDGET_CSS } from "feedloop/widget";
 import type { FeedbackWidgetOptions, ComparisonOptions, MountedWidget, FeedbackControl, PrivacyPanelOptions } from "feedloop/widget";
@@ -27,9 +27,10 @@ expectTypeOf(RankerByPath).toEqualTypeOf(Ranker);
 
 // The same keys as the run-time check in Ranker.create.
 expectTypeOf<keyof RankerOptions>().toEqualTypeOf<
-  "model" | "wasm" | "storage" | "weights" | "learning" | "privacy" | "consent" | "server" | "sync" | "gpu"
+  "model" | "wasm" | "storage" | "weights" | "learning" | "privacy" | "consent" | "segment" | "server" | "sync" | "gpu"
 >();
 expectTypeOf<RankerOptions["consent"]>().toEqualTypeOf<boolean | undefined>();
+expectTypeOf<RankerOptions["segment"]>().toEqualTypeOf<string | undefined>();
 expectTypeOf<RankerOptions["wasm"]>().toEqualTypeOf<WasmSource | undefined>();
 expectTypeOf<WasmSource>().toEqualTypeOf<URL | string | Response | ArrayBuffer | ArrayBufferView | WebAssembly.Module>();
 expectTypeOf<RankerOptions["model"]>().toEqualTypeOf<ModelSource | undefined>();
@@ -238,6 +239,8 @@ expectTypeOf<OpenRound>().toExtend<RoundConfig>();
 expectTypeOf<OpenRound>().toExtend<{ minCohort: number; targetCount: number | null; deadline: number | null }>();
 expectTypeOf<SettledUpload>().toEqualTypeOf<{ roundId: string; sha256: string; delivered: boolean; reason: string | null }>();
 expectTypeOf(ranker.pendingUploads()).toEqualTypeOf<PendingUpload[]>();
+expectTypeOf(ranker.pendingMetricReports()).toEqualTypeOf<MetricPreview[]>();
+expectTypeOf<MetricPreview["state"]>().toEqualTypeOf<"noted" | "released">();
 expectTypeOf(ranker.modelVersion).toEqualTypeOf<string>();
 expectTypeOf(ranker.stopSync()).toEqualTypeOf<void>();
 

@@ -161,5 +161,6 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         rollouts: app.rollouts().await?,
         feedback_volume: app.feedback_volume().await?,
         segments: app.config().segments.clone(),
+        device_budget: feedloop_core::protocol::DeviceBudget::default_policy(),
     }))
 }
