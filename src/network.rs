@@ -14,6 +14,7 @@ use feedloop_core::protocol::{
     paths, ErrorBody, ModelVersion, Round, RoundStatus, Stats, TokenGrant, UnixMillis,
     DEPLOYMENT_KEY_HEADER, MODEL_VERSION_HEADER, UPDATE_CONTENT_TYPE,
 };
+use feedloop_core::secure_metrics::MetricTerms;
 use js_sys::{Promise, Reflect, Uint8Array};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -361,12 +362,12 @@ pub async fn open_round(server: &ServerConfig) -> Result<Option<OpenRound>, NetE
     Ok((round.status == RoundStatus::Open).then(|| round.into()))
 }
 
-/// The ε the server de-biases metric reports for and the segments it declares
-/// (`GET /v1/stats`).
-pub async fn metric_terms(server: &ServerConfig) -> Result<(f64, Vec<String>), NetError> {
+/// The ε the server de-biases metric reports for, the segments it declares and its secure-metric
+/// terms, if it aggregates metrics with a helper (`GET /v1/stats`).
+pub async fn metric_terms(server: &ServerConfig) -> Result<MetricTerms, NetError> {
     let resp = request("GET", &server.endpoint(paths::STATS), &[], None).await?;
     let stats: Stats = checked(resp).await?;
-    Ok((stats.rr_epsilon, stats.segments))
+    Ok(MetricTerms::from_stats(&stats))
 }
 
 /// Sends one metric report. Only a [`MetricRelease`] can be sent: randomized, charged to the

@@ -340,7 +340,7 @@ async fn report_metrics(
     if inner.borrow().privacy.state().pending_metrics.is_empty() {
         return Ok(Ok(sent));
     }
-    let (epsilon, segments) = match network::metric_terms(server).await {
+    let terms = match network::metric_terms(server).await {
         Ok(e) => e,
         Err(e) => return Ok(Err(format!("metric reports wait: {e}"))),
     };
@@ -349,10 +349,7 @@ async fn report_metrics(
         let (release, privacy) = {
             let mut inner = inner.borrow_mut();
             let mut rng = secure_rng()?;
-            match inner
-                .privacy
-                .release_next_metric(epsilon, &segments, now, &mut rng)
-            {
+            match inner.privacy.release_next_metric(&terms, now, &mut rng) {
                 Ok(Some(release)) => (release, inner.privacy.clone()),
                 Ok(None) => break,
                 Err(e) => return Ok(Err(format!("a metric report was refused: {e}"))),

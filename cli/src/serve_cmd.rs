@@ -155,6 +155,18 @@ pub struct ServeArgs {
     /// The bearer token the helper gave this leader (at least 16 characters).
     #[arg(long, env = "FEEDLOOP_HELPER_TOKEN", hide_env_values = true)]
     helper_token: Option<String>,
+    /// A leader with a helper: aggregate thumbs, agreement and star reports with it too. Devices
+    /// whose policy pins the helper seal those reports (Prio3Histogram); only noisy batch sums
+    /// are released. Others keep sending randomized responses.
+    #[arg(long, env = "FEEDLOOP_SECURE_METRICS", requires = "helper_url")]
+    secure_metrics: bool,
+    /// --secure-metrics: σ of the helper's noise on each bucket of a batch (counts). Default:
+    /// √2/ε of --rr-epsilon, the same ρ per report as randomized response.
+    #[arg(long, env = "FEEDLOOP_METRIC_NOISE")]
+    metric_noise: Option<f64>,
+    /// --secure-metrics: reports per released batch (at least the helper's minimum).
+    #[arg(long, env = "FEEDLOOP_METRIC_BATCH", default_value_t = 100)]
+    metric_batch: u64,
     /// A helper: the token(s) its leader presents (repeat, or comma-separate in the env).
     #[arg(
         long = "leader-token",
@@ -276,6 +288,19 @@ pub fn serve(args: ServeArgs) -> Result<Value, String> {
         }
         _ => None,
     };
+    if args
+        .metric_noise
+        .is_some_and(|s| !(s.is_finite() && s > 0.0))
+        || args.metric_batch == 0
+    {
+        return Err("--metric-noise must be > 0 and --metric-batch at least 1".into());
+    }
+    config.secure_metrics = args
+        .secure_metrics
+        .then_some(feedloop_server::SecureMetricsConfig {
+            noise_stddev: args.metric_noise,
+            batch_reports: args.metric_batch,
+        });
     config.helper_policy = feedloop_server::HelperPolicy {
         leader_tokens: args.leader_tokens,
         noise_multiplier: args.helper_noise_multiplier,

@@ -185,6 +185,11 @@ enum Payload {
     },
 }
 
+/// The trust a secure metric report's guarantee rests on, as written in the ledger.
+pub const SECURE_METRIC_TRUST: &str =
+    "the report stays hidden and ε holds as long as the leader and \
+    the helper do not collude and the helper adds its noise to each batch's counts";
+
 /// The trust assumption of a secure round, as the ledger records it.
 pub const SECURE_TRUST: &str = "the update stays hidden and ε holds as long as the leader and the \
     helper do not collude and the helper adds its noise; each sees only its share";

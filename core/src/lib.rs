@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod privacy_report;
 pub mod protocol;
 pub mod rollout;
+pub mod secure_metrics;
 pub mod segments;
 pub mod tokenizer;
 

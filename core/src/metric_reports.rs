@@ -53,7 +53,11 @@ use serde::{Deserialize, Serialize};
 use crate::contribution::DevicePrivacy;
 use crate::error::{Error, Result};
 use crate::feedback::KINDS;
-use crate::protocol::{paths, FeedbackReport, KindsReport, SegmentReport, StarsReport};
+use crate::protocol::{
+    paths, FeedbackReport, KindsReport, SealedMetricReport, SecureMetricTerms, SegmentReport,
+    StarsReport,
+};
+use crate::secure_metrics::{MetricTerms, SecureMetric};
 
 /// Why a thumbs report leaves the device, as written in the ledger.
 pub const THUMBS_PURPOSE: &str = "thumbs-up rate of the top-ranked answer";
@@ -204,6 +208,9 @@ pub enum MetricReport {
     Kinds(KindsReport),
     /// `POST /v1/feedback/segments`: the randomized (segment, thumbs) cell.
     Segments(SegmentReport),
+    /// `POST /v1/feedback/sealed`: a thumbs, agreement or star report sealed to the two
+    /// aggregators ([`crate::secure_metrics`]).
+    Sealed(SealedMetricReport),
 }
 
 /// A randomized, charged and recorded metric report: persist the device's privacy state, then
@@ -228,6 +235,9 @@ impl MetricRelease {
             MetricReport::Agreement(_) => "agreement",
             MetricReport::Kinds(_) => "kinds",
             MetricReport::Segments(_) => "segments",
+            MetricReport::Sealed(ref r) => SecureMetric::parse(&r.metric)
+                .map(SecureMetric::name)
+                .unwrap_or("thumbs"),
         }
     }
 
@@ -238,6 +248,7 @@ impl MetricRelease {
             MetricReport::Stars(r) => &r.model_version,
             MetricReport::Kinds(r) => &r.model_version,
             MetricReport::Segments(r) => &r.model_version,
+            MetricReport::Sealed(r) => &r.model_version,
         }
     }
 
@@ -249,6 +260,7 @@ impl MetricRelease {
             MetricReport::Agreement(_) => paths::FEEDBACK_AGREEMENT,
             MetricReport::Kinds(_) => paths::FEEDBACK_KINDS,
             MetricReport::Segments(_) => paths::FEEDBACK_SEGMENTS,
+            MetricReport::Sealed(_) => paths::FEEDBACK_SEALED,
         }
     }
 
@@ -259,6 +271,7 @@ impl MetricRelease {
             MetricReport::Stars(r) => serde_json::to_vec(r),
             MetricReport::Kinds(r) => serde_json::to_vec(r),
             MetricReport::Segments(r) => serde_json::to_vec(r),
+            MetricReport::Sealed(r) => serde_json::to_vec(r),
         }
         .expect("a report serializes")
     }
@@ -340,6 +353,11 @@ impl MetricPreview {
 
     fn released(release: &MetricRelease) -> Self {
         let mut preview = Self::noted(release.kind(), release.model_version());
+        if let MetricReport::Sealed(_) = release.report() {
+            preview.path = paths::FEEDBACK_SEALED;
+            preview.fields = &["modelVersion", "metric", "report"];
+            preview.mechanism = "sealed to the two aggregators (Prio3Histogram, HPKE): neither can read it; the helper adds discrete Gaussian noise to each batch's counts";
+        }
         preview.state = "released";
         preview.body = Some(String::from_utf8_lossy(&release.body()).into_owned());
         preview.ledger_index = Some(release.ledger_entry().index);
@@ -389,6 +407,9 @@ pub struct UndeliveredMetric {
     /// kind's index + the bit; for "segments", the cell.
     value: u32,
     payload_sha256: String,
+    /// A sealed report's bytes (base64), as sent; `value` is then 0 (the bucket is never kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
     /// Confirmed: kept (as a tombstone) so that merging with another tab's older copy of the
     /// state does not bring it back.
     #[serde(default)]
@@ -404,18 +425,27 @@ impl UndeliveredMetric {
                 2 * kind_index(&r.kind).unwrap_or(0) as u32 + u32::from(r.bit)
             }
             MetricReport::Segments(r) => r.cell,
+            MetricReport::Sealed(_) => 0,
+        };
+        let sealed = match release.report() {
+            MetricReport::Sealed(r) => Some(r.report.clone()),
+            _ => None,
         };
         Self {
             kind: release.kind().to_string(),
             model_version: release.model_version().to_string(),
             value,
             payload_sha256: release.ledger_entry().payload_sha256.clone(),
+            sealed,
             delivered: false,
         }
     }
 
     /// The release again, if `ledger` records exactly this payload for it.
     fn rebuild(&self, ledger: &Ledger) -> Option<MetricRelease> {
+        if let Some(sealed) = &self.sealed {
+            return self.rebuild_sealed(sealed, ledger);
+        }
         if self.kind == "segments" {
             return self.rebuild_segments(ledger);
         }
@@ -470,6 +500,33 @@ impl UndeliveredMetric {
             .find(|e| e.purpose == purpose && e.round_id == id && e.payload_sha256 == sha)?;
         Some(MetricRelease {
             report,
+            ledger_entry: entry.clone(),
+        })
+    }
+
+    /// A sealed report again: its bytes are the recorded payload of a secure-histogram release.
+    fn rebuild_sealed(&self, sealed: &str, ledger: &Ledger) -> Option<MetricRelease> {
+        use base64::Engine;
+        let metric = SecureMetric::parse(&self.kind)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        let sha = feedloop_privacy::ledger::sha256_hex(&bytes);
+        if sha != self.payload_sha256 {
+            return None;
+        }
+        let id = metric.task_name(&self.model_version);
+        let entry = ledger.entries().iter().find(|e| {
+            e.round_id == id
+                && e.payload_sha256 == sha
+                && matches!(e.params, ReleaseParams::SecureHistogram { .. })
+        })?;
+        Some(MetricRelease {
+            report: MetricReport::Sealed(SealedMetricReport {
+                model_version: self.model_version.clone(),
+                metric: metric.name().to_string(),
+                report: sealed.to_string(),
+            }),
             ledger_entry: entry.clone(),
         })
     }
@@ -641,7 +698,7 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
-        self.release_bit(BitMetric::Thumbs, epsilon, now_ms, rng)
+        self.release_bit(BitMetric::Thumbs, epsilon, None, now_ms, rng)
     }
 
     /// What [`Self::release_thumbs`] and [`Self::release_agreement`] share: the first noted
@@ -650,6 +707,7 @@ impl DevicePrivacy {
         &mut self,
         metric: BitMetric,
         epsilon: f64,
+        secure: Option<&SecureMetricTerms>,
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
@@ -658,6 +716,25 @@ impl DevicePrivacy {
         else {
             return Ok(None);
         };
+        if let Some(terms) = secure.filter(|t| self.accepts_secure_metrics(t)) {
+            let sealed = match metric {
+                BitMetric::Thumbs => SecureMetric::Thumbs,
+                BitMetric::Agreement => SecureMetric::Agreement,
+            };
+            return self
+                .release_sealed(
+                    sealed,
+                    &version,
+                    usize::from(verdict),
+                    terms,
+                    now_ms,
+                    rng,
+                    |n| {
+                        metric.notes_mut(n).remove(&version);
+                    },
+                )
+                .map(Some);
+        }
         let rr = RandomizedResponse::new(epsilon).map_err(privacy)?;
         let id = metric.release_id(&version);
         let bit = rr.respond(verdict, rng);
@@ -799,7 +876,7 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
-        self.release_bit(BitMetric::Agreement, epsilon, now_ms, rng)
+        self.release_bit(BitMetric::Agreement, epsilon, None, now_ms, rng)
     }
 
     /// Notes that the user gave feedback of `kind` (a [`Signal::kind`]) under `model_version`, for
@@ -866,26 +943,97 @@ impl DevicePrivacy {
     /// The next metric report due, if any: thumbs reports first, then star ratings, federated
     /// evaluation, feedback volume and the thumbs per segment (over the server's declared
     /// `segments`; each of those methods says what it charges and records).
+    ///
+    /// With `terms.secure` (the site runs a helper) that this device's policy accepts (the helper
+    /// pinned, its batches at least the policy's minimum), the thumbs, star and agreement reports
+    /// are sealed to the two aggregators instead ([`Self::accepts_secure_metrics`]).
     pub fn release_next_metric<R: CryptoRng + ?Sized>(
         &mut self,
-        epsilon: f64,
-        segments: &[String],
+        terms: &MetricTerms,
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
-        if let Some(r) = self.release_thumbs(epsilon, now_ms, rng)? {
+        let (epsilon, segments, secure) = (terms.epsilon, &terms.segments, terms.secure.as_ref());
+        if let Some(r) = self.release_bit(BitMetric::Thumbs, epsilon, secure, now_ms, rng)? {
             return Ok(Some(r));
         }
-        if let Some(r) = self.release_stars(epsilon, now_ms, rng)? {
+        if let Some(r) = self.release_stars_under(epsilon, secure, now_ms, rng)? {
             return Ok(Some(r));
         }
-        if let Some(r) = self.release_agreement(epsilon, now_ms, rng)? {
+        if let Some(r) = self.release_bit(BitMetric::Agreement, epsilon, secure, now_ms, rng)? {
             return Ok(Some(r));
         }
         if let Some(r) = self.release_kinds(epsilon, now_ms, rng)? {
             return Ok(Some(r));
         }
         self.release_segments(epsilon, segments, now_ms, rng)
+    }
+
+    /// Whether this device seals its metric reports under `terms`: its policy pins the helper
+    /// (the fingerprint recomputed from the key), the helper's batches are at least the policy's
+    /// minimum, and both keys parse. Otherwise it sends randomized responses, as without a helper
+    /// (the server cannot make a device seal to a helper it did not pin).
+    pub fn accepts_secure_metrics(&self, terms: &SecureMetricTerms) -> bool {
+        let policy = self.state().policy.secure();
+        let keys = feedloop_secagg::HpkePublicKey::from_hex(&terms.helper_key)
+            .and_then(|h| feedloop_secagg::HpkePublicKey::from_hex(&terms.leader_key).map(|_| h));
+        let Ok(helper) = keys else {
+            return false;
+        };
+        let min = u64::try_from(terms.min_reports).unwrap_or(0);
+        policy.helpers.contains(&helper.fingerprint()) && min >= policy.min_reports.max(1)
+    }
+
+    /// Seals `bucket` of `metric` for `version` to the two aggregators (Prio3Histogram, HPKE),
+    /// charges ρ = 1/σ² of the helper's noise to the metric share, records the release (payload:
+    /// the report's bytes) and forgets the note (`forget`), all or nothing; the bucket itself is
+    /// dropped here and kept nowhere.
+    #[allow(clippy::too_many_arguments)]
+    fn release_sealed<R: CryptoRng + ?Sized>(
+        &mut self,
+        metric: SecureMetric,
+        version: &str,
+        bucket: usize,
+        terms: &SecureMetricTerms,
+        now_ms: u64,
+        rng: &mut R,
+        forget: impl FnOnce(&mut PendingMetrics),
+    ) -> Result<MetricRelease> {
+        use base64::Engine;
+        let refuse = |e: feedloop_secagg::SecAggError| Error::InvalidInput(format!("privacy: {e}"));
+        let task = metric.task(version, terms)?;
+        let leader = feedloop_secagg::HpkePublicKey::from_hex(&terms.leader_key).map_err(refuse)?;
+        let helper = feedloop_secagg::HpkePublicKey::from_hex(&terms.helper_key).map_err(refuse)?;
+        // A sized handle on the caller's generator (`seal_metric` takes a sized one).
+        let mut rng = rng;
+        let report = feedloop_secagg::seal_metric(bucket, &task, &leader, &helper, &mut rng)
+            .map_err(refuse)?
+            .to_bytes();
+        let params = ReleaseParams::SecureHistogram {
+            buckets: metric.buckets() as u32,
+            noise_stddev: task.noise_stddev(),
+            min_reports: task.min_reports(),
+            helper_fingerprint: helper.fingerprint(),
+            leader_fingerprint: leader.fingerprint(),
+            trust: crate::contribution::SECURE_METRIC_TRUST.into(),
+        };
+        let id = task.name().to_string();
+        let purpose = match metric {
+            SecureMetric::Thumbs => THUMBS_PURPOSE,
+            SecureMetric::Agreement => AGREEMENT_PURPOSE,
+            SecureMetric::Stars => STARS_PURPOSE,
+        };
+        let record =
+            ReleaseRecord::for_secure_report(&report, params, now_ms, purpose, &id, version);
+        let ledger_entry = self.record_metric(&id, task.rho(), now_ms, record, forget)?;
+        Ok(self.awaiting_delivery(MetricRelease {
+            report: MetricReport::Sealed(SealedMetricReport {
+                model_version: version.to_string(),
+                metric: metric.name().to_string(),
+                report: base64::engine::general_purpose::STANDARD.encode(&report),
+            }),
+            ledger_entry,
+        }))
     }
 
     /// Notes the user's `segment` (what the page declared for them) with a thumbs verdict on the
@@ -972,10 +1120,36 @@ impl DevicePrivacy {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Option<MetricRelease>> {
+        self.release_stars_under(epsilon, None, now_ms, rng)
+    }
+
+    fn release_stars_under<R: CryptoRng + ?Sized>(
+        &mut self,
+        epsilon: f64,
+        secure: Option<&SecureMetricTerms>,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Option<MetricRelease>> {
         self.check_consent()?;
         let Some((version, stars)) = first_note(&self.state().pending_metrics.stars) else {
             return Ok(None);
         };
+        if let Some(terms) = secure.filter(|t| self.accepts_secure_metrics(t)) {
+            let bucket = usize::from(stars - 1);
+            return self
+                .release_sealed(
+                    SecureMetric::Stars,
+                    &version,
+                    bucket,
+                    terms,
+                    now_ms,
+                    rng,
+                    |n| {
+                        n.stars.remove(&version);
+                    },
+                )
+                .map(Some);
+        }
         let mechanism = CategoricalResponse::new(epsilon, STAR_CATEGORIES).map_err(privacy)?;
         let id = stars_release_id(&version);
         let reported = mechanism
@@ -1190,10 +1364,19 @@ mod tests {
         d.observe_stars("2", 5);
         d.observe_thumbs("2", true);
         // ε = 0.5 each (ρ = 0.125), so the three fit the metric share of the budget.
-        let kinds: Vec<_> =
-            std::iter::from_fn(|| d.release_next_metric(0.5, &[], NOW, &mut rng).unwrap())
-                .map(|r| r.kind())
-                .collect();
+        let kinds: Vec<_> = std::iter::from_fn(|| {
+            d.release_next_metric(
+                &MetricTerms {
+                    epsilon: 0.5,
+                    ..Default::default()
+                },
+                NOW,
+                &mut rng,
+            )
+            .unwrap()
+        })
+        .map(|r| r.kind())
+        .collect();
         assert_eq!(kinds, ["thumbs", "stars", "kinds"]);
         let (mut a, mut b) = (PendingMetrics::default(), PendingMetrics::default());
         a.kinds.insert("5".into(), 0b01);
@@ -1547,5 +1730,149 @@ mod tests {
             .is_some());
         assert!(PrivacyPolicy::default().with_metrics_share(0.0).is_err());
         assert!(PrivacyPolicy::default().with_metrics_share(1.5).is_err());
+    }
+
+    /// Two aggregators' keys and the terms a leader with a helper announces.
+    fn aggregators(
+        noise_stddev: f64,
+    ) -> (
+        feedloop_secagg::HpkeKeyPair,
+        feedloop_secagg::HpkeKeyPair,
+        SecureMetricTerms,
+    ) {
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(77);
+        let leader = feedloop_secagg::HpkeKeyPair::generate(&mut rng);
+        let helper = feedloop_secagg::HpkeKeyPair::generate(&mut rng);
+        let terms = SecureMetricTerms {
+            leader_key: leader.public().to_hex(),
+            helper_key: helper.public().to_hex(),
+            helper_fingerprint: helper.public().fingerprint(),
+            noise_stddev,
+            min_reports: 10,
+        };
+        (leader, helper, terms)
+    }
+
+    fn pinning(helper: &str) -> DevicePrivacy {
+        use feedloop_privacy::budget::SecurePolicy;
+        let policy = PrivacyPolicy::default()
+            .with_secure(SecurePolicy::new(vec![helper.to_string()], 10).unwrap());
+        let mut device = DevicePrivacy::new(policy, 3, "1").unwrap();
+        device.set_consent(true, 1, "1").unwrap();
+        device
+    }
+
+    #[test]
+    fn a_pinned_helper_gets_sealed_reports_that_only_both_aggregators_can_sum() {
+        use base64::Engine;
+        use feedloop_secagg::{helper_verify, leader_finish, leader_init, unshard, Batch};
+        let (leader, helper, terms) = aggregators(2.0);
+        let metric_terms = MetricTerms {
+            epsilon: 1.0,
+            segments: vec![],
+            secure: Some(terms.clone()),
+        };
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(3);
+        let verify_key = feedloop_secagg::VerifyKey::generate(&mut rng);
+        let task = SecureMetric::Thumbs.task("4", &terms).unwrap();
+        let mut leader_batch = Batch::new(task.clone()).unwrap();
+        let mut helper_batch = Batch::new(task.clone()).unwrap();
+        let verdicts = [
+            true, true, false, true, false, true, true, true, false, true, true,
+        ];
+        for (i, &up) in verdicts.iter().enumerate() {
+            let mut d = pinning(&terms.helper_fingerprint);
+            d.observe_thumbs("4", up);
+            d.observe_stars("4", 5);
+            let release = d
+                .release_next_metric(&metric_terms, NOW + i as u64, &mut rng)
+                .unwrap()
+                .unwrap();
+            let MetricReport::Sealed(report) = release.report() else {
+                panic!("{:?}", release.report());
+            };
+            assert_eq!(
+                (release.kind(), release.path()),
+                ("thumbs", paths::FEEDBACK_SEALED)
+            );
+            // The body: version, metric name and the sealed bytes, nothing else.
+            let body: serde_json::Value = serde_json::from_slice(&release.body()).unwrap();
+            assert_eq!(body.as_object().unwrap().len(), 3);
+            let entry = release.ledger_entry();
+            assert!(matches!(
+                entry.params,
+                ReleaseParams::SecureHistogram { buckets: 2, .. }
+            ));
+            assert!((entry.rho - 0.25).abs() < 1e-12, "ρ = 1/σ²: {}", entry.rho);
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&report.report)
+                .unwrap();
+            assert_eq!(entry.payload_sha256, sha256_hex(&bytes));
+            assert!(d.thumbs_reported("4"));
+            // Lost on the way: rebuilt from the ledger, byte for byte.
+            let again = d.undelivered_metrics();
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].body(), release.body());
+            // The stars go sealed too, 5 buckets.
+            let stars = d
+                .release_next_metric(&metric_terms, NOW + i as u64, &mut rng)
+                .unwrap()
+                .unwrap();
+            assert!(matches!(stars.report(), MetricReport::Sealed(r) if r.metric == "stars"));
+            let sealed = feedloop_secagg::Report::from_bytes(&bytes).unwrap();
+            let (pending, request) = leader_init(&task, &verify_key, &leader, &sealed).unwrap();
+            let (h, response) = helper_verify(&task, &verify_key, &helper, &request).unwrap();
+            leader_batch
+                .add(leader_finish(&task, pending, &response).unwrap())
+                .unwrap();
+            helper_batch.add(h).unwrap();
+        }
+        let released = helper_batch.release(10, None, &mut rng).unwrap();
+        let sum = unshard(&task, &leader_batch.aggregate_share(), &released).unwrap();
+        assert_eq!(sum, vec![3, 8]);
+    }
+
+    #[test]
+    fn without_a_pinned_helper_the_device_randomizes_as_before() {
+        let (_, _, terms) = aggregators(2.0);
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(4);
+        let mut too_small = terms.clone();
+        too_small.min_reports = 9;
+        let mut bad_key = terms.clone();
+        bad_key.leader_key = "zz".into();
+        for (device, t) in [
+            (device(1.0), terms.clone()),
+            (pinning(&terms.helper_fingerprint), too_small),
+            (pinning(&terms.helper_fingerprint), bad_key),
+        ] {
+            let mut d = device;
+            assert!(!d.accepts_secure_metrics(&t));
+            d.observe_thumbs("4", true);
+            let release = d
+                .release_next_metric(
+                    &MetricTerms {
+                        epsilon: 1.0,
+                        segments: vec![],
+                        secure: Some(t),
+                    },
+                    NOW,
+                    &mut rng,
+                )
+                .unwrap()
+                .unwrap();
+            assert!(matches!(release.report(), MetricReport::Thumbs(_)));
+        }
+        // A helper whose noise is too small for the policy: the charge is refused, nothing sent.
+        let (_, _, weak) = aggregators(0.1);
+        let mut d = pinning(&weak.helper_fingerprint);
+        d.observe_thumbs("4", true);
+        let terms = MetricTerms {
+            epsilon: 1.0,
+            segments: vec![],
+            secure: Some(weak),
+        };
+        assert!(d.release_next_metric(&terms, NOW, &mut rng).is_err());
+        assert!(!d.thumbs_reported("4"));
+        assert!(d.undelivered_metrics().is_empty());
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! Ids and versions travel as decimal strings (JavaScript numbers lose integers above 2^53).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "openapi")]
@@ -317,6 +319,77 @@ pub struct HelperTerms {
     pub value_radius: i64,
 }
 
+/// What a leader that aggregates metric reports securely announces (`GET /v1/stats`
+/// `secureMetrics`): the two aggregators' keys and the helper's terms for every metric task. A
+/// device whose policy pins the helper and accepts the terms seals its thumbs, agreement and
+/// star reports ([`SealedMetricReport`]) instead of randomizing them; any other device sends
+/// randomized responses as in a local deployment. The terms are bound into every share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SecureMetricTerms {
+    /// The leader's HPKE public key (hex).
+    pub leader_key: String,
+    /// The helper's HPKE public key (hex).
+    pub helper_key: String,
+    /// `sha256:` and the hex SHA-256 of the helper's key (devices recompute it).
+    pub helper_fingerprint: String,
+    /// σ of the helper's discrete Gaussian noise on every bucket of a released batch (counts).
+    pub noise_stddev: f64,
+    /// The helper releases no batch of fewer valid reports.
+    pub min_reports: i64,
+}
+
+/// `POST /v1/feedback/sealed`: one secure metric report — one bucket of the metric's histogram
+/// (thumbs: 0 down, 1 up; agreement: 0 no, 1 yes; stars: rating − 1), Prio3Histogram-sharded and
+/// sealed to the leader and the helper. Neither can read it; only noisy batch sums are released.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SealedMetricReport {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[1-9][0-9]{0,17}$"))]
+    pub model_version: String,
+    /// "thumbs", "agreement" or "stars".
+    #[cfg_attr(feature = "openapi", schema(pattern = "^(thumbs|agreement|stars)$"))]
+    pub metric: String,
+    /// The report (base64 of the secagg encoding: id, public share, two HPKE ciphertexts).
+    pub report: String,
+}
+
+/// `PUT /v1/helper/metrics/{task}` (leader → helper): a metric task to aggregate in batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct HelperMetricTask {
+    #[cfg_attr(feature = "openapi", schema(minimum = 2, maximum = 64))]
+    pub buckets: i64,
+    /// σ the leader announced; the helper refuses a task below its own policy's.
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0.0))]
+    pub noise_stddev: f64,
+    /// The batch size the leader announced; the helper refuses one below its own minimum.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    pub min_reports: i64,
+    /// The task's Prio3 verification key (64 hex digits), drawn by the leader.
+    pub verify_key: String,
+}
+
+/// The noisy sum of one released batch of a secure metric (what the helper's collect answers
+/// is its share of it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct SealedMetricStats {
+    /// Reports in released batches (what the estimates use).
+    pub reports: u64,
+    /// Valid reports waiting for their batch to fill.
+    pub pending: u64,
+    pub batches: u64,
+    /// Per bucket, the released batches' noisy counts summed.
+    pub noisy_counts: Vec<i64>,
+    /// σ of the helper's noise on each bucket of each batch.
+    pub noise_stddev: f64,
+}
+
 /// `POST /v1/helper/tasks/{roundId}/reports` (leader → helper): one report to verify together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -617,10 +690,12 @@ pub struct ReportAck {
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 pub struct VersionStats {
     pub version: String,
+    /// Randomized-response thumbs reports (sealed ones are in `sealed`).
     pub reports: u64,
     /// Reports whose (randomized) bit was 1.
     pub reported_ones: u64,
-    /// The de-biased estimate (`null` without reports).
+    /// The de-biased estimate from randomized and sealed reports together (`null` without
+    /// reports).
     pub thumbs_up_rate: Option<f64>,
     pub std_error: Option<f64>,
     /// Normal-approximation 95 % interval.
@@ -639,6 +714,10 @@ pub struct VersionStats {
     pub kinds: Vec<KindShare>,
     /// The thumbs-up rate per declared segment (`null` without segment reports).
     pub segments: Option<SegmentStats>,
+    /// Secure metric reports of this version, per metric ("thumbs", "agreement", "stars"; only
+    /// those with reports). The estimates above already include their released batches.
+    #[serde(default)]
+    pub sealed: BTreeMap<String, SealedMetricStats>,
 }
 
 /// A de-biased rate from randomized-response bits.
@@ -821,6 +900,10 @@ pub struct Stats {
     /// The package's default device budget, to show what share of it each round costs a
     /// participant (a site that sets its own policy shows its users theirs in the privacy panel).
     pub device_budget: DeviceBudget,
+    /// Present when this leader aggregates metric reports with its helper (`feedloop serve
+    /// --secure-metrics`): the terms devices seal their reports under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_metrics: Option<SecureMetricTerms>,
 }
 
 /// A device's privacy budget: ε at δ over any window, and the total zCDP ρ that allows.
@@ -1002,6 +1085,7 @@ pub mod paths {
     pub const FEEDBACK_AGREEMENT: &str = "/v1/feedback/agreement";
     pub const FEEDBACK_KINDS: &str = "/v1/feedback/kinds";
     pub const FEEDBACK_SEGMENTS: &str = "/v1/feedback/segments";
+    pub const FEEDBACK_SEALED: &str = "/v1/feedback/sealed";
     pub const STATS: &str = "/v1/stats";
 
     /// Where the update for `round_id` is posted (a sealed report, in a secure round).
@@ -1023,6 +1107,19 @@ pub mod paths {
 
     pub fn helper_collect(round_id: &str) -> String {
         format!("/v1/helper/tasks/{round_id}/collect")
+    }
+
+    /// A secure metric task (`thumbs@3`) as the helper holds it.
+    pub fn helper_metric(task: &str) -> String {
+        format!("/v1/helper/metrics/{task}")
+    }
+
+    pub fn helper_metric_reports(task: &str) -> String {
+        format!("/v1/helper/metrics/{task}/reports")
+    }
+
+    pub fn helper_metric_collect(task: &str) -> String {
+        format!("/v1/helper/metrics/{task}/collect")
     }
 }
 

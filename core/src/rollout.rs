@@ -39,6 +39,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::protocol::{ArmEstimate, RolloutEvidence, RolloutVerdict};
+use crate::secure_metrics::{combined_rate, SealedBits};
 
 /// Where a client falls in [0, 1) for the canary `version`.
 pub fn canary_position(client_id: &str, version: &str) -> f64 {
@@ -62,11 +63,29 @@ pub fn in_canary(client_id: &str, version: &str, fraction: f64) -> bool {
     canary_position(client_id, version) < fraction
 }
 
-/// The reports one arm holds: how many randomized bits, how many of them 1.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// The reports one arm holds: how many randomized bits, how many of them 1, and the sealed
+/// reports in the helper's released batches (secure metrics), if any.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ArmReports {
     pub ones: u64,
     pub total: u64,
+    pub sealed: Option<SealedBits>,
+}
+
+impl ArmReports {
+    /// `ones` of `total` randomized-response bits, nothing sealed.
+    pub fn randomized(ones: u64, total: u64) -> Self {
+        Self {
+            ones,
+            total,
+            sealed: None,
+        }
+    }
+
+    /// Randomized and sealed reports together.
+    pub fn count(&self) -> u64 {
+        self.total + self.sealed.map_or(0, |s| s.reports)
+    }
 }
 
 /// The sequential test's parameters.
@@ -123,14 +142,19 @@ impl SequentialTest {
         sigma * (2.0 * v / (n * n * r2) * (v.sqrt() / alpha).ln()).sqrt()
     }
 
-    /// One arm's de-biased rate and its confidence sequence at level 1 − α/2.
+    /// One arm's de-biased rate and its confidence sequence at level 1 − α/2. Each de-biased
+    /// randomized bit is (0.5/(2p − 1))-sub-Gaussian, each sealed one at most
+    /// [`SealedBits::proxy`] with the helper's noise included; an arm with both uses the larger,
+    /// which bounds every report (the bound depends on which kinds arrived, not on their values).
     pub fn arm(
         &self,
         rr: &RandomizedResponse,
         version: &str,
         reports: ArmReports,
     ) -> Result<ArmEstimate> {
-        if reports.total == 0 {
+        let Some(estimate) =
+            combined_rate(rr, reports.ones, reports.total, reports.sealed.as_ref())?
+        else {
             return Ok(ArmEstimate {
                 version: version.to_string(),
                 reports: 0,
@@ -138,16 +162,18 @@ impl SequentialTest {
                 thumbs_up_rate: None,
                 confidence_sequence: None,
             });
-        }
-        let estimate = rr
-            .estimate_proportion(reports.ones, reports.total)
-            .map_err(|e| Error::InvalidInput(format!("privacy: {e}")))?;
+        };
         let (keep, denominator) = rr.keep_probability();
         let gap = 2.0 * keep as f64 / denominator as f64 - 1.0;
-        let w = self.half_width(0.5 / gap, reports.total, self.alpha / 2.0);
+        let proxy = match reports.sealed {
+            Some(s) if reports.total > 0 => s.proxy.max(0.5 / gap),
+            Some(s) => s.proxy,
+            None => 0.5 / gap,
+        };
+        let w = self.half_width(proxy, reports.count(), self.alpha / 2.0);
         Ok(ArmEstimate {
             version: version.to_string(),
-            reports: reports.total,
+            reports: reports.count(),
             reported_ones: reports.ones,
             thumbs_up_rate: Some(estimate.proportion),
             confidence_sequence: Some([estimate.proportion - w, estimate.proportion + w]),
@@ -170,14 +196,16 @@ impl SequentialTest {
             (Some([cl, cu]), Some([sl, su])) => Some([cl - su, cu - sl]),
             _ => None,
         };
-        let enough =
-            control.1.total >= self.min_reports.max(1) && canary.1.total >= self.min_reports.max(1);
+        let enough = control.1.count() >= self.min_reports.max(1)
+            && canary.1.count() >= self.min_reports.max(1);
         let verdict = match difference {
             Some([_, upper]) if enough && upper < -self.margin => RolloutVerdict::Regression,
             Some([lower, _]) if enough && lower > -self.margin => RolloutVerdict::NonInferior,
             // Only with the control's minimum too: a canary whose control has few reports was
             // not compared at all (an e2e run once promoted one that way, 20 against 7).
-            _ if enough && canary.1.total >= self.planned_reports => RolloutVerdict::PlannedReached,
+            _ if enough && canary.1.count() >= self.planned_reports => {
+                RolloutVerdict::PlannedReached
+            }
             _ => RolloutVerdict::Continue,
         };
         Ok(RolloutEvidence {
@@ -312,14 +340,8 @@ mod tests {
         let few = t
             .evaluate(
                 &rr,
-                (
-                    "1",
-                    ArmReports {
-                        ones: 49,
-                        total: 49,
-                    },
-                ),
-                ("2", ArmReports { ones: 0, total: 49 }),
+                ("1", ArmReports::randomized(49, 49)),
+                ("2", ArmReports::randomized(0, 49)),
             )
             .unwrap();
         assert_eq!(few.verdict, RolloutVerdict::Continue);
@@ -328,32 +350,99 @@ mod tests {
             .unwrap()
             .evaluate(
                 &rr,
-                ("1", ArmReports { ones: 7, total: 7 }),
-                (
-                    "2",
-                    ArmReports {
-                        ones: 40,
-                        total: 400,
-                    },
-                ),
+                ("1", ArmReports::randomized(7, 7)),
+                ("2", ArmReports::randomized(40, 400)),
             )
             .unwrap();
         assert_eq!(unbalanced.verdict, RolloutVerdict::Continue);
         let enough = t
             .evaluate(
                 &rr,
-                (
-                    "1",
-                    ArmReports {
-                        ones: 50,
-                        total: 50,
-                    },
-                ),
-                ("2", ArmReports { ones: 0, total: 50 }),
+                ("1", ArmReports::randomized(50, 50)),
+                ("2", ArmReports::randomized(0, 50)),
             )
             .unwrap();
         assert_eq!(enough.verdict, RolloutVerdict::Regression);
         let [lo, hi] = enough.difference.unwrap();
         assert!(lo < hi && hi < -0.02);
+    }
+
+    /// As [`run`], with sealed reports released in batches of `batch` with the helper's noise σ:
+    /// the test looks after every batch. Returns the verdict and the canary's reports.
+    fn run_sealed(
+        t: &SequentialTest,
+        rr: &RandomizedResponse,
+        (control_rate, canary_rate): (f64, f64),
+        (batch, sigma): (u64, f64),
+        seed: u64,
+    ) -> (RolloutVerdict, u64) {
+        use crate::protocol::SealedMetricStats;
+        let mut rng = chacha20::ChaCha20Rng::seed_from_u64(seed);
+        let noise = feedloop_privacy::sampler::DiscreteGaussian::from_sigma(sigma).unwrap();
+        let empty = || SealedMetricStats {
+            reports: 0,
+            pending: 0,
+            batches: 0,
+            noisy_counts: vec![0, 0],
+            noise_stddev: sigma,
+        };
+        let (mut s, mut c) = (empty(), empty());
+        for i in 0..(8 * t.planned_reports / batch) {
+            let canary = i % 2 == 1;
+            let rate = if canary { canary_rate } else { control_rate };
+            let arm = if canary { &mut c } else { &mut s };
+            for _ in 0..batch {
+                let up = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= rate;
+                arm.noisy_counts[usize::from(up)] += 1;
+            }
+            for count in &mut arm.noisy_counts {
+                *count += noise.sample(&mut rng);
+            }
+            arm.reports += batch;
+            arm.batches += 1;
+            let reports = |stats: &SealedMetricStats| ArmReports {
+                sealed: SealedBits::of(stats, batch),
+                ..ArmReports::default()
+            };
+            let e = t
+                .evaluate(rr, ("1", reports(&s)), ("2", reports(&c)))
+                .unwrap();
+            if e.verdict != RolloutVerdict::Continue {
+                return (e.verdict, c.reports);
+            }
+        }
+        (RolloutVerdict::Continue, c.reports)
+    }
+
+    #[test]
+    fn sealed_reports_keep_the_error_rate_and_decide_sooner() {
+        // σ = √2 per bucket costs each device ρ = 1/2, as ε = 1 randomized response does.
+        let t = SequentialTest::new(0.02, 0.05, 1000, 20).unwrap();
+        let rr = RandomizedResponse::new(1.0).unwrap();
+        let noise = (20, std::f64::consts::SQRT_2);
+        let rollbacks = (0..100)
+            .filter(|&seed| {
+                run_sealed(&t, &rr, (0.6, 0.6), noise, seed).0 == RolloutVerdict::Regression
+            })
+            .count();
+        assert!(
+            rollbacks <= 5,
+            "{rollbacks} of 100 equal versions rolled back"
+        );
+        // A version 20 points worse: sealed reports catch it before the plan almost every time;
+        // randomized bits at the same ρ, looked at after every report, far less often.
+        let (mut sealed, mut local) = (0, 0);
+        for seed in 0..20 {
+            let (verdict, n) = run_sealed(&t, &rr, (0.6, 0.4), noise, seed);
+            assert!(n <= t.planned_reports);
+            if verdict == RolloutVerdict::Regression {
+                sealed += 1;
+            }
+            if run(&t, &rr, 0.6, 0.4, seed).0 == RolloutVerdict::Regression {
+                local += 1;
+            }
+        }
+        assert!(sealed >= 18, "sealed reports caught {sealed} of 20");
+        assert!(local < sealed, "randomized bits caught {local} of {sealed}");
     }
 }

@@ -76,6 +76,24 @@ pub enum ReleaseParams {
         /// Under what the guarantee holds, in words.
         trust: String,
     },
+    /// A secure metric report: one bucket of a metric's histogram, Prio3Histogram-sharded and
+    /// sealed to two aggregators; the helper adds discrete Gaussian noise σ (counts) to every
+    /// bucket of each released batch. Replacing one device's report moves one count between two
+    /// buckets (Δ₂ = √2), so ρ = 1/σ².
+    SecureHistogram {
+        /// The metric's buckets.
+        buckets: u32,
+        /// σ the helper adds to every bucket of a batch (counts).
+        noise_stddev: f64,
+        /// The helper releases no batch of fewer valid reports.
+        min_reports: u64,
+        /// SHA-256 of the helper's HPKE key (pinned by the device's policy).
+        helper_fingerprint: String,
+        /// SHA-256 of the leader's HPKE key.
+        leader_fingerprint: String,
+        /// Under what the guarantee holds, in words.
+        trust: String,
+    },
     /// Not a release: the user granted (`true`) or withdrew (`false`) consent to contributing.
     /// Nothing leaves the device with it (ρ = 0). It is in the chain so that an audit sees when
     /// consent was given and that every release came after it.
@@ -92,7 +110,9 @@ impl ReleaseParams {
             Self::DiscreteGaussian { .. } => Some(Mechanism::DiscreteGaussian),
             Self::RandomizedResponse { .. } => Some(Mechanism::RandomizedResponse),
             Self::CategoricalResponse { .. } => Some(Mechanism::CategoricalResponse),
-            Self::SecureAggregation { .. } => Some(Mechanism::SecureAggregation),
+            Self::SecureAggregation { .. } | Self::SecureHistogram { .. } => {
+                Some(Mechanism::SecureAggregation)
+            }
             Self::Consent { .. } => None,
         }
     }
@@ -116,6 +136,9 @@ impl ReleaseParams {
                 noise_stddev,
                 ..
             } => zcdp_rho_gaussian(2.0 * clip_norm, *noise_stddev),
+            Self::SecureHistogram { noise_stddev, .. } => {
+                zcdp_rho_gaussian(std::f64::consts::SQRT_2, *noise_stddev)
+            }
             Self::RandomizedResponse { epsilon, .. }
             | Self::CategoricalResponse { epsilon, .. } => epsilon * epsilon / 2.0,
             Self::Consent { .. } => 0.0,
@@ -136,6 +159,9 @@ impl ReleaseParams {
                 ..
             } => {
                 json!({"dp_event": "GaussianDpEvent", "noise_multiplier": noise_stddev / (2.0 * clip_norm)})
+            }
+            Self::SecureHistogram { noise_stddev, .. } => {
+                json!({"dp_event": "GaussianDpEvent", "noise_multiplier": noise_stddev / std::f64::consts::SQRT_2})
             }
             Self::RandomizedResponse { keep_numerator, .. } => {
                 let rr_noise = 2.0

@@ -12,22 +12,23 @@ use rand_core::CryptoRng;
 use crate::codec::{put_bytes, Reader};
 use crate::error::{malformed, Result, SecAggError};
 use crate::report::ReportId;
-use crate::round::{SecureRound, MAX_REPORTS};
+use crate::round::{SecureRound, Task, MAX_REPORTS};
 use crate::verify::OutputShare;
 
 type PrioShare = prio::vdaf::AggregateShare<Field64>;
 
-/// The reports one aggregator has verified for a round, and their summed output shares.
+/// The reports one aggregator has verified for a task (a round's updates, or one batch of a
+/// metric's reports), and their summed output shares.
 #[derive(Debug, Clone)]
-pub struct Batch {
-    round: SecureRound,
+pub struct Batch<T: Task = SecureRound> {
+    round: T,
     share: PrioShare,
     ids: BTreeSet<ReportId>,
     released: bool,
 }
 
-impl Batch {
-    pub fn new(round: SecureRound) -> Result<Self> {
+impl<T: Task> Batch<T> {
+    pub fn new(round: T) -> Result<Self> {
         let share = round.vdaf()?.aggregate_init(&());
         Ok(Self {
             round,
@@ -37,7 +38,7 @@ impl Batch {
         })
     }
 
-    pub fn round(&self) -> &SecureRound {
+    pub fn round(&self) -> &T {
         &self.round
     }
 
@@ -155,14 +156,14 @@ impl AggregateShare {
         out
     }
 
-    pub fn from_bytes(round: &SecureRound, bytes: &[u8]) -> Result<Self> {
+    pub fn from_bytes<T: Task>(round: &T, bytes: &[u8]) -> Result<Self> {
         let vdaf = round.vdaf()?;
         let mut reader = Reader::new("aggregate share", bytes);
         let count = u64::from_be_bytes(reader.fixed::<8>()?);
         let share = PrioShare::get_decoded_with_param(&(&vdaf, &()), reader.bytes()?)
             .map_err(|e| malformed("aggregate share", e))?;
         reader.finish()?;
-        if share.as_ref().len() != round.dimension() {
+        if share.as_ref().len() != round.output_len() {
             return Err(malformed("aggregate share", "wrong dimension"));
         }
         Ok(Self { count, share })
@@ -180,15 +181,15 @@ impl NoisyAggregateShare {
 
     /// The leader's decoding of the helper's answer. Whether the helper added its noise is not
     /// visible in the bytes: that is the trust assumption (docs/PRIVACY.md §10).
-    pub fn from_bytes(round: &SecureRound, bytes: &[u8]) -> Result<Self> {
+    pub fn from_bytes<T: Task>(round: &T, bytes: &[u8]) -> Result<Self> {
         AggregateShare::from_bytes(round, bytes).map(Self)
     }
 }
 
 /// The leader's final step: the two aggregate shares → `Σ z + η` per coordinate (lattice units),
 /// where `Σ z` is the exact sum of the cohort's lattice updates and `η` the helper's noise.
-pub fn unshard(
-    round: &SecureRound,
+pub fn unshard<T: Task>(
+    round: &T,
     leader: &AggregateShare,
     helper: &NoisyAggregateShare,
 ) -> Result<Vec<i64>> {
@@ -208,7 +209,7 @@ pub fn unshard(
         )
         .map_err(|e| SecAggError::Internal(format!("Prio3 unshard: {e}")))?;
     let p = i128::from(SecureRound::modulus());
-    let offset = i128::from(count) * i128::from(round.value_radius());
+    let offset = i128::from(count) * i128::from(round.offset());
     sums.into_iter()
         .map(|v| {
             // The true sum plus noise is far inside ±p/2 (MAX_REPORTS, MAX_VALUE_RADIUS).

@@ -15,6 +15,8 @@
 //!   one aggregator: a [`Report`], the only thing that leaves the device in a secure round.
 //! * [`verify`] — the aggregators: each opens its share, and together they check the validity
 //!   proof (every coordinate in `[0, 2R]`) in one exchange; each keeps an output share.
+//! * [`metric`] — [`MetricTask`], one metric of one model version (a thumbs verdict, a star
+//!   rating…): a one-hot Prio3Histogram report per device, released in noisy batches.
 //! * [`batch`] — accumulating output shares, one report per id; the helper's release (exact
 //!   discrete Gaussian noise on its aggregate share, refused below the minimum cohort or twice);
 //!   unsharding the two aggregate shares into the noisy integer sum.
@@ -28,6 +30,7 @@ pub mod batch;
 mod codec;
 mod error;
 pub mod keys;
+pub mod metric;
 pub mod report;
 pub mod round;
 pub mod verify;
@@ -35,8 +38,9 @@ pub mod verify;
 pub use batch::{unshard, AggregateShare, Batch, NoisyAggregateShare};
 pub use error::{Result, SecAggError};
 pub use keys::{unhex, HpkeCiphertext, HpkeKeyPair, HpkePublicKey};
+pub use metric::{seal_metric, MetricTask};
 pub use report::{seal_report, Report, ReportId};
-pub use round::{SecureRound, VerifyKey};
+pub use round::{SecureRound, Task, VerifyKey};
 pub use verify::{
     helper_verify, leader_finish, leader_init, HelperRequest, HelperResponse, LeaderPending,
     OutputShare,

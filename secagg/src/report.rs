@@ -8,7 +8,7 @@ use rand_core::CryptoRng;
 use crate::codec::{put_bytes, Reader};
 use crate::error::{malformed, Result, SecAggError};
 use crate::keys::{seal, HpkeCiphertext, HpkePublicKey};
-use crate::round::SecureRound;
+use crate::round::{SecureRound, Task};
 
 /// The report encoding's version byte.
 pub const REPORT_VERSION: u8 = 1;
@@ -74,7 +74,7 @@ pub(crate) fn share_info(role: Role) -> Vec<u8> {
 
 /// HPKE associated data: the round's context, the report id and the public share, so a share
 /// cannot be moved into another report or round.
-pub(crate) fn share_aad(round: &SecureRound, id: &ReportId, public_share: &[u8]) -> Vec<u8> {
+pub(crate) fn share_aad<T: Task>(round: &T, id: &ReportId, public_share: &[u8]) -> Vec<u8> {
     let mut aad = round.context();
     aad.extend_from_slice(&id.0);
     put_bytes(&mut aad, public_share);
@@ -119,18 +119,29 @@ pub fn seal_report<R: CryptoRng>(
         })
         .collect::<Result<_>>()?;
     drop(update);
+    seal_measurement(round, &measurement, leader, helper, rng)
+}
 
+/// Shards one measurement of `task` and seals the leader's and the helper's shares to their
+/// keys: the report. The measurement is the caller's to drop.
+pub(crate) fn seal_measurement<T: Task, R: CryptoRng>(
+    task: &T,
+    measurement: &<T::Circuit as prio::flp::Type>::Measurement,
+    leader: &HpkePublicKey,
+    helper: &HpkePublicKey,
+    rng: &mut R,
+) -> Result<Report> {
     let mut id = [0u8; 16];
     rng.fill_bytes(&mut id);
     let id = ReportId(id);
-    let vdaf = round.vdaf()?;
+    let vdaf = task.vdaf()?;
     let (public_share, input_shares) = vdaf
-        .shard(&round.context(), &measurement, &id.0)
+        .shard(&task.context(), measurement, &id.0)
         .map_err(|e| SecAggError::Internal(format!("Prio3 shard: {e}")))?;
     let public_share = public_share
         .get_encoded()
         .map_err(|e| SecAggError::Internal(e.to_string()))?;
-    let aad = share_aad(round, &id, &public_share);
+    let aad = share_aad(task, &id, &public_share);
     let mut sealed = Vec::with_capacity(2);
     for (role, share) in [Role::Leader, Role::Helper].into_iter().zip(&input_shares) {
         let plaintext = share

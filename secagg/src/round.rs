@@ -3,6 +3,7 @@
 use prio::field::{Field64, FieldElementWithInteger};
 use prio::flp::gadgets::{Mul, ParallelSum};
 use prio::flp::types::SumVec;
+use prio::flp::Type;
 use prio::vdaf::prio3::{optimal_chunk_length, Prio3};
 use prio::vdaf::xof::XofHmacSha256Aes128;
 use rand_core::CryptoRng;
@@ -14,6 +15,28 @@ use crate::error::{Result, SecAggError};
 /// proofs keeps Field128's soundness at about half the upload (TOOLCHAIN.md: 22 KB against 37 KB
 /// at d = 131).
 pub type Vdaf = Prio3<SumVec<Field64, ParallelSum<Field64, Mul>>, XofHmacSha256Aes128, 32>;
+
+/// What one task's reports measure and how they are checked: a Prio3 validity circuit over
+/// Field64 whose aggregate is a vector of integers. [`SecureRound`] (a clipped model update,
+/// Prio3SumVec) and [`crate::MetricTask`] (one bucket of a metric, Prio3Histogram) implement it;
+/// sealing, verification and batches are written once, for any task.
+pub trait Task: Clone + std::fmt::Debug {
+    type Circuit: Type<Field = Field64, AggregateResult = Vec<u64>>;
+
+    /// The Prio3 instance of this task.
+    fn vdaf(&self) -> Result<Prio3<Self::Circuit, XofHmacSha256Aes128, 32>>;
+
+    /// The VDAF's application context: binds every share and proof to this task and its
+    /// privacy terms, so a report cannot be replayed into another task.
+    fn context(&self) -> Vec<u8>;
+
+    /// Length of an output share (and of the aggregate).
+    fn output_len(&self) -> usize;
+
+    /// What each report adds to every aggregate coordinate on top of its value (the offset that
+    /// makes signed values non-negative); unsharding subtracts `count · offset`.
+    fn offset(&self) -> u64;
+}
 
 /// The VDAF code point (DAP's private range, as Janus registers this variant).
 pub const ALGORITHM_ID: u32 = 0xFFFF_1003;
@@ -156,6 +179,19 @@ impl SecureRound {
 
     /// The Prio3SumVec instance of this round.
     pub fn vdaf(&self) -> Result<Vdaf> {
+        Task::vdaf(self)
+    }
+
+    /// p, the modulus of the field the shares live in.
+    pub(crate) fn modulus() -> u64 {
+        Field64::modulus()
+    }
+}
+
+impl Task for SecureRound {
+    type Circuit = SumVec<Field64, ParallelSum<Field64, Mul>>;
+
+    fn vdaf(&self) -> Result<Vdaf> {
         let bits = 64 - self.max_measurement().leading_zeros() as usize;
         let chunk_length = optimal_chunk_length(self.dimension * bits);
         let typ = SumVec::new(self.max_measurement(), self.dimension, chunk_length)
@@ -164,9 +200,7 @@ impl SecureRound {
             .map_err(|e| SecAggError::InvalidRound(e.to_string()))
     }
 
-    /// The VDAF's application context: binds every share and proof to this round and its
-    /// parameters, so a report cannot be replayed into another round.
-    pub(crate) fn context(&self) -> Vec<u8> {
+    fn context(&self) -> Vec<u8> {
         let mut ctx = b"feedloop-secagg-v1".to_vec();
         ctx.extend_from_slice(&self.round_id.to_be_bytes());
         ctx.extend_from_slice(&(self.dimension as u64).to_be_bytes());
@@ -175,8 +209,11 @@ impl SecureRound {
         ctx
     }
 
-    /// p, the modulus of the field the shares live in.
-    pub(crate) fn modulus() -> u64 {
-        Field64::modulus()
+    fn output_len(&self) -> usize {
+        self.dimension
+    }
+
+    fn offset(&self) -> u64 {
+        self.value_radius
     }
 }

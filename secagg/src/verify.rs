@@ -9,15 +9,20 @@
 use prio::codec::{Encode, ParameterizedDecode};
 use prio::field::Field64;
 use prio::vdaf::prio3::{
-    Prio3InputShare, Prio3PublicShare, Prio3VerifierMessage, Prio3VerifierShare, Prio3VerifyState,
+    Prio3, Prio3InputShare, Prio3PublicShare, Prio3VerifierMessage, Prio3VerifierShare,
+    Prio3VerifyState,
 };
+use prio::vdaf::xof::XofHmacSha256Aes128;
 use prio::vdaf::{Aggregator, VerifyTransition};
 
 use crate::codec::{put_bytes, Reader};
 use crate::error::{malformed, Result, SecAggError};
 use crate::keys::{open, HpkeCiphertext, HpkeKeyPair};
 use crate::report::{share_aad, share_info, Report, ReportId, Role};
-use crate::round::{SecureRound, Vdaf, VerifyKey};
+use crate::round::{Task, VerifyKey};
+
+/// The Prio3 instance of a task.
+type VdafOf<T> = Prio3<<T as Task>::Circuit, XofHmacSha256Aes128, 32>;
 
 type VerifyState = Prio3VerifyState<Field64, 32>;
 
@@ -41,7 +46,7 @@ impl OutputShare {
         out
     }
 
-    pub fn from_bytes(round: &SecureRound, bytes: &[u8]) -> Result<Self> {
+    pub fn from_bytes<T: Task>(round: &T, bytes: &[u8]) -> Result<Self> {
         let vdaf = round.vdaf()?;
         let mut reader = Reader::new("output share", bytes);
         let id = ReportId(reader.fixed::<16>()?);
@@ -51,7 +56,7 @@ impl OutputShare {
         )
         .map_err(|e| malformed("output share", e))?;
         reader.finish()?;
-        if share.as_ref().len() != round.dimension() {
+        if share.as_ref().len() != round.output_len() {
             return Err(malformed("output share", "wrong dimension"));
         }
         Ok(Self { id, share })
@@ -77,7 +82,7 @@ impl LeaderPending {
         out
     }
 
-    pub fn from_bytes(round: &SecureRound, bytes: &[u8]) -> Result<Self> {
+    pub fn from_bytes<T: Task>(round: &T, bytes: &[u8]) -> Result<Self> {
         let vdaf = round.vdaf()?;
         let mut reader = Reader::new("leader state", bytes);
         let id = ReportId(reader.fixed::<16>()?);
@@ -166,9 +171,9 @@ struct SealedPart<'a> {
 }
 
 /// Opens `role`'s share of a report and starts verification: (state, verifier share).
-fn init(
-    vdaf: &Vdaf,
-    round: &SecureRound,
+fn init<T: Task>(
+    vdaf: &VdafOf<T>,
+    round: &T,
     verify_key: &VerifyKey,
     keys: &HpkeKeyPair,
     role: Role,
@@ -198,9 +203,9 @@ fn init(
     .map_err(|e| SecAggError::InvalidProof(e.to_string()))
 }
 
-fn finish(
-    vdaf: &Vdaf,
-    round: &SecureRound,
+fn finish<T: Task>(
+    vdaf: &VdafOf<T>,
+    round: &T,
     state: VerifyState,
     message: Prio3VerifierMessage<32>,
     id: ReportId,
@@ -215,8 +220,8 @@ fn finish(
 }
 
 /// The leader opens its share of `report` and starts verification.
-pub fn leader_init(
-    round: &SecureRound,
+pub fn leader_init<T: Task>(
+    round: &T,
     verify_key: &VerifyKey,
     leader_keys: &HpkeKeyPair,
     report: &Report,
@@ -251,8 +256,8 @@ pub fn leader_init(
 
 /// The helper opens its share, checks the proof with the leader's verifier share and, if it holds,
 /// returns its output share and the message for the leader.
-pub fn helper_verify(
-    round: &SecureRound,
+pub fn helper_verify<T: Task>(
+    round: &T,
     verify_key: &VerifyKey,
     helper_keys: &HpkeKeyPair,
     request: &HelperRequest,
@@ -285,8 +290,8 @@ pub fn helper_verify(
 }
 
 /// The leader finishes a report with the helper's message: its output share.
-pub fn leader_finish(
-    round: &SecureRound,
+pub fn leader_finish<T: Task>(
+    round: &T,
     pending: LeaderPending,
     response: &HelperResponse,
 ) -> Result<OutputShare> {
@@ -306,8 +311,8 @@ pub fn leader_finish(
 /// What the leader learns from one report: the field elements of its decrypted input share
 /// (measurement share and proof share), as integers. For audits of the leader's view
 /// (`tests/secure_aggregation.rs` checks that it does not depend on the device's input).
-pub fn leader_view(
-    round: &SecureRound,
+pub fn leader_view<T: Task>(
+    round: &T,
     leader_keys: &HpkeKeyPair,
     report: &Report,
 ) -> Result<Vec<u64>> {
@@ -346,7 +351,7 @@ mod tests {
 
     use super::*;
     use crate::keys::seal;
-    use crate::{seal_report, Batch};
+    use crate::{seal_report, Batch, SecureRound};
 
     struct Fixture {
         round: SecureRound,

@@ -206,6 +206,29 @@ pub struct Config {
     pub helper: Option<HelperPeer>,
     /// A helper's policy (ignored by a leader).
     pub helper_policy: HelperPolicy,
+    /// A leader with a helper that aggregates thumbs, agreement and star reports securely too
+    /// (`--secure-metrics`), if any: devices that pin the helper seal those reports.
+    pub secure_metrics: Option<SecureMetricsConfig>,
+}
+
+/// How a leader aggregates metric reports with its helper.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SecureMetricsConfig {
+    /// σ of the helper's noise on each bucket of a batch (counts); `None`: √2/ε of the
+    /// randomized-response ε, which costs a device the same ρ = ε²/2 per report. At least what
+    /// the helper's policy demands (z/√2 for its noise multiplier z).
+    pub noise_stddev: Option<f64>,
+    /// Reports per released batch (at least the helper's minimum).
+    pub batch_reports: u64,
+}
+
+impl Default for SecureMetricsConfig {
+    fn default() -> Self {
+        Self {
+            noise_stddev: None,
+            batch_reports: 100,
+        }
+    }
 }
 
 /// SQLite's durability per commit (`PRAGMA synchronous`, in WAL mode).
@@ -268,6 +291,7 @@ impl Config {
             role: Role::Leader,
             helper: None,
             helper_policy: HelperPolicy::default(),
+            secure_metrics: None,
         }
     }
 }

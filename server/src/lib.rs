@@ -44,7 +44,7 @@ use tower_http::trace::TraceLayer;
 pub use axum::http::HeaderName;
 pub use config::{
     Config, DeploymentKey, DriftConfig, HelperPeer, HelperPolicy, Promotion, Role,
-    SqliteSynchronous, DEFAULT_DATABASE_URL,
+    SecureMetricsConfig, SqliteSynchronous, DEFAULT_DATABASE_URL,
 };
 pub use error::{Error, Result};
 pub use fedavg::{aggregate, fedavg_lattice, mean_of_lattice_sum, ServerOptimizer};

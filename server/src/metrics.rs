@@ -18,6 +18,8 @@ pub struct Metrics {
     pub agreement_reports: AtomicU64,
     pub kinds_reports: AtomicU64,
     pub segment_reports: AtomicU64,
+    pub sealed_reports: AtomicU64,
+    pub sealed_batches: AtomicU64,
     pub versions_flagged: AtomicU64,
     pub rollbacks: AtomicU64,
     /// Staged rollouts the sequential test rolled back, and rollouts promoted (either way).
@@ -124,6 +126,18 @@ impl Metrics {
             "feedloop_segment_reports_total",
             "Thumbs-per-segment ((segment, thumbs) randomized together) reports stored.",
             &self.segment_reports,
+        );
+        counter(
+            &mut out,
+            "feedloop_sealed_metric_reports_total",
+            "Secure metric reports (Prio3Histogram, verified with the helper) stored.",
+            &self.sealed_reports,
+        );
+        counter(
+            &mut out,
+            "feedloop_sealed_metric_batches_total",
+            "Secure metric batches released by the helper (noisy counts).",
+            &self.sealed_batches,
         );
         counter(
             &mut out,

@@ -109,6 +109,7 @@ impl VersionRow {
             agreement: None,
             kinds: Vec::new(),
             segments: None,
+            sealed: Default::default(),
             flag_reason: self.flag_reason.clone(),
         }
     }

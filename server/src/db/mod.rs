@@ -12,10 +12,12 @@ mod helper;
 mod records;
 mod rollouts;
 mod rounds;
+mod sealed;
 mod versions;
 
 pub use records::BitReports;
 pub use rollouts::RolloutRow;
+pub use sealed::SealedBatch;
 
 use std::str::FromStr;
 
@@ -87,6 +89,19 @@ pub struct HelperTaskRow {
     pub released_ids_sha256: Option<String>,
     pub released_share: Option<String>,
     pub released_at: Option<i64>,
+}
+
+/// A secure metric task as the leader holds it (`thumbs@3`).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct MetricTaskRow {
+    pub task: String,
+    pub model_version: i64,
+    pub metric: String,
+    pub buckets: i64,
+    pub noise_stddev: f64,
+    pub min_reports: i64,
+    pub verify_key: String,
+    pub created_at: i64,
 }
 
 /// A report a helper verified: who sent it (per the leader), the request's digest and the answer.

@@ -1,14 +1,16 @@
-//! `/v1/feedback`, `/v1/feedback/stars`, `/agreement`, `/kinds`, `/segments` and `/v1/stats`:
-//! randomized-response thumbs-up, star-rating, federated-evaluation, feedback-volume and
-//! per-segment reports, and the de-biased rates, ratings and volumes per version the dashboard
-//! charts.
+//! `/v1/feedback`, `/v1/feedback/stars`, `/agreement`, `/kinds`, `/segments`, `/sealed` and
+//! `/v1/stats`: randomized-response thumbs-up, star-rating, federated-evaluation, feedback-volume
+//! and per-segment reports, secure (sealed) metric reports, and the de-biased rates, ratings and
+//! volumes per version the dashboard charts.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use feedloop_core::protocol::{
-    ErrorBody, FeedbackReport, KindsReport, ReportAck, SegmentReport, StarsReport, Stats,
+    ErrorBody, FeedbackReport, KindsReport, ReportAck, SealedMetricReport, SegmentReport,
+    StarsReport, Stats,
 };
+use feedloop_core::secure_metrics::SecureMetric;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -23,6 +25,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(report_agreement))
         .routes(routes!(report_kinds))
         .routes(routes!(report_segment))
+        .routes(routes!(report_sealed))
         .routes(routes!(stats))
 }
 
@@ -115,6 +118,31 @@ async fn report_segment(
     Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
 }
 
+/// One sealed metric report per client per metric and version (`--secure-metrics`): a thumbs,
+/// agreement or star report Prio3-sharded and HPKE-sealed to this leader and its helper, verified
+/// with the helper before it is acknowledged. Neither aggregator can read it.
+#[utoipa::path(post, path = "/v1/feedback/sealed", tag = "feedback",
+    security(("clientToken" = [])),
+    request_body = SealedMetricReport,
+    responses(
+        (status = 202, description = "Verified by both aggregators and stored", body = ReportAck),
+        (status = 400, description = "Malformed body, an unknown metric, or a report that is not base64", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired token", body = ErrorBody),
+        (status = 404, description = "No such version, or this server aggregates no metrics securely", body = ErrorBody),
+        (status = 409, description = "Already reported on this metric and version", body = ErrorBody),
+        (status = 422, description = "A report that does not open or fails its proof", body = ErrorBody),
+        (status = 503, description = "The helper cannot be reached; retry later", body = ErrorBody),
+    ))]
+async fn report_sealed(
+    State(app): State<App>,
+    ClientAuth(claims): ClientAuth,
+    ApiJson(r): ApiJson<SealedMetricReport>,
+) -> Result<(StatusCode, Json<ReportAck>)> {
+    let version = id(&r.model_version, "model version")?;
+    app.report_sealed(&claims, version, &r).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReportAck { accepted: true })))
+}
+
 /// One randomized star rating (1 to 5) per client per version (5-ary randomized response on the
 /// device, at `rrEpsilon`).
 #[utoipa::path(post, path = "/v1/feedback/stars", tag = "feedback",
@@ -150,6 +178,11 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         stats.agreement = app.agreement(v.version).await?;
         stats.kinds = app.kinds(v.version).await?;
         stats.segments = app.segments(v.version).await?;
+        for metric in SecureMetric::ALL {
+            if let Some(sealed) = app.sealed_stats(metric, v.version).await? {
+                stats.sealed.insert(metric.name().to_string(), sealed);
+            }
+        }
         versions.push(stats);
     }
     let rounds = app.store().rounds(1000).await?;
@@ -162,5 +195,6 @@ async fn stats(State(app): State<App>) -> Result<Json<Stats>> {
         feedback_volume: app.feedback_volume().await?,
         segments: app.config().segments.clone(),
         device_budget: feedloop_core::protocol::DeviceBudget::default_policy(),
+        secure_metrics: app.secure_metric_terms().await,
     }))
 }

@@ -2,6 +2,7 @@
 //! distribution of ratings and the mean rating with its 95 % interval.
 
 use feedloop_core::protocol::StarsStats;
+use feedloop_core::secure_metrics::{combined_stars, SecureMetric};
 use feedloop_privacy::categorical_response::CategoricalResponse;
 
 use super::{now_ms, App};
@@ -41,26 +42,41 @@ impl App {
         Ok(())
     }
 
-    /// The de-biased ratings of a version; `None` without reports.
+    /// The de-biased ratings of a version (randomized ratings and sealed batches together);
+    /// `None` without reports.
     pub async fn stars(&self, version: i64) -> Result<Option<StarsStats>> {
         let reported = self.store().star_counts(version).await?;
-        let reports: u64 = reported.iter().sum();
-        if reports == 0 {
-            return Ok(None);
-        }
+        let rr_reports: u64 = reported.iter().sum();
+        let sealed = self
+            .sealed_stats(SecureMetric::Stars, version)
+            .await?
+            .filter(|s| s.reports > 0);
         let internal = |e: feedloop_privacy::PrivacyError| Error::internal(e.to_string());
-        let estimate = self
-            .stars_mechanism()?
-            .estimate(&reported)
-            .map_err(internal)?;
-        let (mean, variance) = estimate
-            .linear(&[1.0, 2.0, 3.0, 4.0, 5.0])
-            .map_err(internal)?;
+        let randomized = if rr_reports == 0 {
+            None
+        } else {
+            let estimate = self
+                .stars_mechanism()?
+                .estimate(&reported)
+                .map_err(internal)?;
+            let (_, variance) = estimate
+                .linear(&[1.0, 2.0, 3.0, 4.0, 5.0])
+                .map_err(internal)?;
+            Some((estimate.proportions, variance))
+        };
+        let Some((distribution, mean, variance)) = combined_stars(
+            randomized
+                .as_ref()
+                .map(|(d, var)| (rr_reports, d.as_slice(), *var)),
+            sealed.as_ref(),
+        ) else {
+            return Ok(None);
+        };
         let std_error = variance.sqrt();
         Ok(Some(StarsStats {
-            reports,
+            reports: rr_reports + sealed.map_or(0, |s| s.reports),
             reported: reported.to_vec(),
-            distribution: estimate.proportions,
+            distribution,
             mean,
             std_error,
             ci95: [mean - Z95 * std_error, mean + Z95 * std_error],

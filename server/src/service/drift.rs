@@ -3,6 +3,7 @@
 
 use feedloop_core::protocol::{RateStats, RolloutEvidence, RolloutVerdict};
 use feedloop_core::rollout::{ArmReports, SequentialTest};
+use feedloop_core::secure_metrics::{combined_rate, SecureMetric};
 use feedloop_privacy::randomized_response::{ProportionEstimate, RandomizedResponse};
 use serde_json::json;
 
@@ -29,18 +30,13 @@ impl App {
             .map_err(|e| Error::internal(format!("rr epsilon: {e}")))
     }
 
-    /// The de-biased thumbs-up rate of a version.
+    /// The de-biased thumbs-up rate of a version: its randomized-response bits and its sealed
+    /// reports' released batches together.
     pub async fn rate(&self, version: i64) -> Result<RateEstimate> {
         let (ones, total) = self.store().bit_counts(BitReports::Thumbs, version).await?;
-        let estimate = if total == 0 {
-            None
-        } else {
-            Some(
-                self.rr()?
-                    .estimate_proportion(ones, total)
-                    .map_err(|e| Error::internal(e.to_string()))?,
-            )
-        };
+        let sealed = self.sealed_bits(SecureMetric::Thumbs, version).await?;
+        let estimate = combined_rate(&self.rr()?, ones, total, sealed.as_ref())
+            .map_err(|e| Error::internal(e.to_string()))?;
         Ok(RateEstimate {
             ones,
             total,
@@ -76,12 +72,18 @@ impl App {
             .store_bit(BitReports::Thumbs, claims, version, bit)
             .await?;
         Metrics::inc(&self.metrics().rr_reports);
-        if self.evaluate_rollout(version).await? {
+        self.after_thumbs_report(&v).await
+    }
+
+    /// A new thumbs report on `v` (randomized or in a released sealed batch): the rollout test,
+    /// or else the drift test against its parent.
+    pub(super) async fn after_thumbs_report(&self, v: &crate::db::VersionRow) -> Result<()> {
+        if self.evaluate_rollout(v.version).await? {
             return Ok(());
         }
         if v.flagged == 0 {
             if let Some(parent) = v.parent_version {
-                self.check_drift(version, parent).await?;
+                self.check_drift(v.version, parent).await?;
             }
         }
         Ok(())
@@ -95,21 +97,21 @@ impl App {
         Ok(())
     }
 
-    /// The de-biased agreement rate of a version; `None` without reports.
+    /// The de-biased agreement rate of a version (randomized bits and sealed batches together);
+    /// `None` without reports.
     pub async fn agreement(&self, version: i64) -> Result<Option<RateStats>> {
         let (ones, total) = self
             .store()
             .bit_counts(BitReports::Agreement, version)
             .await?;
-        if total == 0 {
+        let sealed = self.sealed_bits(SecureMetric::Agreement, version).await?;
+        let Some(e) = combined_rate(&self.rr()?, ones, total, sealed.as_ref())
+            .map_err(|e| Error::internal(e.to_string()))?
+        else {
             return Ok(None);
-        }
-        let e = self
-            .rr()?
-            .estimate_proportion(ones, total)
-            .map_err(|e| Error::internal(e.to_string()))?;
+        };
         Ok(Some(RateStats {
-            reports: total,
+            reports: total + sealed.map_or(0, |s| s.reports),
             reported_ones: ones,
             rate: e.proportion,
             std_error: e.std_error,
@@ -129,9 +131,16 @@ impl App {
 
     /// The sequential test of `version` against `control` on their reports so far.
     pub(super) async fn evidence(&self, control: i64, version: i64) -> Result<RolloutEvidence> {
-        let arm = |(ones, total)| ArmReports { ones, total };
-        let control_reports = arm(self.store().bit_counts(BitReports::Thumbs, control).await?);
-        let version_reports = arm(self.store().bit_counts(BitReports::Thumbs, version).await?);
+        let (ones, total) = self.store().bit_counts(BitReports::Thumbs, control).await?;
+        let control_reports = ArmReports {
+            sealed: self.sealed_bits(SecureMetric::Thumbs, control).await?,
+            ..ArmReports::randomized(ones, total)
+        };
+        let (ones, total) = self.store().bit_counts(BitReports::Thumbs, version).await?;
+        let version_reports = ArmReports {
+            sealed: self.sealed_bits(SecureMetric::Thumbs, version).await?,
+            ..ArmReports::randomized(ones, total)
+        };
         self.sequential_test()?
             .evaluate(
                 &self.rr()?,

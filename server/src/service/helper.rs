@@ -61,7 +61,7 @@ fn ids_digest(ids: &[ReportId]) -> String {
 }
 
 impl App {
-    fn require_helper_role(&self) -> Result<()> {
+    pub(super) fn require_helper_role(&self) -> Result<()> {
         match self.config().role {
             crate::config::Role::Helper => Ok(()),
             crate::config::Role::Leader => Err(Error::not_found(

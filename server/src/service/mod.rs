@@ -6,10 +6,12 @@
 pub mod csat;
 pub mod drift;
 pub mod helper;
+pub mod helper_metrics;
 pub mod ingest;
 pub mod publish;
 pub mod rollout;
 pub mod rounds;
+pub mod sealed;
 pub mod secure;
 pub mod segments;
 pub mod versions;
@@ -55,6 +57,10 @@ struct Inner {
     ingest: ingest::Ingest,
     /// This aggregator's HPKE key pair (secure rounds): generated once, kept in the database.
     hpke: feedloop_secagg::HpkeKeyPair,
+    /// The secure-metric terms, once the helper answered (`sealed`).
+    secure_metric_terms: tokio::sync::OnceCell<feedloop_core::protocol::SecureMetricTerms>,
+    /// Metric tasks this process opened at the helper.
+    opened_metric_tasks: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// A signed token with its claims and when it was issued (unix ms).
@@ -135,6 +141,8 @@ impl App {
                     config.admin_rate,
                 ),
                 hpke,
+                secure_metric_terms: tokio::sync::OnceCell::new(),
+                opened_metric_tasks: std::sync::Mutex::new(Default::default()),
                 config,
             }),
         };

@@ -107,7 +107,7 @@ impl App {
 
     /// One call to the helper. Its 4xx answers keep their status and message (prefixed), so the
     /// device learns why its report was refused; anything else is a 503 (retry later).
-    async fn call_helper<B: Serialize, T: serde::de::DeserializeOwned>(
+    pub(super) async fn call_helper<B: Serialize, T: serde::de::DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -14,4 +14,5 @@ mod openapi;
 mod ops;
 mod rollout;
 mod rounds;
+mod sealed;
 mod secure;

@@ -183,6 +183,19 @@ async fn every_documented_operation_answers_as_documented(backend: Backend) {
     let stats = h.get("/v1/stats").await;
     assert_eq!(stats["versions"][1]["segments"]["reports"], 1);
     assert_eq!(stats["versions"][1]["reports"], 1);
+    // Sealed metric reports need --secure-metrics (tests/api/sealed.rs runs them): a 404 here.
+    let (s, v) = h
+        .call(
+            Method::POST,
+            "/v1/feedback/sealed",
+            Some(&token),
+            Some(json!({ "modelVersion": "2", "metric": "thumbs", "report": "AAAA" })),
+        )
+        .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("no_secure_metrics"))
+    );
     assert_eq!(stats["versions"][1]["stars"]["reports"], 1);
     assert_eq!(stats["versions"][1]["agreement"]["reports"], 1);
     assert_eq!(stats["versions"][1]["kinds"][0]["reports"], 1);

@@ -17,20 +17,20 @@ on_both_backends!(
     the_helper_limits_only_failed_leader_calls,
 );
 
-const LEADER_TOKEN: &str = "leader-token-0123456789abcdef";
+pub(crate) const LEADER_TOKEN: &str = "leader-token-0123456789abcdef";
 /// The helper's σ = z·C on the sum: small, so the published mean is checkable to 1e-3.
-const HELPER_Z: f64 = 0.004;
-const HELPER_MIN: u64 = 3;
+pub(crate) const HELPER_Z: f64 = 0.004;
+pub(crate) const HELPER_MIN: u64 = 3;
 
-struct Helper {
-    harness: Harness,
-    url: String,
+pub(crate) struct Helper {
+    pub(crate) harness: Harness,
+    pub(crate) url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     served: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Helper {
-    async fn start(backend: Backend) -> Option<Self> {
+    pub(crate) async fn start(backend: Backend) -> Option<Self> {
         Self::start_with(backend, |_| {}).await
     }
 
@@ -87,7 +87,12 @@ impl Helper {
         self.serve(listener);
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let response = reqwest::Client::new()
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(LEADER_TOKEN)
