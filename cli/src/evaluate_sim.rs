@@ -18,13 +18,28 @@
 //! the coverage of the dashboard's 95 % interval and of the always-valid sequence, how often the
 //! canary was rolled back (for drop 0: false rollbacks, under continuous monitoring), and how
 //! many reports the rollback took.
+//!
+//! With `--secure-metrics` every device pins a helper and seals its verdict instead
+//! (`release_next_metric` under the leader's announced terms: a one-hot Prio3Histogram report,
+//! HPKE-sealed); the run plays both aggregators with `feedloop-secagg` as the two servers do —
+//! each report opened and its proof verified by both, batches of `--metric-batch` released with the
+//! helper's exact discrete Gaussian noise σ per bucket and unsharded — and the test runs on the
+//! released batches (`SealedBits`), as the server's does.
 
 use chacha20::rand_core::SeedableRng;
 use feedloop_core::contribution::DevicePrivacy;
-use feedloop_core::protocol::{FeedbackReport, RolloutVerdict};
+use feedloop_core::protocol::{
+    FeedbackReport, RolloutVerdict, SealedMetricReport, SealedMetricStats, SecureMetricTerms,
+};
 use feedloop_core::rollout::{in_canary, ArmReports, SequentialTest};
+use feedloop_core::secure_metrics::{combined_rate, MetricTerms, SealedBits, SecureMetric};
 use feedloop_privacy::budget::PrivacyPolicy;
 use feedloop_privacy::randomized_response::RandomizedResponse;
+use feedloop_privacy::sampler::DiscreteGaussian;
+use feedloop_secagg::{
+    helper_verify, leader_finish, leader_init, unshard, Batch, HpkeKeyPair, MetricTask, Report,
+    VerifyKey,
+};
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 
@@ -42,6 +57,8 @@ pub struct Evaluation {
     pub alpha: f64,
     pub min_reports: u64,
     pub seed: u64,
+    /// Secure metrics: (reports per batch, the helper's σ per bucket).
+    pub secure: Option<(u64, f64)>,
 }
 
 impl Evaluation {
@@ -83,6 +100,20 @@ fn one_run(e: &Evaluation, users: usize, drop: f64, seed: u64) -> CliResult<RunO
     let policy = PrivacyPolicy::new(8.0 + 8.0 * rho, 1e-6, 30 * DAY_MS, rho.max(1.0))
         .map_err(|x| x.to_string())?;
     let mut arms = [ArmReports::default(); 2];
+    let mut aggregators = match e.secure {
+        Some((batch, sigma)) => Some(Aggregators::new(batch, sigma, &mut noise)?),
+        None => None,
+    };
+    let policy = match &aggregators {
+        Some(a) => policy.with_secure(
+            feedloop_privacy::budget::SecurePolicy::new(
+                vec![a.terms.helper_fingerprint.clone()],
+                a.batch,
+            )
+            .map_err(|x| x.to_string())?,
+        ),
+        None => policy,
+    };
     let (mut rolled_back_at, mut passed_at) = (None, None);
     for i in 0..users {
         let client_id = format!("{:016x}{:016x}", rng.u64(..), rng.u64(..));
@@ -96,16 +127,35 @@ fn one_run(e: &Evaluation, users: usize, drop: f64, seed: u64) -> CliResult<RunO
             .set_consent(true, 1, version)
             .map_err(|x| x.to_string())?;
         device.observe_thumbs(version, up);
-        let release = device
-            .release_thumbs(e.metric_epsilon, 2 + i as u64, &mut noise)
-            .map_err(|x| x.to_string())?
-            .ok_or("the device released no report")?;
-        // The server: the body as it arrives.
-        let report: FeedbackReport =
-            serde_json::from_slice(&release.body()).map_err(|x| x.to_string())?;
-        let arm = (report.model_version == "2") as usize;
-        arms[arm].total += 1;
-        arms[arm].ones += report.bit as u64;
+        if let Some(a) = &mut aggregators {
+            let terms = MetricTerms {
+                epsilon: e.metric_epsilon,
+                segments: vec![],
+                secure: Some(a.terms.clone()),
+            };
+            let release = device
+                .release_next_metric(&terms, 2 + i as u64, &mut noise)
+                .map_err(|x| x.to_string())?
+                .ok_or("the device released no report")?;
+            let report: SealedMetricReport =
+                serde_json::from_slice(&release.body()).map_err(|x| x.to_string())?;
+            let arm = (report.model_version == "2") as usize;
+            let batch = a.batch;
+            if let Some(stats) = a.receive(arm, &report, &mut noise)? {
+                arms[arm].sealed = SealedBits::of(stats, batch);
+            }
+        } else {
+            let release = device
+                .release_thumbs(e.metric_epsilon, 2 + i as u64, &mut noise)
+                .map_err(|x| x.to_string())?
+                .ok_or("the device released no report")?;
+            // The server: the body as it arrives.
+            let report: FeedbackReport =
+                serde_json::from_slice(&release.body()).map_err(|x| x.to_string())?;
+            let arm = (report.model_version == "2") as usize;
+            arms[arm].total += 1;
+            arms[arm].ones += report.bit as u64;
+        }
         let verdict = test
             .evaluate(&rr, ("1", arms[0]), ("2", arms[1]))
             .map_err(|x| x.to_string())?
@@ -121,12 +171,11 @@ fn one_run(e: &Evaluation, users: usize, drop: f64, seed: u64) -> CliResult<RunO
     }
     let mut out = [(f64::NAN, false, false); 2];
     for (a, reports) in arms.iter().enumerate() {
-        if reports.total == 0 {
+        let Some(est) = combined_rate(&rr, reports.ones, reports.total, reports.sealed.as_ref())
+            .map_err(|x| x.to_string())?
+        else {
             continue;
-        }
-        let est = rr
-            .estimate_proportion(reports.ones, reports.total)
-            .map_err(|x| x.to_string())?;
+        };
         let ci = (est.proportion - truth[a]).abs() <= Z95 * est.std_error;
         let cs = test
             .arm(&rr, "", *reports)
@@ -141,6 +190,109 @@ fn one_run(e: &Evaluation, users: usize, drop: f64, seed: u64) -> CliResult<RunO
         rolled_back_at,
         passed_at,
     })
+}
+
+/// The leader and the helper of a secure-metrics run: their keys, the announced terms, and per
+/// arm the batch being filled and the released batches' noisy counts.
+struct Aggregators {
+    batch: u64,
+    terms: SecureMetricTerms,
+    leader: HpkeKeyPair,
+    helper: HpkeKeyPair,
+    noise: DiscreteGaussian,
+    /// Per arm: the task, its verify key, both aggregators' open batches, the released counts.
+    arms: Vec<ArmAggregation>,
+}
+
+struct ArmAggregation {
+    task: MetricTask,
+    verify_key: VerifyKey,
+    leader: Batch<MetricTask>,
+    helper: Batch<MetricTask>,
+    released: SealedMetricStats,
+}
+
+impl Aggregators {
+    fn new(batch: u64, sigma: f64, rng: &mut chacha20::ChaCha20Rng) -> CliResult<Self> {
+        let leader = HpkeKeyPair::generate(rng);
+        let helper = HpkeKeyPair::generate(rng);
+        let terms = SecureMetricTerms {
+            leader_key: leader.public().to_hex(),
+            helper_key: helper.public().to_hex(),
+            helper_fingerprint: helper.public().fingerprint(),
+            noise_stddev: sigma,
+            min_reports: batch as i64,
+        };
+        let mut arms = vec![];
+        for version in ["1", "2"] {
+            let task = SecureMetric::Thumbs
+                .task(version, &terms)
+                .map_err(|x| x.to_string())?;
+            let open = || Batch::new(task.clone()).map_err(|x| x.to_string());
+            arms.push(ArmAggregation {
+                verify_key: VerifyKey::generate(rng),
+                leader: open()?,
+                helper: open()?,
+                released: SealedMetricStats {
+                    reports: 0,
+                    pending: 0,
+                    batches: 0,
+                    noisy_counts: vec![0, 0],
+                    noise_stddev: sigma,
+                },
+                task,
+            });
+        }
+        Ok(Self {
+            batch,
+            noise: DiscreteGaussian::from_sigma(sigma).map_err(|x| x.to_string())?,
+            terms,
+            leader,
+            helper,
+            arms,
+        })
+    }
+
+    /// Both aggregators open and verify one report; when the arm's batch is full the helper
+    /// releases it with its noise and the leader unshards it: the arm's released counts so far.
+    fn receive(
+        &mut self,
+        arm: usize,
+        report: &SealedMetricReport,
+        rng: &mut chacha20::ChaCha20Rng,
+    ) -> CliResult<Option<&SealedMetricStats>> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&report.report)
+            .map_err(|x| x.to_string())?;
+        let sealed = Report::from_bytes(&bytes).map_err(|x| x.to_string())?;
+        let a = &mut self.arms[arm];
+        let err = |x: feedloop_secagg::SecAggError| x.to_string();
+        let (pending, request) =
+            leader_init(&a.task, &a.verify_key, &self.leader, &sealed).map_err(err)?;
+        let (helper_share, response) =
+            helper_verify(&a.task, &a.verify_key, &self.helper, &request).map_err(err)?;
+        a.leader
+            .add(leader_finish(&a.task, pending, &response).map_err(err)?)
+            .map_err(err)?;
+        a.helper.add(helper_share).map_err(err)?;
+        if a.leader.count() < self.batch {
+            return Ok(None);
+        }
+        let fresh = || Batch::new(a.task.clone()).map_err(err);
+        let mut helper = std::mem::replace(&mut a.helper, fresh()?);
+        let leader = std::mem::replace(&mut a.leader, fresh()?);
+        let released = helper
+            .release(self.batch, Some(&self.noise), rng)
+            .map_err(err)?;
+        let counts = unshard(&a.task, &leader.aggregate_share(), &released).map_err(err)?;
+        for (total, c) in a.released.noisy_counts.iter_mut().zip(counts) {
+            *total += c;
+        }
+        a.released.reports += self.batch;
+        a.released.batches += 1;
+        Ok(Some(&a.released))
+    }
 }
 
 fn median(mut v: Vec<u64>) -> Option<u64> {
@@ -207,6 +359,7 @@ pub fn evaluate(e: &Evaluation, bar: &ProgressBar) -> CliResult<Value> {
             "margin": e.margin,
             "alpha": e.alpha,
             "minReports": e.min_reports,
+            "secureMetrics": e.secure.map(|(batch, sigma)| json!({ "batch": batch, "noiseStddev": sigma })),
             "plannedReports": "f·N per row",
             "runs": e.runs,
             "seed": e.seed,
@@ -235,6 +388,15 @@ pub fn markdown(result: &Value) -> String {
         e["runs"],
         e["minReports"]
     );
+    if let Some(s) = e["secureMetrics"].as_object() {
+        out.insert_str(
+            0,
+            &format!(
+                "**Secure metrics** (`--secure-metrics`): every report sealed (Prio3Histogram),                  verified by both aggregators, released in batches of {} with the helper's σ = {}                  per bucket (ρ = 1/σ² per report).\n\n",
+                s["batch"], s["noiseStddev"]
+            ),
+        );
+    }
     for r in e["rows"].as_array().into_iter().flatten() {
         let pct = |k: &str| format!("{:.1} %", 100.0 * r[k].as_f64().unwrap_or(f64::NAN));
         out.push_str(&format!(

@@ -129,6 +129,17 @@ pub struct SimulateArgs {
     /// --evaluate: reports per arm before a verdict (the server's --drift-min-reports).
     #[arg(long, default_value_t = 100)]
     min_reports: u64,
+    /// --evaluate: every device pins the helper and seals its report (the server's
+    /// --secure-metrics); both aggregators are played here, batches released with noise.
+    #[arg(long)]
+    secure_metrics: bool,
+    /// --evaluate --secure-metrics: reports per released batch (the server's --metric-batch).
+    #[arg(long, default_value_t = 100)]
+    metric_batch: u64,
+    /// --evaluate --secure-metrics: the helper's σ per bucket; default √2/ε of --metric-epsilon
+    /// (the same ρ per report as randomized response).
+    #[arg(long)]
+    metric_noise: Option<f64>,
     /// Also write the results as a Markdown table to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -757,6 +768,12 @@ fn simulate_evaluation(args: &SimulateArgs) -> CliResult<Value> {
         alpha: args.alpha,
         min_reports: args.min_reports,
         seed: args.seed,
+        secure: args.secure_metrics.then(|| {
+            let sigma = args
+                .metric_noise
+                .unwrap_or(std::f64::consts::SQRT_2 / args.metric_epsilon);
+            (args.metric_batch.max(1), sigma)
+        }),
     };
     let total = args.users.iter().sum::<usize>() as u64 * args.drops.len() as u64 * args.runs;
     let bar = if args.quiet {

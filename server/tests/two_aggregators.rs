@@ -3,7 +3,8 @@
 //! PostgreSQL databases when `FEEDLOOP_TEST_POSTGRES_URL` is set). Devices, built here from
 //! `feedloop-secagg` as a device builds its report, register with the leader, seal their updates to
 //! the two published keys and post them to the leader only; the round closes at its target and a
-//! version is published from the helper-noised sum.
+//! version is published from the helper-noised sum. The same devices seal a thumbs report each
+//! (`--secure-metrics`): the two processes verify them and release one noisy batch.
 //!
 //! Runs the CLI binary (see tests/crash.rs: `cargo build -p feedloop-cli` first, or FEEDLOOP_BIN).
 
@@ -11,10 +12,12 @@ mod processes;
 
 use std::io::Write;
 
+use feedloop_core::protocol::SecureMetricTerms;
+use feedloop_core::secure_metrics::SecureMetric;
 use feedloop_privacy::clip_to_lattice;
 use feedloop_privacy::rng::OsCsprng;
 use feedloop_privacy::PrivatizerConfig;
-use feedloop_secagg::{seal_report, HpkePublicKey, SecureRound};
+use feedloop_secagg::{seal_metric, seal_report, HpkePublicKey, SecureRound};
 use processes::*;
 use serde_json::{json, Value};
 
@@ -82,6 +85,11 @@ async fn a_leader_and_a_helper_publish_a_version(backend: Backend) {
         &helper.base_url(),
         "--helper-token",
         LEADER_TOKEN,
+        "--secure-metrics",
+        "--metric-batch",
+        "3",
+        "--metric-noise",
+        "1.0",
     ]))
     .await;
     let http = reqwest::Client::new();
@@ -130,6 +138,20 @@ async fn a_leader_and_a_helper_publish_a_version(backend: Backend) {
     let sigma = round["noiseStddev"].as_f64().unwrap();
     assert_eq!(sigma, 0.004 * 0.5);
 
+    let stats: Value = http
+        .get(format!("{base}/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let metric_terms: SecureMetricTerms =
+        serde_json::from_value(stats["secureMetrics"].clone()).unwrap();
+    assert_eq!(
+        metric_terms.helper_fingerprint,
+        helper_info["fingerprint"].as_str().unwrap()
+    );
     let mut last = Value::Null;
     for seed in 0..3u32 {
         let register = http
@@ -177,6 +199,27 @@ async fn a_leader_and_a_helper_publish_a_version(backend: Backend) {
             helper.log_text()
         );
         last = answer.json().await.unwrap();
+        // The device's thumbs on version 1, sealed as `DevicePrivacy::release_next_metric` does.
+        use base64::Engine;
+        let task = SecureMetric::Thumbs.task("1", &metric_terms).unwrap();
+        let metric_key = |hex: &str| HpkePublicKey::from_hex(hex).unwrap();
+        let sealed = seal_metric(
+            (seed % 2) as usize,
+            &task,
+            &metric_key(&metric_terms.leader_key),
+            &metric_key(&metric_terms.helper_key),
+            &mut rng,
+        )
+        .unwrap();
+        let answer = http
+            .post(format!("{base}/v1/feedback/sealed"))
+            .bearer_auth(token["token"].as_str().unwrap())
+            .json(&json!({ "modelVersion": "1", "metric": "thumbs",
+                "report": base64::engine::general_purpose::STANDARD.encode(sealed.to_bytes()) }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 202, "{}", leader.log_text());
     }
     assert_eq!(last["roundClosed"]["status"], "published", "{last}");
     let current: Value = http
@@ -189,4 +232,24 @@ async fn a_leader_and_a_helper_publish_a_version(backend: Backend) {
         .unwrap();
     assert_eq!(current["version"], "2");
     assert!(helper.log_text().contains("helper: released a batch"));
+    assert!(helper
+        .log_text()
+        .contains("helper: released a metric batch"));
+    let stats: Value = http
+        .get(format!("{base}/v1/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let v1 = stats["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["version"] == "1")
+        .unwrap();
+    assert_eq!(v1["sealed"]["thumbs"]["reports"], 3, "{v1}");
+    assert_eq!(v1["sealed"]["thumbs"]["batches"], 1);
+    assert!(v1["thumbsUpRate"].is_number());
 }
