@@ -30,6 +30,13 @@ interface LedgerLine {
   params: { mechanism: string; granted?: boolean };
 }
 
+// A sealed (secure) metric report's purpose, in words.
+const SEALED: Record<string, string> = {
+  "thumbs-up rate of the top-ranked answer": "your thumbs-up or down",
+  "star rating (CSAT)": "your star rating",
+  "federated evaluation: did the model agree with the user's choice": "whether the model agreed with your choice",
+};
+
 // What each purpose is, in words a person reads.
 const KINDS: Record<string, string> = {
   "reward-head update": "a privatized model improvement",
@@ -52,7 +59,9 @@ function describeLine(line: LedgerLine): string {
   const kind =
     line.params.mechanism === "secure_aggregation"
       ? "a model improvement, split between two independent servers"
-      : (KINDS[line.purpose] ?? line.purpose);
+      : line.params.mechanism === "secure_histogram"
+        ? `${SEALED[line.purpose] ?? "a report"}, split between two independent servers that only ever see totals`
+        : (KINDS[line.purpose] ?? line.purpose);
   return `${when}: ${kind} (privacy cost ε = ${line.epsilon.toFixed(2)})`;
 }
 

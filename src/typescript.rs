@@ -115,9 +115,11 @@ export interface PrivacyPolicyOptions {
    *  (default 1: the whole budget); the rest stays for model updates. */
   metricsShare?: number;
   /** Fingerprints ("sha256:…", from the helper's GET /v1/helper) of the helper aggregators whose
-   *  secure rounds this device joins; none (the default): it joins no secure round. */
+   *  secure rounds this device joins, and to which it seals its thumbs, star and agreement
+   *  reports where the server aggregates metrics securely (`--secure-metrics`); none (the
+   *  default): it joins no secure round and randomizes every metric report. */
   helpers?: string[];
-  /** The least batch a secure round's helper may release (default 10). */
+  /** The least batch a secure round's (or secure metric's) helper may release (default 10). */
   minSecureReports?: number;
 }
 

@@ -94,7 +94,11 @@ function renderVersions(models, stats) {
     cell(row, v.noise.clipNorm == null ? "–" : `${v.noise.clipNorm}, ${v.noise.granularity}, ${v.noise.noiseStddev}`);
     cell(row, fixed(v.privacy.epsilonPerParticipant));
     const r = rates.get(v.version);
-    cell(row, r?.thumbsUpRate == null ? `– (${r?.reports ?? 0} reports)` : `${fixed(r.thumbsUpRate, 3)} [${fixed(r.ci95[0], 2)}, ${fixed(r.ci95[1], 2)}] (${r.reports})`);
+    // Randomized reports, then sealed ones (`--secure-metrics`): released in batches, and waiting.
+    const sealed = r?.sealed?.thumbs;
+    const counted = `${r?.reports ?? 0}${sealed ? ` + ${sealed.reports} sealed${sealed.pending ? `, ${sealed.pending} waiting for a batch` : ""}` : ""}`;
+    const thumbs = cell(row, r?.thumbsUpRate == null ? `– (${counted} reports)` : `${fixed(r.thumbsUpRate, 3)} [${fixed(r.ci95[0], 2)}, ${fixed(r.ci95[1], 2)}] (${counted})`);
+    thumbs.dataset.sealed = String(sealed?.reports ?? 0);
     // The de-biased mean rating (5-ary randomized response) and its interval.
     cell(row, r?.stars == null ? "– (0 ratings)" : `${fixed(r.stars.mean, 2)} [${fixed(r.stars.ci95[0], 2)}, ${fixed(r.stars.ci95[1], 2)}] (${r.stars.reports})`);
     // Federated evaluation: how often this version's model already preferred its users' A-or-B choice.

@@ -6,7 +6,9 @@
 // version 2 is published and both adopt it. Every request body the pages send is captured: the
 // only update bodies are sealed reports (HPKE ciphertexts and the Prio3 public share), recorded in
 // the sender's ledger as secure aggregation with the helper's fingerprint — never the privatized
-// update format, a candidate's text or a feedback event.
+// update format, a candidate's text or a feedback event. The leader aggregates metrics with the
+// helper too (`--secure-metrics`): the pinned devices' thumbs reports are sealed Prio3Histogram
+// reports, released as one noisy batch of 2 — the dashboard shows them as sealed.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
@@ -53,7 +55,10 @@ describe("secure aggregation: a leader and a helper process, two devices, Chromi
       adminKey: ADMIN_KEY,
       autoRound: { clipNorm: 1, granularity: 0.001, noiseStddev: 2, minCohort: 2, targetCount: 2,
         durationSeconds: 600, aggregation: "secure" },
-      extraArgs: ["--helper-url", helper.base, "--helper-token", LEADER_TOKEN],
+      // σ = 6 per bucket: ρ = 1/36 per sealed report, which fits the default budget (ε = 8,
+      // total ρ ≈ 1.05) after the two rounds' 0.5 each.
+      extraArgs: ["--helper-url", helper.base, "--helper-token", LEADER_TOKEN,
+        "--secure-metrics", "--metric-batch", "2", "--metric-noise", "6"],
     });
     browser = await launchChromium();
   });
@@ -133,10 +138,20 @@ describe("secure aggregation: a leader and a helper process, two devices, Chromi
       const report = await sync(page);
       assert.equal(report.modelVersion, "2");
     }
+    // A thumbs-up on v2's top answer: sealed to the two aggregators at the next sync (ρ = 1/36).
+    // The feedback-volume report that follows it (randomized, ρ = 0.5) no longer fits these
+    // devices' budgets after two rounds, and is refused on the device: nothing of it leaves.
+    for (const { page } of devices) {
+      await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-up"]');
+      const report = await sync(page);
+      assert.equal(report.offline, false, JSON.stringify(report));
+      assert.match(report.error ?? "", /would spend/, JSON.stringify(report));
+    }
 
     // What left the devices: sealed reports only, each in its sender's ledger.
     const texts = await devices[0].page.evaluate(() => window.feedloopDemo.lastRanking.map((c) => c.text));
-    const updates = bodies.filter((b) => b.url.includes("/updates"));
+    // Round 1's two (the thumbs sync above also contributed to the next secure round, on v2).
+    const updates = bodies.filter((b) => b.url.includes(`/rounds/${round.roundId}/updates`));
     assert.equal(updates.length, 2, updates.map((b) => b.url).join(", "));
     for (const { device: name, url, body } of updates) {
       assert.match(url, new RegExp(`/v1/rounds/${round.roundId}/updates$`));
@@ -156,8 +171,33 @@ describe("secure aggregation: a leader and a helper process, two devices, Chromi
       assert.equal(entry.params.min_reports, 2);
       assert.match(entry.params.trust, /do not collude/);
     }
-    // Every other body a page sent is a metric report (JSON) or nothing.
-    for (const { url, body } of bodies.filter((b) => !b.url.includes("/updates"))) {
+    // The thumbs reports are sealed: {modelVersion, metric, report} and the report's bytes are in
+    // the sender's ledger as a secure histogram release; neither aggregator can read one alone.
+    const sealedBodies = bodies.filter((b) => b.url.endsWith("/v1/feedback/sealed"));
+    assert.equal(sealedBodies.length, 2, bodies.map((b) => b.url).join(", "));
+    for (const { device: name, body } of sealedBodies) {
+      const report = JSON.parse(body.toString("utf8"));
+      assert.deepEqual(Object.keys(report).sort(), ["metric", "modelVersion", "report"]);
+      assert.equal(report.metric, "thumbs");
+      const bytes = Buffer.from(report.report, "base64");
+      assert.equal(bytes[0], 1, "a feedloop-secagg report");
+      const { page } = devices.find((d) => d.name === name);
+      const ledger = JSON.parse(await page.evaluate(() => window.feedloopDemo.ranker.exportLedger()));
+      const sha = createHash("sha256").update(bytes).digest("hex");
+      const entry = ledger.entries.find((e) => e.payload_sha256 === sha);
+      assert.ok(entry, `${name}'s ledger records the sealed bytes`);
+      assert.deepEqual([entry.params.mechanism, entry.params.buckets, entry.params.helper_fingerprint],
+        ["secure_histogram", 2, fingerprint]);
+      assert.equal(entry.round_id, "thumbs@2");
+    }
+    assert.match(helper.log(), /helper: released a metric batch/);
+    const stats = await json(leader.base, "/v1/stats");
+    assert.equal(stats.secureMetrics.helperFingerprint, fingerprint);
+    const v2 = stats.versions.find((v) => v.version === "2");
+    assert.deepEqual([v2.sealed.thumbs.reports, v2.sealed.thumbs.batches], [2, 1], JSON.stringify(v2));
+    assert.equal(typeof v2.thumbsUpRate, "number");
+    // Every other body a page sent is a randomized metric report (JSON) or nothing.
+    for (const { url, body } of bodies.filter((b) => !b.url.includes("/updates") && !b.url.endsWith("/sealed"))) {
       assert.match(url, /\/v1\/feedback/, url);
       assert.ok(body.length < 200);
     }
@@ -174,6 +214,8 @@ describe("secure aggregation: a leader and a helper process, two devices, Chromi
     const short = fingerprint.replace(/^sha256:/, "").slice(0, 12);
     assert.match(row, new RegExp(`secure: helper ${short}…, ≥ 2 reports, σ = 2 on the sum`));
     assert.match(row, /published/);
+    const v2 = await page.textContent('#versions tr[data-version="2"]');
+    assert.match(v2, /0 \+ 2 sealed/, v2);
     await context.close();
     assert.deepEqual(problems, []);
   });
