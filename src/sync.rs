@@ -313,10 +313,9 @@ async fn run_sync(
 
     // 4. Metric reports noted since the last sync.
     if !offline {
-        match report_metrics(inner, name, server, &token).await? {
-            Ok(sent) => report.metrics = sent,
-            Err(why) => report.error = Some(why),
-        }
+        let (sent, why) = report_metrics(inner, name, server, &token).await?;
+        report.metrics = sent;
+        report.error = why;
     }
     finish(inner, report)
 }
@@ -325,24 +324,24 @@ async fn run_sync(
 /// noted one: each is randomized, charged and written to the ledger in IndexedDB before it is
 /// handed to the network layer, like an update, and stays listed there until the server confirms
 /// it. Stops at the first report the policy or the budget refuses (the note stays for a later
-/// sync) and returns why as the error.
+/// sync) and returns why, with the reports sent before it.
 async fn report_metrics(
     inner: &Rc<RefCell<Inner>>,
     name: &str,
     server: &ServerConfig,
     token: &ClientToken,
-) -> Result<Result<Vec<MetricSent>, String>, JsValue> {
+) -> Result<(Vec<MetricSent>, Option<String>), JsValue> {
     let mut sent = Vec::new();
     let retries = inner.borrow().privacy.undelivered_metrics();
     for release in retries {
         sent.push(send_and_settle(inner, name, server, token, &release).await?);
     }
     if inner.borrow().privacy.state().pending_metrics.is_empty() {
-        return Ok(Ok(sent));
+        return Ok((sent, None));
     }
     let terms = match network::metric_terms(server).await {
         Ok(e) => e,
-        Err(e) => return Ok(Err(format!("metric reports wait: {e}"))),
+        Err(e) => return Ok((sent, Some(format!("metric reports wait: {e}")))),
     };
     loop {
         let now = now_ms();
@@ -352,13 +351,13 @@ async fn report_metrics(
             match inner.privacy.release_next_metric(&terms, now, &mut rng) {
                 Ok(Some(release)) => (release, inner.privacy.clone()),
                 Ok(None) => break,
-                Err(e) => return Ok(Err(format!("a metric report was refused: {e}"))),
+                Err(e) => return Ok((sent, Some(format!("a metric report was refused: {e}")))),
             }
         };
         save_privacy_state(inner, name, &privacy, now).await?;
         sent.push(send_and_settle(inner, name, server, token, &release).await?);
     }
-    Ok(Ok(sent))
+    Ok((sent, None))
 }
 
 async fn save_privacy_state(

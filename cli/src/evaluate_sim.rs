@@ -392,8 +392,11 @@ pub fn markdown(result: &Value) -> String {
         out.insert_str(
             0,
             &format!(
-                "**Secure metrics** (`--secure-metrics`): every report sealed (Prio3Histogram),                  verified by both aggregators, released in batches of {} with the helper's σ = {}                  per bucket (ρ = 1/σ² per report).\n\n",
-                s["batch"], s["noiseStddev"]
+                "**Secure metrics** (`--secure-metrics`): every report sealed (Prio3Histogram), \
+                 verified by both aggregators, released in batches of {} with the helper's \
+                 σ = {:.4} per bucket (ρ = 1/σ² per report).\n\n",
+                s["batch"],
+                s["noiseStddev"].as_f64().unwrap_or(f64::NAN)
             ),
         );
     }

@@ -145,6 +145,8 @@ describe("secure aggregation: a leader and a helper process, two devices, Chromi
       await page.click('#results li[data-rank="1"] [data-feedloop="thumbs-up"]');
       const report = await sync(page);
       assert.equal(report.offline, false, JSON.stringify(report));
+      const thumbs = report.metrics.find((m) => m.kind === "thumbs");
+      assert.deepEqual([thumbs?.modelVersion, thumbs?.delivered], ["2", true], JSON.stringify(report));
       assert.match(report.error ?? "", /would spend/, JSON.stringify(report));
     }
 
