@@ -52,8 +52,20 @@ impl HelperTaskRow {
     }
 }
 
+/// A collect request's report ids, parsed (a 400 for one that is not 32 hex digits).
+pub(super) fn report_ids(texts: &[String]) -> Result<Vec<ReportId>> {
+    texts
+        .iter()
+        .map(|text| {
+            ReportId::from_hex(text).ok_or_else(|| {
+                Error::bad_request("invalid_report_id", format!("`{text}` is not a report id"))
+            })
+        })
+        .collect()
+}
+
 /// The digest a batch's release is kept under: its sorted report ids.
-fn ids_digest(ids: &[ReportId]) -> String {
+pub(super) fn ids_digest(ids: &[ReportId]) -> String {
     let mut sorted = ids.to_vec();
     sorted.sort();
     let joined: Vec<u8> = sorted.iter().flat_map(|id| id.0).collect();
@@ -271,12 +283,7 @@ impl App {
     pub async fn release_batch(&self, round_id: i64, req: HelperCollect) -> Result<HelperRelease> {
         self.require_helper_role()?;
         let task = self.task(round_id).await?;
-        let mut ids = Vec::with_capacity(req.report_ids.len());
-        for text in &req.report_ids {
-            ids.push(ReportId::from_hex(text).ok_or_else(|| {
-                Error::bad_request("invalid_report_id", format!("`{text}` is not a report id"))
-            })?);
-        }
+        let ids = report_ids(&req.report_ids)?;
         let digest = ids_digest(&ids);
         if let (Some(released), Some(share)) = (&task.released_ids_sha256, &task.released_share) {
             return if *released == digest {

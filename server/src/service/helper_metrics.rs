@@ -15,7 +15,7 @@ use feedloop_core::protocol::{
 use feedloop_privacy::rng::OsCsprng;
 use feedloop_privacy::sampler::DiscreteGaussian;
 use feedloop_secagg::{
-    helper_verify, Batch, HelperRequest, MetricTask, OutputShare, ReportId, SecAggError, VerifyKey,
+    helper_verify, Batch, HelperRequest, MetricTask, OutputShare, SecAggError, VerifyKey,
 };
 
 use super::secure::from_hex;
@@ -197,15 +197,9 @@ impl App {
     ) -> Result<HelperRelease> {
         self.require_helper_role()?;
         let (task, _) = self.metric_task_at_helper(name).await?;
-        let mut ids = Vec::with_capacity(req.report_ids.len());
-        for text in &req.report_ids {
-            ids.push(ReportId::from_hex(text).ok_or_else(|| {
-                Error::bad_request("invalid_report_id", format!("`{text}` is not a report id"))
-            })?);
-        }
+        let mut ids = super::helper::report_ids(&req.report_ids)?;
         ids.sort();
-        let joined: Vec<u8> = ids.iter().flat_map(|id| id.0).collect();
-        let digest = sha256_hex(&joined);
+        let digest = super::helper::ids_digest(&ids);
         if let Some((count, share)) = self.store().helper_metric_release(name, &digest).await? {
             return Ok(HelperRelease {
                 count,
